@@ -1,0 +1,55 @@
+# taskqueue: `make run` serves the app and a worker; `make test` runs everything CI runs.
+# Both create .venv and, without DATABASE_URL, a PostgreSQL cluster of their own.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.12 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEVDB := $(PY) -m taskqueue_project.devdb
+# The project's own cluster for `make run`, unless DATABASE_URL says otherwise.
+DB_URL = $${DATABASE_URL:-$$($(DEVDB) url .pgdata)}
+
+.PHONY: run test manage demo lint bench clean-db
+
+$(VENV)/.requirements: requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else "taskqueue needs Python 3.12; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.12)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+run: $(VENV)/.requirements
+	@own_db=; if [ -z "$$DATABASE_URL" ]; then DATABASE_URL=$$($(DEVDB) url .pgdata) || exit 1; own_db=1; fi; \
+	export DATABASE_URL DEBUG=$${DEBUG:-1}; \
+	$(PY) manage.py migrate --noinput || exit 1; \
+	echo "taskqueue: admin at http://127.0.0.1:8000/admin/ (a login: make manage ARGS=createsuperuser)"; \
+	echo "taskqueue: from another shell, 'make demo' enqueues demo tasks; Ctrl+C stops everything"; \
+	trap 'true' INT TERM; \
+	$(VENV)/bin/gunicorn taskqueue_project.wsgi --bind 127.0.0.1:8000 --workers 2 --access-logfile - & web=$$!; \
+	$(PY) manage.py runworker & worker=$$!; \
+	wait -n; kill -TERM $$web $$worker 2>/dev/null; wait; \
+	if [ -n "$$own_db" ]; then $(DEVDB) stop .pgdata; fi
+
+test: $(VENV)/.requirements-dev
+	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check .'
+
+manage: $(VENV)/.requirements
+	@DATABASE_URL="$(DB_URL)" DEBUG=$${DEBUG:-1} $(PY) manage.py $(ARGS)
+
+demo: $(VENV)/.requirements
+	@DATABASE_URL="$(DB_URL)" DEBUG=$${DEBUG:-1} $(PY) manage.py enqueue_demo $(ARGS)
+
+lint: $(VENV)/.requirements-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+bench: $(VENV)/.requirements-dev
+	$(DEVDB) with-temp -- $(PY) bench/claim_explain.py
+
+clean-db:
+	-$(DEVDB) stop .pgdata
+	rm -rf .pgdata

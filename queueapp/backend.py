@@ -1,0 +1,167 @@
+"""PostgresBackend: the django.tasks backend that stores tasks in PostgreSQL through store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from django.tasks import Task, TaskResult, TaskResultStatus
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.base import TaskError
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued
+
+from queueapp import registry, store
+
+_MAX_BIGINT = 2**63 - 1
+
+# CANCELLED has no django.tasks word: it is a task that did not succeed.
+_STATUS_FOR_DJANGO = {
+    "READY": TaskResultStatus.READY,
+    "RUNNING": TaskResultStatus.RUNNING,
+    "SUCCESSFUL": TaskResultStatus.SUCCESSFUL,
+    "FAILED": TaskResultStatus.FAILED,
+    "CANCELLED": TaskResultStatus.FAILED,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueTask(Task):
+    """A django.tasks Task with the queue's extras: ``@task(max_attempts=5)``."""
+
+    max_attempts: int | None = None
+    """Attempts before the task is FAILED; the backend's OPTIONS["max_attempts"] when None."""
+
+    def using(  # type: ignore[override]
+        self,
+        *,
+        priority: int | None = None,
+        queue_name: str | None = None,
+        run_after: datetime | None = None,
+        backend: str | None = None,
+        max_attempts: int | None = None,
+    ) -> QueueTask:
+        task = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
+        if max_attempts is not None:
+            task = replace(task, max_attempts=max_attempts)
+        return task
+
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
+        """Enqueue one run of this task per (args, kwargs) pair in one statement."""
+        backend: PostgresBackend = self.get_backend()
+        return backend.enqueue_many((self, args, kwargs) for args, kwargs in calls)
+
+
+class PostgresBackend(BaseTaskBackend):
+    """Tasks are rows in queueapp_task, enqueued in the caller's transaction."""
+
+    task_class = QueueTask
+    supports_defer = True
+    supports_async_task = True
+    supports_get_result = True
+    supports_priority = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self.database: str = self.options.get("database", "default")
+        self.max_attempts: int = int(self.options.get("max_attempts", 3))
+        self.backoff_base: float = float(self.options.get("backoff_base", 2.0))
+        self.backoff_max: float = float(self.options.get("backoff_max", 3600.0))
+
+    def validate_task(self, task: Task) -> None:
+        super().validate_task(task)
+        max_attempts = getattr(task, "max_attempts", None)
+        if max_attempts is not None and (
+            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        ):
+            raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
+        registry.register(task)
+
+    def _new_task(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
+        self.validate_task(task)
+        args_json, kwargs_json = store.encode_arguments(args, dict(kwargs))
+        return store.NewTask(
+            task_path=task.module_path,
+            queue_name=task.queue_name,
+            priority=task.priority,
+            args_json=args_json,
+            kwargs_json=kwargs_json,
+            run_after=task.run_after,
+            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
+        )
+
+    def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+        row = store.enqueue_task(self._new_task(task, args, kwargs), using=self.database)
+        result = self.to_result(task, row)
+        task_enqueued.send(type(self), task_result=result)
+        return result
+
+    def enqueue_many(self, calls: Iterable[tuple[Task, Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
+        """Enqueue many runs (of one or several tasks) in one INSERT and one NOTIFY per queue.
+
+        All or nothing: an invalid call raises before anything is stored.
+        """
+        calls = list(calls)
+        batch = [self._new_task(task, args, kwargs) for task, args, kwargs in calls]
+        rows = store.enqueue_tasks(batch, using=self.database)
+        results = [self.to_result(task, row) for (task, _, _), row in zip(calls, rows, strict=True)]
+        for result in results:
+            task_enqueued.send(type(self), task_result=result)
+        return results
+
+    def get_result(self, result_id: str) -> TaskResult:
+        task_id = parse_result_id(result_id)
+        row = store.get_task(task_id, using=self.database) if task_id is not None else None
+        if row is None:
+            raise TaskResultDoesNotExist(result_id)
+        return self.to_result(registry.get(row.task_path), row)
+
+    def cancel(self, result_id: str) -> bool:
+        """Cancel a READY task at once, or ask a RUNNING one to stop.
+
+        True when the task is now CANCELLED or has a cancel request; False when it had already
+        finished. A running task learns of the request through ``queueapp.cancellation``.
+        """
+        task_id = parse_result_id(result_id)
+        if task_id is None:
+            raise TaskResultDoesNotExist(result_id)
+        if store.cancel_task(task_id, using=self.database) is not None:
+            return True
+        if store.get_task(task_id, using=self.database) is None:
+            raise TaskResultDoesNotExist(result_id)
+        return False
+
+    def to_result(self, task: Task, row: store.TaskRow) -> TaskResult:
+        """The django.tasks view of a stored task."""
+        result = TaskResult(
+            task=task,
+            id=str(row.id),
+            status=_STATUS_FOR_DJANGO[row.status],
+            enqueued_at=row.enqueued_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            last_attempted_at=row.started_at,
+            args=row.args,
+            kwargs=row.kwargs,
+            backend=self.alias,
+            errors=[
+                TaskError(exception_class_path=error["exception_class_path"], traceback=error["traceback"])
+                for error in row.errors
+            ],
+            worker_ids=[str(worker_id) for worker_id in row.worker_ids],
+        )
+        object.__setattr__(result, "_return_value", row.return_value)
+        return result
+
+
+def parse_result_id(result_id: object) -> int | None:
+    """The task id in a result id, or None when it cannot be one (so: does not exist)."""
+    text = str(result_id)
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 0 < value <= _MAX_BIGINT else None

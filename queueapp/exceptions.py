@@ -1,0 +1,24 @@
+"""The queue's own errors. Each docstring is its default message."""
+
+from __future__ import annotations
+
+from django.tasks.exceptions import InvalidTask
+
+
+class TaskQueueError(Exception):
+    """Task queue error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class UnknownTaskPath(TaskQueueError, InvalidTask):
+    """The task path is not a registered task in this process."""
+
+
+class ArgumentsTooLarge(TaskQueueError, InvalidTask):
+    """The task's arguments are larger than TASKQUEUE["MAX_ARGS_BYTES"]."""
+
+
+class ArgumentsNotJSON(TaskQueueError, InvalidTask):
+    """The task's arguments cannot be stored as JSON."""

@@ -1,0 +1,222 @@
+"""The only module that runs queue SQL (queueapp/sql/queries.sql), on Django's connections.
+
+Enqueue runs on the caller's connection and so in the caller's transaction. Worker writes are
+fenced by (worker_id, attempt): they return False/None when the task was taken away.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db import connections
+from django.utils.json import normalize_json
+
+from queueapp import exceptions
+from queueapp.sql import QUERIES
+
+NOTIFY_CHANNEL = "taskqueue"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTask:
+    """A task about to be inserted; args and kwargs already encoded as JSON text."""
+
+    task_path: str
+    queue_name: str
+    priority: int
+    args_json: str
+    kwargs_json: str
+    run_after: datetime | None
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRow:
+    """A task as the queue stores it."""
+
+    id: int
+    task_path: str
+    queue_name: str
+    priority: int
+    status: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    run_after: datetime
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    worker_id: UUID | None
+    worker_ids: list[UUID]
+    errors: list[dict[str, Any]]
+    return_value: Any
+    cancel_requested: bool
+
+
+_JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
+_ROW_FIELDS = TaskRow.__slots__
+
+
+def _to_row(values: Sequence[Any]) -> TaskRow:
+    # Django's psycopg setup loads jsonb as text; decode it here, once.
+    data = dict(zip(_ROW_FIELDS, values, strict=False))
+    for column in _JSON_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return TaskRow(**data)
+
+
+def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+    """Encode args and kwargs as JSON text, or raise a clear InvalidTask."""
+    try:
+        args_json = json.dumps(normalize_json(list(args)), allow_nan=False, separators=(",", ":"))
+        kwargs_json = json.dumps(normalize_json(kwargs), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ArgumentsNotJSON(
+            f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
+        ) from exc
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    if size > limit:
+        raise exceptions.ArgumentsTooLarge(
+            f"task arguments are {size} bytes of JSON; the limit is {limit} "
+            "(TASKQUEUE['MAX_ARGS_BYTES']): pass a reference such as a primary key instead"
+        )
+    return args_json, kwargs_json
+
+
+def encode_return_value(value: Any) -> str:
+    """JSON text of a task's return value; raises ArgumentsNotJSON when it has none."""
+    try:
+        return json.dumps(normalize_json(value), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ArgumentsNotJSON(f"task return value is not JSON: {exc}") from exc
+
+
+def _params(new: NewTask) -> dict[str, Any]:
+    return {
+        "task_path": new.task_path,
+        "queue_name": new.queue_name,
+        "priority": new.priority,
+        "args": new.args_json,
+        "kwargs": new.kwargs_json,
+        "run_after": new.run_after,
+        "max_attempts": new.max_attempts,
+    }
+
+
+def _batch_row_json(new: NewTask) -> str:
+    # Splice the already-encoded arguments in rather than decode and encode them again.
+    head = json.dumps(
+        {
+            "task_path": new.task_path,
+            "queue_name": new.queue_name,
+            "priority": new.priority,
+            "run_after": new.run_after.isoformat() if new.run_after else None,
+            "max_attempts": new.max_attempts,
+        }
+    )
+    return f'{head[:-1]},"args":{new.args_json},"kwargs":{new.kwargs_json}}}'
+
+
+def enqueue_task(new: NewTask, *, using: str = "default") -> TaskRow:
+    """Insert one READY task and notify its queue, in the caller's transaction."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["enqueue_task"], _params(new))
+        return _to_row(cursor.fetchone())
+
+
+def enqueue_tasks(batch: Sequence[NewTask], *, using: str = "default") -> list[TaskRow]:
+    """Insert a batch in one statement, then one notification per queue; rows in input order."""
+    if not batch:
+        return []
+    rows_json = "[" + ",".join(_batch_row_json(new) for new in batch) + "]"
+    queues = sorted({new.queue_name for new in batch})
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["enqueue_tasks"], {"rows": rows_json})
+        rows = sorted((_to_row(values) for values in cursor.fetchall()), key=lambda row: row.id)
+        cursor.execute(QUERIES["notify_queues"], {"queues": queues})
+    return rows
+
+
+def claim_tasks(*, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default") -> list[TaskRow]:
+    """Claim up to limit READY, due tasks by priority, then run_after, then id."""
+    if limit <= 0:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["claim_tasks"], {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+        )
+        rows = [_to_row(values) for values in cursor.fetchall()]
+    # UPDATE ... RETURNING gives no order; hand tasks out in claim order.
+    rows.sort(key=lambda row: (-row.priority, row.run_after, row.id))
+    return rows
+
+
+def finish_task(
+    *, task_id: int, worker_id: UUID, attempt: int, return_value_json: str, using: str = "default"
+) -> str | None:
+    """Record success (or CANCELLED if cancel was requested); None when the task was taken away."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["finish_task"],
+            {"id": task_id, "worker_id": worker_id, "attempt": attempt, "return_value": return_value_json},
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def fail_task(
+    *,
+    task_id: int,
+    worker_id: UUID,
+    attempt: int,
+    error: dict[str, Any],
+    backoff_base: float,
+    backoff_max: float,
+    using: str = "default",
+) -> tuple[str, datetime] | None:
+    """Record a failed attempt: READY for a retry, FAILED or CANCELLED; None when taken away."""
+    if not (math.isfinite(backoff_base) and math.isfinite(backoff_max)):
+        raise ValueError("backoff_base and backoff_max must be finite numbers of seconds")
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["fail_task"],
+            {
+                "id": task_id,
+                "worker_id": worker_id,
+                "attempt": attempt,
+                "error": json.dumps(error),
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+            },
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def cancel_task(task_id: int, *, using: str = "default") -> str | None:
+    """Cancel a READY task at once or request cancellation of a RUNNING one.
+
+    Returns the status after the call (CANCELLED or RUNNING), None if the task was unknown or
+    already finished.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["cancel_task"], {"id": task_id})
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["get_task"], {"id": task_id})
+        values = cursor.fetchone()
+    return _to_row(values) if values else None

@@ -1,0 +1,29 @@
+"""Demo tasks for a first look: `make demo` enqueues them, the worker in `make run` runs them."""
+
+from __future__ import annotations
+
+import random
+import time
+
+from django.tasks import task
+
+
+@task
+def add(a: int, b: int) -> int:
+    """Return a + b."""
+    return a + b
+
+
+@task(priority=10)
+def send_welcome_email(user_id: int) -> str:
+    """Pretend to send an email: sleeps a little, like a real SMTP call."""
+    time.sleep(0.2)
+    return f"welcome email sent to user {user_id}"
+
+
+@task(max_attempts=3)
+def flaky_report(report_id: int) -> dict[str, int]:
+    """Fail about half the time, to show retries with backoff in the admin."""
+    if random.random() < 0.5:
+        raise RuntimeError(f"report {report_id}: upstream timed out")
+    return {"report_id": report_id, "rows": random.randint(1, 1000)}

@@ -1,0 +1,108 @@
+"""Settings for the taskqueue service, read from the environment (django-environ).
+
+Defaults are production-safe: DEBUG is off and SECRET_KEY must be given unless DEBUG is on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=False)
+if DEBUG:
+    SECRET_KEY = env.str("SECRET_KEY", default="insecure-development-key-do-not-use-in-production")
+else:
+    SECRET_KEY = env.str("SECRET_KEY")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "queueapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "taskqueue_project.urls"
+WSGI_APPLICATION = "taskqueue_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# DATABASE_URL is required: postgres://user:password@host:port/name
+DATABASES = {"default": env.db_url("DATABASE_URL")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=0))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "static"
+
+# django.tasks: every task goes through PostgresBackend.
+TASKS = {
+    "default": {
+        "BACKEND": "queueapp.backend.PostgresBackend",
+        "QUEUES": env.list("TASKQUEUE_QUEUES", default=["default"]),
+        "OPTIONS": {
+            # Attempts a task gets unless @task(max_attempts=...) says otherwise.
+            "max_attempts": env.int("TASKQUEUE_MAX_ATTEMPTS", default=3),
+            # Retry n waits about backoff_base * 2**(n-1) seconds (with jitter), at most backoff_max.
+            "backoff_base": env.float("TASKQUEUE_BACKOFF_BASE", default=2.0),
+            "backoff_max": env.float("TASKQUEUE_BACKOFF_MAX", default=3600.0),
+        },
+    }
+}
+
+# The worker runtime and the queue's own limits (docs/configuration.md).
+TASKQUEUE = {
+    # Modules imported at start-up so their tasks can be resolved by path (besides each app's tasks.py).
+    "IMPORTS": env.list("TASKQUEUE_IMPORTS", default=["taskqueue_project.demo_tasks"]),
+    # Largest JSON encoding of args plus kwargs accepted, in bytes.
+    "MAX_ARGS_BYTES": env.int("TASKQUEUE_MAX_ARGS_BYTES", default=1_048_576),
+    # A direct (not PgBouncer) URL for LISTEN; DATABASE_URL when unset.
+    "LISTEN_DATABASE_URL": env.str("TASKQUEUE_LISTEN_DATABASE_URL", default=""),
+    "HEARTBEAT_INTERVAL": env.float("TASKQUEUE_HEARTBEAT_INTERVAL", default=5.0),
+    "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}

@@ -1,0 +1,16 @@
+"""URL routes of the taskqueue service."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
+from django.urls import URLPattern, URLResolver, path
+
+urlpatterns: list[URLPattern | URLResolver] = [
+    path("admin/", admin.site.urls),
+]
+
+if settings.DEBUG:
+    # `make run` serves the admin's CSS itself; production serves STATIC_ROOT (docs/operations.md).
+    urlpatterns += staticfiles_urlpatterns()
