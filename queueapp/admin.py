@@ -8,9 +8,20 @@ from queueapp import models
 
 
 @admin.register(models.Task)
-class TaskAdmin(admin.ModelAdmin[models.Task]):
-    list_display = ("id", "task_path", "queue_name", "status", "priority", "attempts", "max_attempts",
-                    "enqueued_at", "started_at", "finished_at", "worker")
+class TaskAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "task_path",
+        "queue_name",
+        "status",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "worker",
+    )
     list_filter = ("status", "queue_name")
     search_fields = ("=id", "task_path")
     show_full_result_count = False
@@ -24,9 +35,17 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
 
 @admin.register(models.Worker)
-class WorkerAdmin(admin.ModelAdmin[models.Worker]):
-    list_display = ("id", "hostname", "pid", "state", "queues", "concurrency", "started_at",
-                    "last_heartbeat_at")
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "hostname",
+        "pid",
+        "state",
+        "queues",
+        "concurrency",
+        "started_at",
+        "last_heartbeat_at",
+    )
     list_filter = ("state",)
 
     def has_add_permission(self, request: object) -> bool:

@@ -100,7 +100,9 @@ class PostgresBackend(BaseTaskBackend):
         task_enqueued.send(type(self), task_result=result)
         return result
 
-    def enqueue_many(self, calls: Iterable[tuple[Task, Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
+    def enqueue_many(
+        self, calls: Iterable[tuple[Task, Sequence[Any], Mapping[str, Any]]]
+    ) -> list[TaskResult]:
         """Enqueue many runs (of one or several tasks) in one INSERT and one NOTIFY per queue.
 
         All or nothing: an invalid call raises before anything is stored.

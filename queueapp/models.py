@@ -64,9 +64,7 @@ class Worker(models.Model):
             ),
         ]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(state__in=WorkerState.values), name="worker_state_known"
-            ),
+            models.CheckConstraint(condition=Q(state__in=WorkerState.values), name="worker_state_known"),
             models.CheckConstraint(condition=Q(concurrency__gte=1), name="worker_concurrency_positive"),
         ]
 

@@ -147,7 +147,9 @@ def enqueue_tasks(batch: Sequence[NewTask], *, using: str = "default") -> list[T
     return rows
 
 
-def claim_tasks(*, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default") -> list[TaskRow]:
+def claim_tasks(
+    *, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default"
+) -> list[TaskRow]:
     """Claim up to limit READY, due tasks by priority, then run_after, then id."""
     if limit <= 0:
         return []

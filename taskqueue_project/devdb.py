@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -99,27 +98,29 @@ def start(datadir: Path) -> str:
         for parent in datadir.resolve().parents:
             if parent.stat().st_mode & 0o001 == 0:
                 os.chmod(parent, parent.stat().st_mode | 0o001)
-    status = subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "status"]), capture_output=True)
+    status = subprocess.run(
+        _as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "status"]), capture_output=True
+    )
     if status.returncode != 0:
         _run([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(datadir / "server.log"), "-w", "start"])
     port = port_of(datadir)
-    _run([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-q", "-c",
-          "SELECT 1"])
-    exists = subprocess.run(
-        _as_owner([str(bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-tA", "-c",
-                   f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'"]),
-        capture_output=True, text=True,
-    ).stdout.strip()
-    if exists != "1":
-        _run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE])
+    created = subprocess.run(
+        _as_owner([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE]),
+        capture_output=True,
+        text=True,
+    )
+    if created.returncode != 0 and "already exists" not in created.stderr:
+        sys.exit(f"createdb {DATABASE} failed:\n{created.stderr}")
     return f"postgres://postgres@127.0.0.1:{port}/{DATABASE}"
 
 
 def stop(datadir: Path) -> None:
     if (datadir / "PG_VERSION").exists():
         bindir = find_bindir()
-        subprocess.run(_as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]),
+            capture_output=True,
+        )
 
 
 def with_temp(cmd: list[str]) -> int:

@@ -6,8 +6,8 @@ import os
 
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 
-from taskqueue_project.settings import *  # noqa: E402,F403
-from taskqueue_project.settings import TASKQUEUE, TASKS  # noqa: E402
+from taskqueue_project.settings import *  # noqa: F403
+from taskqueue_project.settings import TASKQUEUE, TASKS
 
 TASKS["default"]["QUEUES"] = ["default", "emails", "reports"]
 TASKQUEUE["IMPORTS"] = [*TASKQUEUE["IMPORTS"], "tests.tasks"]

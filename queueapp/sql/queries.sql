@@ -28,9 +28,10 @@ INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs
                            enqueued_at, attempts, max_attempts, worker_ids, errors, cancel_requested)
 SELECT r.task_path, r.queue_name, r.priority, 'READY', r.args, r.kwargs,
        coalesce(r.run_after, now()), now(), 0, r.max_attempts, '{}', '[]', false
-FROM jsonb_to_recordset(%(rows)s::jsonb) WITH ORDINALITY
-     AS r(task_path text, queue_name text, priority int, args jsonb, kwargs jsonb,
-          run_after timestamptz, max_attempts int, ordinality bigint)
+FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
+       AS (task_path text, queue_name text, priority int, args jsonb, kwargs jsonb,
+           run_after timestamptz, max_attempts int)) WITH ORDINALITY
+     AS r(task_path, queue_name, priority, args, kwargs, run_after, max_attempts, ordinality)
 ORDER BY r.ordinality
 RETURNING id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
           started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,

@@ -1,0 +1,158 @@
+"""Enqueue: transactional, one notification per queue, clear errors for bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import psycopg
+import pytest
+from django.db import transaction
+from django.tasks import task
+from django.tasks.exceptions import InvalidTask
+from django.test import override_settings
+from django.utils import timezone
+
+from queueapp import exceptions, models
+from tests import tasks
+from tests.conftest import collect_until_sentinel
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_rolled_back_enqueue_leaves_no_row_and_no_notification(
+    listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    def enqueue_then_fail() -> None:
+        with transaction.atomic():
+            tasks.add.enqueue(1, 2)
+            assert models.Task.objects.count() == 1  # visible inside the transaction
+            raise Boom
+
+    with pytest.raises(Boom):
+        enqueue_then_fail()
+
+    assert models.Task.objects.count() == 0
+    assert collect_until_sentinel(listener, raw_conn) == []
+
+
+def test_committed_enqueue_notifies_its_queue(
+    listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    tasks.send_email.enqueue("a@example.com")
+    assert collect_until_sentinel(listener, raw_conn) == ["emails"]
+
+
+def test_committed_bulk_of_1000_sends_one_notification_per_queue(
+    listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    with transaction.atomic():
+        results = tasks.add.enqueue_many(((i, i), {}) for i in range(500))
+        results += tasks.send_email.enqueue_many(((f"u{i}@example.com",), {}) for i in range(500))
+
+    assert len(results) == 1000
+    assert models.Task.objects.filter(status="READY").count() == 1000
+    assert sorted(collect_until_sentinel(listener, raw_conn)) == ["default", "emails"]
+
+
+def test_many_single_enqueues_in_one_transaction_notify_once(
+    listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    with transaction.atomic():
+        for i in range(50):
+            tasks.add.enqueue(i, i)
+    assert collect_until_sentinel(listener, raw_conn) == ["default"]
+
+
+def test_deferred_task_wakes_nobody(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> None:
+    later = timezone.now() + dt.timedelta(hours=1)
+    tasks.add.using(run_after=later).enqueue(1, 1)
+    assert collect_until_sentinel(listener, raw_conn) == []
+    assert models.Task.objects.get().run_after == later
+
+
+def test_bulk_results_match_input_order_and_rows() -> None:
+    results = tasks.echo.enqueue_many([((i,), {"k": i}) for i in range(20)])
+    for i, result in enumerate(results):
+        row = models.Task.objects.get(id=int(result.id))
+        assert (row.args, row.kwargs) == ([i], {"k": i})
+        assert result.enqueued_at == row.enqueued_at
+
+
+def test_bulk_with_one_bad_call_stores_nothing() -> None:
+    calls = [((i,), {}) for i in range(10)] + [((object(),), {})]
+    with pytest.raises(InvalidTask, match="must be JSON"):
+        tasks.echo.enqueue_many(calls)
+    assert models.Task.objects.count() == 0
+
+
+def test_enqueue_stores_task_defaults() -> None:
+    result = tasks.send_email.enqueue("x@example.com")
+    row = models.Task.objects.get(id=int(result.id))
+    assert row.task_path == "tests.tasks.send_email"
+    assert (row.queue_name, row.priority, row.max_attempts, row.attempts) == ("emails", 5, 3, 0)
+    assert row.run_after == row.enqueued_at  # not deferred: run_after is the enqueue time
+    assert models.Task.objects.get(id=int(tasks.flaky.enqueue(1).id)).max_attempts == 5
+    assert models.Task.objects.get(id=int(tasks.add.using(max_attempts=9).enqueue(1, 2).id)).max_attempts == 9
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: tasks.add.using(priority=101), "priority must be a whole number between -100 and 100"),
+        (lambda: tasks.add.using(priority=-101), "priority must be a whole number between -100 and 100"),
+        (lambda: tasks.add.using(queue_name="nope"), "Queue 'nope' is not valid"),
+        (lambda: tasks.add.using(run_after=dt.datetime(2030, 1, 1)), "run_after must be an aware datetime"),
+        (lambda: tasks.add.using(max_attempts=0), "max_attempts must be a whole number of at least 1"),
+    ],
+)
+def test_invalid_task_options_raise_invalid_task(make: object, message: str) -> None:
+    with pytest.raises(InvalidTask, match=message):
+        make()  # type: ignore[operator]
+    assert models.Task.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((object(),), {}),
+        ((), {"when": dt.datetime.now(tz=dt.UTC)}),
+        ((float("nan"),), {}),
+        ((), {"x": {1, 2}}),
+    ],
+)
+def test_arguments_that_are_not_json_are_rejected(
+    args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    with pytest.raises(exceptions.ArgumentsNotJSON, match="task arguments must be JSON"):
+        tasks.echo.enqueue(*args, **kwargs)
+    assert models.Task.objects.count() == 0
+
+
+@override_settings(TASKQUEUE={"MAX_ARGS_BYTES": 1000, "IMPORTS": []})
+def test_arguments_over_the_size_limit_are_rejected() -> None:
+    with pytest.raises(exceptions.ArgumentsTooLarge, match="the limit is 1000"):
+        tasks.echo.enqueue("x" * 1000)
+    assert models.Task.objects.count() == 0
+
+
+def test_function_that_is_not_module_level_is_rejected() -> None:
+    with pytest.raises(InvalidTask, match="module level"):
+
+        @task
+        def inner() -> None: ...
+
+
+def test_database_caps_argument_size_even_without_python_checks(raw_conn: psycopg.Connection) -> None:
+    huge = '"' + "x" * (models.ARGS_HARD_LIMIT_BYTES + 1) + '"'
+    with pytest.raises(psycopg.errors.CheckViolation, match="task_args_size_cap"):
+        raw_conn.execute(
+            "INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs, attempts,"
+            " max_attempts, worker_ids, errors, cancel_requested)"
+            " VALUES ('x', 'default', 0, 'READY', jsonb_build_array(%s::text), '{}', 0, 1, '{}', '[]',"
+            " false)",
+            [huge],
+        )

@@ -1,0 +1,56 @@
+"""The project's own plumbing: system checks, the SQL loader, migrations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from queueapp.sql import QUERIES, load
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_check_fails_clearly_when_the_database_is_not_postgresql(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "SECRET_KEY": "x",
+        "DJANGO_SETTINGS_MODULE": "taskqueue_project.settings",
+    }
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "queueapp.E001" in proc.stderr
+    assert "taskqueue needs PostgreSQL, but the default database is 'sqlite'" in proc.stderr
+
+
+def test_settings_refuse_to_start_without_a_secret_key_unless_debug() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    env["DJANGO_SETTINGS_MODULE"] = "taskqueue_project.settings"
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode != 0
+    assert "SECRET_KEY" in proc.stderr
+
+
+def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
+    assert {
+        "enqueue_task",
+        "enqueue_tasks",
+        "claim_tasks",
+        "finish_task",
+        "fail_task",
+        "cancel_task",
+        "get_task",
+    } <= set(QUERIES)
+    with pytest.raises(ValueError, match="defined twice"):
+        load("-- a --\nSELECT 1;\n-- a --\nSELECT 2;")
+    store_source = (ROOT / "queueapp" / "store.py").read_text()
+    for name in QUERIES:
+        assert f'QUERIES["{name}"]' in store_source, f"query {name} is never used"
