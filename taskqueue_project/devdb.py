@@ -88,16 +88,20 @@ def port_of(datadir: Path) -> int:
     raise SystemExit(f"no port in {datadir}/postgresql.conf")
 
 
+def _let_postgres_in(datadir: Path) -> None:
+    # The postgres user must be able to walk down to its data directory.
+    for parent in datadir.parents:
+        if parent.exists() and parent.stat().st_mode & 0o001 == 0:
+            os.chmod(parent, parent.stat().st_mode | 0o001)
+
+
 def start(datadir: Path) -> str:
     """Start the cluster in datadir (initialising it first if empty); return its DATABASE_URL."""
     bindir = find_bindir()
+    if os.geteuid() == 0:
+        _let_postgres_in(datadir)
     if not (datadir / "PG_VERSION").exists():
         init(datadir, bindir)
-    if os.geteuid() == 0:
-        # A parent the postgres user cannot enter would stop the server from reading its data.
-        for parent in datadir.resolve().parents:
-            if parent.stat().st_mode & 0o001 == 0:
-                os.chmod(parent, parent.stat().st_mode | 0o001)
     status = subprocess.run(
         _as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "status"]), capture_output=True
     )
