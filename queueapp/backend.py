@@ -33,6 +33,8 @@ class QueueTask(Task):
 
     max_attempts: int | None = None
     """Attempts before the task is FAILED; the backend's OPTIONS["max_attempts"] when None."""
+    timeout: float | None = None
+    """Seconds an attempt may run before its process is killed (`runworker --processes` only)."""
 
     def using(  # type: ignore[override]
         self,
@@ -42,13 +44,11 @@ class QueueTask(Task):
         run_after: datetime | None = None,
         backend: str | None = None,
         max_attempts: int | None = None,
+        timeout: float | None = None,
     ) -> QueueTask:
-        task = Task.using(
-            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
-        )
-        if max_attempts is not None:
-            task = replace(task, max_attempts=max_attempts)
-        return task
+        task = Task.using(self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend)
+        extras = {"max_attempts": max_attempts, "timeout": timeout}
+        return replace(task, **{name: value for name, value in extras.items() if value is not None})
 
     def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
         """Enqueue one run of this task per (args, kwargs) pair in one statement."""
@@ -79,6 +79,11 @@ class PostgresBackend(BaseTaskBackend):
             isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
         ):
             raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
+        timeout = getattr(task, "timeout", None)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf")
+        ):
+            raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
         registry.register(task)
 
     def _new_task(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
@@ -92,6 +97,7 @@ class PostgresBackend(BaseTaskBackend):
             kwargs_json=kwargs_json,
             run_after=task.run_after,
             max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
+            timeout=getattr(task, "timeout", None),
         )
 
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:

@@ -102,6 +102,8 @@ class Task(models.Model):
     errors = models.JSONField(default=list, blank=True)
     """One entry per failed attempt: exception_class_path, message, traceback, attempt, worker_id."""
     return_value = models.JSONField(null=True, blank=True)
+    timeout = models.FloatField(null=True, blank=True)
+    """Seconds an attempt may run; enforced by killing its process under `runworker --processes`."""
     cancel_requested = models.BooleanField(default=False)
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
 
@@ -128,6 +130,7 @@ class Task(models.Model):
             models.CheckConstraint(condition=Q(status__in=TaskStatus.values), name="task_status_known"),
             models.CheckConstraint(condition=Q(attempts__gte=0), name="task_attempts_non_negative"),
             models.CheckConstraint(condition=Q(max_attempts__gte=1), name="task_max_attempts_positive"),
+            models.CheckConstraint(condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_timeout_positive"),
             models.CheckConstraint(
                 condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
                 name="task_running_has_worker",

@@ -35,6 +35,7 @@ class NewTask:
     kwargs_json: str
     run_after: datetime | None
     max_attempts: int
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +60,7 @@ class TaskRow:
     errors: list[dict[str, Any]]
     return_value: Any
     cancel_requested: bool
+    timeout: float | None
 
 
 _JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
@@ -110,6 +112,7 @@ def _params(new: NewTask) -> dict[str, Any]:
         "kwargs": new.kwargs_json,
         "run_after": new.run_after,
         "max_attempts": new.max_attempts,
+        "timeout": new.timeout,
     }
 
 
@@ -122,6 +125,7 @@ def _batch_row_json(new: NewTask) -> str:
             "priority": new.priority,
             "run_after": new.run_after.isoformat() if new.run_after else None,
             "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
         }
     )
     return f'{head[:-1]},"args":{new.args_json},"kwargs":{new.kwargs_json}}}'
@@ -222,3 +226,100 @@ def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
         cursor.execute(QUERIES["get_task"], {"id": task_id})
         values = cursor.fetchone()
     return _to_row(values) if values else None
+
+
+def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["is_cancel_requested"], {"id": task_id})
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def release_tasks(*, worker_id: UUID, claimed: Sequence[tuple[int, int]], using: str = "default") -> list[int]:
+    """Hand back claimed, never started (task_id, attempt) pairs; returns the ids released."""
+    if not claimed:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["release_tasks"],
+            {
+                "worker_id": worker_id,
+                "ids": [task_id for task_id, _ in claimed],
+                "attempts": [attempt for _, attempt in claimed],
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def register_worker(
+    *, worker_id: UUID, hostname: str, pid: int, queues: Sequence[str], concurrency: int, using: str = "default"
+) -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["register_worker"],
+            {"id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency},
+        )
+
+
+def beat_worker(worker_id: UUID, *, using: str = "default") -> bool:
+    """Record a heartbeat; False when the worker was marked LOST and must exit."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["beat_worker"], {"id": worker_id})
+        return cursor.fetchone() is not None
+
+
+def set_worker_state(worker_id: UUID, state: str, *, using: str = "default") -> bool:
+    """Move a worker to STOPPING or STOPPED; False when it was already LOST."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["set_worker_state"], {"id": worker_id, "state": state})
+        return cursor.fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReapOutcome:
+    """What one reaper run did (or, for a preview, would do)."""
+
+    ran: bool
+    """False when another reaper held the cluster-wide lock, so this one did nothing."""
+    workers_lost: int
+    tasks_requeued: int
+    tasks_failed: int
+
+
+def reap_workers(
+    *,
+    stale_after: float,
+    backoff_base: float,
+    backoff_max: float,
+    worker_ids: Sequence[UUID] = (),
+    using: str = "default",
+) -> ReapOutcome:
+    """Mark stale (or the named) workers LOST and take back their RUNNING tasks."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["reap_workers"],
+            {
+                "stale_after": stale_after,
+                "worker_ids": list(worker_ids),
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+            },
+        )
+        locked, lost, requeued, failed = cursor.fetchone()
+    return ReapOutcome(bool(locked), lost, requeued, failed)
+
+
+def preview_reap(*, stale_after: float, using: str = "default") -> ReapOutcome:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["preview_reap"], {"stale_after": stale_after})
+        lost, requeued, failed = cursor.fetchone()
+    return ReapOutcome(True, lost, requeued, failed)
+
+
+def timed_out_tasks(worker_ids: Sequence[UUID], *, using: str = "default") -> list[tuple[int, UUID, int, float]]:
+    """(task_id, worker_id, attempt, timeout) of RUNNING tasks past their timeout."""
+    if not worker_ids:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
+        return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]

@@ -10,14 +10,15 @@
 -- task wakes nobody: the workers' polling picks it up when it is due.
 WITH inserted AS (
   INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs, run_after,
-                             enqueued_at, attempts, max_attempts, worker_ids, errors, cancel_requested)
+                             enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
   VALUES (%(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
-          coalesce(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, '{}', '[]', false)
+          coalesce(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, %(timeout)s::float8,
+          '{}', '[]', false)
   RETURNING *
 )
 SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
        started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
-       return_value, cancel_requested,
+       return_value, cancel_requested, timeout,
        CASE WHEN run_after <= now() THEN pg_notify('taskqueue', queue_name) END
 FROM inserted;
 
@@ -25,17 +26,17 @@ FROM inserted;
 -- One INSERT for a whole batch, rows given as one JSON array. Identity ids are drawn in the
 -- order rows are inserted, which follows the ORDER BY, so rows sorted by id match the input order.
 INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs, run_after,
-                           enqueued_at, attempts, max_attempts, worker_ids, errors, cancel_requested)
+                           enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
 SELECT r.task_path, r.queue_name, r.priority, 'READY', r.args, r.kwargs,
-       coalesce(r.run_after, now()), now(), 0, r.max_attempts, '{}', '[]', false
+       coalesce(r.run_after, now()), now(), 0, r.max_attempts, r.timeout, '{}', '[]', false
 FROM ROWS FROM (jsonb_to_recordset(%(rows)s::jsonb)
        AS (task_path text, queue_name text, priority int, args jsonb, kwargs jsonb,
-           run_after timestamptz, max_attempts int)) WITH ORDINALITY
-     AS r(task_path, queue_name, priority, args, kwargs, run_after, max_attempts, ordinality)
+           run_after timestamptz, max_attempts int, timeout float8)) WITH ORDINALITY
+     AS r(task_path, queue_name, priority, args, kwargs, run_after, max_attempts, timeout, ordinality)
 ORDER BY r.ordinality
 RETURNING id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
           started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
-          return_value, cancel_requested;
+          return_value, cancel_requested, timeout;
 
 -- notify_queues --
 -- One notification per queue for a batch (see enqueue_task for why a notification is a hint).
@@ -49,6 +50,8 @@ SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 WITH picked AS (
   SELECT id FROM queueapp_task
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
+    -- A worker already marked LOST (a zombie back from a pause) claims nothing.
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY priority DESC, run_after, id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -60,7 +63,7 @@ FROM picked
 WHERE t.id = picked.id
 RETURNING t.id, t.task_path, t.queue_name, t.priority, t.status, t.args, t.kwargs, t.run_after,
           t.enqueued_at, t.started_at, t.finished_at, t.attempts, t.max_attempts, t.worker_id,
-          t.worker_ids, t.errors, t.return_value, t.cancel_requested;
+          t.worker_ids, t.errors, t.return_value, t.cancel_requested, t.timeout;
 
 -- finish_task --
 -- Fenced. A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
@@ -103,6 +106,111 @@ RETURNING status;
 -- get_task --
 SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
        started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
-       return_value, cancel_requested
+       return_value, cancel_requested, timeout
 FROM queueapp_task
 WHERE id = %(id)s;
+
+-- is_cancel_requested --
+SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
+
+-- release_tasks --
+-- Shutdown: hand back tasks that were claimed but never started. The attempt was not used, so
+-- attempts and worker_ids go back to what they were. Fenced like every worker write.
+UPDATE queueapp_task t
+SET status = 'READY', worker_id = NULL, attempts = t.attempts - 1, started_at = NULL,
+    worker_ids = t.worker_ids[1:cardinality(t.worker_ids) - 1]
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
+WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s
+RETURNING t.id;
+
+-- register_worker --
+INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::varchar[], %(concurrency)s, 'ALIVE', now(), now());
+
+-- beat_worker --
+-- No row back means the worker was marked LOST (or STOPPED): it must stop claiming and exit.
+UPDATE queueapp_worker SET last_heartbeat_at = now()
+WHERE id = %(id)s AND state IN ('ALIVE', 'STOPPING')
+RETURNING state;
+
+-- set_worker_state --
+-- A LOST worker stays LOST: the reaper's word is final.
+UPDATE queueapp_worker
+SET state = %(state)s, stopped_at = CASE WHEN %(state)s = 'STOPPED' THEN now() END
+WHERE id = %(id)s AND state <> 'LOST'
+RETURNING state;
+
+-- reap_workers --
+-- One reaper at a time across the cluster (a transaction-scoped advisory lock; a reaper that does
+-- not get it does nothing). Marks workers LOST whose heartbeat is older than stale_after seconds,
+-- or that are named (a supervisor that saw its child die), then takes back every RUNNING task of
+-- a LOST worker: READY after a backoff while attempts remain (the lost attempt counts, so a task
+-- that kills its worker cannot do it forever), else FAILED, CANCELLED if a cancel was requested.
+-- Tasks are joined to workers LOST before this statement too: a claim that committed while the
+-- worker was being marked LOST is picked up by the next run.
+-- Each task UPDATE re-checks status = 'RUNNING' on the latest row version (READ COMMITTED), so a
+-- task that finished an instant earlier stays SUCCESSFUL or FAILED.
+WITH reaper AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.reaper')) AS locked
+),
+lost AS (
+  UPDATE queueapp_worker w SET state = 'LOST', stopped_at = now()
+  FROM reaper
+  WHERE reaper.locked AND w.state IN ('ALIVE', 'STOPPING')
+    AND (w.last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)
+         OR w.id = ANY(%(worker_ids)s::uuid[]))
+  RETURNING w.id
+),
+orphaned AS (
+  SELECT id FROM lost
+  UNION
+  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
+),
+taken AS (
+  UPDATE queueapp_task t
+  SET status = CASE WHEN t.cancel_requested THEN 'CANCELLED'
+                    WHEN t.attempts < t.max_attempts THEN 'READY'
+                    ELSE 'FAILED' END,
+      run_after = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts
+                       THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
+                                %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                       ELSE t.run_after END,
+      finished_at = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
+      worker_id = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts THEN NULL ELSE t.worker_id END,
+      errors = t.errors || jsonb_build_array(jsonb_build_object(
+        'exception_class_path', 'queueapp.exceptions.WorkerLost',
+        'message', 'worker ' || t.worker_id || ' was lost (no heartbeat, or its process died) during attempt '
+                   || t.attempts,
+        'traceback', '', 'attempt', t.attempts, 'worker_id', t.worker_id))
+  FROM orphaned
+  WHERE t.worker_id = orphaned.id AND t.status = 'RUNNING'
+  RETURNING t.status
+)
+SELECT (SELECT locked FROM reaper),
+       (SELECT count(*) FROM lost),
+       count(*) FILTER (WHERE status = 'READY'),
+       count(*) FILTER (WHERE status IN ('FAILED', 'CANCELLED'))
+FROM taken;
+
+-- preview_reap --
+-- What reap_workers would do now, changing nothing (reap_stale --dry-run).
+WITH stale AS (
+  SELECT id FROM queueapp_worker
+  WHERE state IN ('ALIVE', 'STOPPING') AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)
+  UNION
+  SELECT id FROM queueapp_worker WHERE state = 'LOST'
+)
+SELECT (SELECT count(*) FROM queueapp_worker
+        WHERE state IN ('ALIVE', 'STOPPING')
+          AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)),
+       count(*) FILTER (WHERE NOT t.cancel_requested AND t.attempts < t.max_attempts),
+       count(*) FILTER (WHERE t.cancel_requested OR t.attempts >= t.max_attempts)
+FROM queueapp_task t JOIN stale ON t.worker_id = stale.id
+WHERE t.status = 'RUNNING';
+
+-- timed_out_tasks --
+-- RUNNING tasks of the given workers past their own timeout (the supervisor kills their process).
+SELECT id, worker_id, attempts, timeout
+FROM queueapp_task
+WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL
+  AND started_at + make_interval(secs => timeout) < now();
