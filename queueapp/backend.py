@@ -46,7 +46,9 @@ class QueueTask(Task):
         max_attempts: int | None = None,
         timeout: float | None = None,
     ) -> QueueTask:
-        task = Task.using(self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend)
+        task = Task.using(
+            self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
+        )
         extras = {"max_attempts": max_attempts, "timeout": timeout}
         return replace(task, **{name: value for name, value in extras.items() if value is not None})
 
@@ -81,7 +83,9 @@ class PostgresBackend(BaseTaskBackend):
             raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
         timeout = getattr(task, "timeout", None)
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf")
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
         ):
             raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
         registry.register(task)

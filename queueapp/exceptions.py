@@ -22,3 +22,15 @@ class ArgumentsTooLarge(TaskQueueError, InvalidTask):
 
 class ArgumentsNotJSON(TaskQueueError, InvalidTask):
     """The task's arguments cannot be stored as JSON."""
+
+
+class WorkerLost(TaskQueueError):
+    """The worker running the task stopped beating (or its process died) during the attempt."""
+
+
+class WorkerInterrupted(TaskQueueError):
+    """The worker was stopped (second signal or grace period over) while the task ran."""
+
+
+class TaskTimeout(TaskQueueError):
+    """The attempt ran past the task's timeout and its process was killed."""

@@ -130,7 +130,9 @@ class Task(models.Model):
             models.CheckConstraint(condition=Q(status__in=TaskStatus.values), name="task_status_known"),
             models.CheckConstraint(condition=Q(attempts__gte=0), name="task_attempts_non_negative"),
             models.CheckConstraint(condition=Q(max_attempts__gte=1), name="task_max_attempts_positive"),
-            models.CheckConstraint(condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_timeout_positive"),
+            models.CheckConstraint(
+                condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_timeout_positive"
+            ),
             models.CheckConstraint(
                 condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
                 name="task_running_has_worker",

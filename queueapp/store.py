@@ -235,7 +235,9 @@ def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:
     return bool(row and row[0])
 
 
-def release_tasks(*, worker_id: UUID, claimed: Sequence[tuple[int, int]], using: str = "default") -> list[int]:
+def release_tasks(
+    *, worker_id: UUID, claimed: Sequence[tuple[int, int]], using: str = "default"
+) -> list[int]:
     """Hand back claimed, never started (task_id, attempt) pairs; returns the ids released."""
     if not claimed:
         return []
@@ -252,12 +254,24 @@ def release_tasks(*, worker_id: UUID, claimed: Sequence[tuple[int, int]], using:
 
 
 def register_worker(
-    *, worker_id: UUID, hostname: str, pid: int, queues: Sequence[str], concurrency: int, using: str = "default"
+    *,
+    worker_id: UUID,
+    hostname: str,
+    pid: int,
+    queues: Sequence[str],
+    concurrency: int,
+    using: str = "default",
 ) -> None:
     with connections[using].cursor() as cursor:
         cursor.execute(
             QUERIES["register_worker"],
-            {"id": worker_id, "hostname": hostname, "pid": pid, "queues": list(queues), "concurrency": concurrency},
+            {
+                "id": worker_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": list(queues),
+                "concurrency": concurrency,
+            },
         )
 
 
@@ -316,7 +330,9 @@ def preview_reap(*, stale_after: float, using: str = "default") -> ReapOutcome:
     return ReapOutcome(True, lost, requeued, failed)
 
 
-def timed_out_tasks(worker_ids: Sequence[UUID], *, using: str = "default") -> list[tuple[int, UUID, int, float]]:
+def timed_out_tasks(
+    worker_ids: Sequence[UUID], *, using: str = "default"
+) -> list[tuple[int, UUID, int, float]]:
     """(task_id, worker_id, attempt, timeout) of RUNNING tasks past their timeout."""
     if not worker_ids:
         return []

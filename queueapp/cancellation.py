@@ -1,0 +1,24 @@
+"""For long tasks: check whether someone asked to cancel the running task, and stop early.
+
+    @task(takes_context=True)
+    def import_rows(context, batch_id):
+        for chunk in chunks(batch_id):
+            if cancellation.is_requested(context):
+                return "stopped early"
+            ...
+
+A cancelled task is recorded CANCELLED whatever it returns or raises afterwards.
+"""
+
+from __future__ import annotations
+
+from django.tasks import TaskContext
+
+from queueapp import store
+from queueapp.backend import parse_result_id
+
+
+def is_requested(context: TaskContext) -> bool:
+    """True once cancel was requested for this task (one indexed read; call it between chunks)."""
+    task_id = parse_result_id(context.task_result.id)
+    return task_id is not None and store.is_cancel_requested(task_id)

@@ -1,0 +1,44 @@
+"""Reap lost workers from cron: `manage.py reap_stale` (safe every minute, next to workers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.tasks import task_backends
+
+from queueapp import store
+
+
+class Command(BaseCommand):
+    help = "Mark workers without a recent heartbeat LOST and requeue (or fail) their running tasks."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--stale-after",
+            type=float,
+            help="Seconds without a heartbeat before a worker is lost (default: TASKQUEUE STALE_AFTER).",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Say what would be done; change nothing.")
+
+    def handle(self, *args: Any, stale_after: float | None, dry_run: bool, **options: Any) -> None:
+        stale_after = settings.TASKQUEUE["STALE_AFTER"] if stale_after is None else stale_after
+        if not stale_after > 0:
+            raise CommandError(f"--stale-after must be more than 0 seconds, not {stale_after}")
+        if dry_run:
+            outcome = store.preview_reap(stale_after=stale_after)
+            verb = "would mark"
+        else:
+            backend = task_backends["default"]
+            outcome = store.reap_workers(
+                stale_after=stale_after, backoff_base=backend.backoff_base, backoff_max=backend.backoff_max
+            )
+            verb = "marked"
+            if not outcome.ran:
+                self.stdout.write("another reaper is running; nothing done")
+                return
+        self.stdout.write(
+            f"{verb} workers_lost={outcome.workers_lost} tasks_requeued={outcome.tasks_requeued} "
+            f"tasks_failed={outcome.tasks_failed}"
+        )

@@ -1,0 +1,47 @@
+"""Connection care for long-running worker threads (Django's request cycle does this for views)."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+logger = logging.getLogger(__name__)
+
+# Errors after which a thread's connection may be broken (server restart, network cut).
+CONNECTION_ERRORS = (DatabaseError, psycopg.Error)
+
+
+def reset_connection() -> None:
+    """Drop this thread's Django connection so the next query opens a fresh one."""
+    try:
+        connection.close()
+    except CONNECTION_ERRORS:
+        logger.debug("closing a broken connection failed", exc_info=True)
+
+
+def ensure_usable_connection() -> None:
+    """Before a unit of work: replace this thread's connection if an error may have broken it."""
+    if connection.connection is not None and connection.errors_occurred:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            reset_connection()
+
+
+def listen_conninfo() -> str:
+    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the default."""
+    url = settings.TASKQUEUE.get("LISTEN_DATABASE_URL")
+    if url:
+        return str(url)
+    params = settings.DATABASES["default"]
+    return psycopg.conninfo.make_conninfo(
+        dbname=params["NAME"],
+        user=params.get("USER") or None,
+        password=params.get("PASSWORD") or None,
+        host=params.get("HOST") or None,
+        port=str(params["PORT"]) if params.get("PORT") else None,
+        application_name="taskqueue-listener",
+    )

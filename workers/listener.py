@@ -1,0 +1,76 @@
+"""Listener: one dedicated autocommit connection LISTENing for enqueues; a hint, never the only path.
+
+It reconnects and re-LISTENs after any connection loss (and wakes the producer then, since
+notifications sent meanwhile are gone), and checks its idle connection now and then.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection
+
+import psycopg
+
+from queueapp import store
+
+logger = logging.getLogger(__name__)
+
+
+class Listener:
+    name = "listener"
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        queues: Collection[str],
+        wake: threading.Event,
+        stop: threading.Event,
+        idle_check: float = 5.0,
+    ) -> None:
+        self.conninfo = conninfo
+        self.queues = frozenset(queues)
+        self.wake = wake
+        self.stop = stop
+        self.idle_check = idle_check
+        self.conn: psycopg.Connection | None = None
+        self.last_checked = time.monotonic()
+        self.retry_delay = 0.1
+
+    def connect(self) -> None:
+        conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+        self.conn = conn
+        self.retry_delay = 0.1
+        self.last_checked = time.monotonic()
+        logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
+        self.wake.set()  # anything enqueued while we were away was not announced to us
+
+    def run_once(self, timeout: float = 1.0) -> None:
+        """Wait up to timeout for notifications; (re)connect first when needed."""
+        try:
+            if self.conn is None:
+                self.connect()
+            assert self.conn is not None
+            for notify in self.conn.notifies(timeout=timeout):
+                if notify.payload in self.queues:
+                    self.wake.set()
+            if time.monotonic() - self.last_checked > self.idle_check:
+                self.conn.execute("SELECT 1")
+                self.last_checked = time.monotonic()
+        except psycopg.Error as exc:
+            logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, self.retry_delay)
+            self.close()
+            self.wake.set()  # the producer polls while we reconnect
+            self.stop.wait(self.retry_delay)
+            self.retry_delay = min(self.retry_delay * 2, 2.0)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg.Error:
+                logger.debug("closing the listener connection failed", exc_info=True)
+            self.conn = None

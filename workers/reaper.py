@@ -1,0 +1,43 @@
+"""Reaper: marks workers whose heartbeat stopped as LOST and takes their tasks back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from uuid import UUID
+
+from queueapp import store
+from workers import db
+
+logger = logging.getLogger(__name__)
+
+
+class Reaper:
+    name = "reaper"
+
+    def __init__(self, *, stale_after: float, backoff_base: float, backoff_max: float) -> None:
+        self.stale_after = stale_after
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+
+    def run_once(self, worker_ids: Sequence[UUID] = ()) -> store.ReapOutcome | None:
+        """One guarded reap; worker_ids are reaped whatever their heartbeat (their process died)."""
+        try:
+            outcome = store.reap_workers(
+                stale_after=self.stale_after,
+                backoff_base=self.backoff_base,
+                backoff_max=self.backoff_max,
+                worker_ids=worker_ids,
+            )
+        except db.CONNECTION_ERRORS as exc:
+            logger.warning("reap_failed error=%s", exc)
+            db.reset_connection()
+            return None
+        if outcome.workers_lost or outcome.tasks_requeued or outcome.tasks_failed:
+            logger.warning(
+                "reaped workers_lost=%s tasks_requeued=%s tasks_failed=%s",
+                outcome.workers_lost,
+                outcome.tasks_requeued,
+                outcome.tasks_failed,
+            )
+        return outcome

@@ -1,0 +1,150 @@
+"""Supervisor for `runworker --processes N`: N worker processes, restarted when they die.
+
+It also enforces task timeouts, which threads cannot: a child running a task past its timeout is
+killed, the task fails through the normal retry path, the child's other tasks are requeued as
+"worker lost", and a fresh child takes its place. A child that dies on its own is reaped at once
+by the supervisor (its tasks do not wait for the heartbeat to go stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from uuid import UUID, uuid4
+
+from queueapp import exceptions, store
+from workers import db
+from workers.config import WorkerConfig
+from workers.executor import error_entry
+from workers.reaper import Reaper
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Child:
+    worker_id: UUID
+    process: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    name = "supervisor"
+
+    def __init__(self, config: WorkerConfig, child_args: list[str], *, check_interval: float = 0.5) -> None:
+        self.config = config
+        self.child_args = child_args
+        """runworker's own options for each child (without --processes)."""
+        self.check_interval = check_interval
+        self.children: list[Child] = []
+        self.stopping = threading.Event()
+        self.signals = 0
+        self.reaper = Reaper(
+            stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
+        )
+        self.restart_delay = 0.0
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.handle_signal)
+        signal.signal(signal.SIGINT, self.handle_signal)
+        self.children = [self.spawn() for _ in range(self.config.processes)]
+        while not self.stopping.is_set():
+            self.run_once()
+            self.stopping.wait(self.check_interval)
+        return self.wait_for_children()
+
+    def spawn(self) -> Child:
+        worker_id = uuid4()
+        cmd = [sys.executable, "-m", "django", "runworker", *self.child_args, "--worker-id", str(worker_id)]
+        process = subprocess.Popen(cmd, env={**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()})
+        logger.info("child_started pid=%s worker=%s", process.pid, worker_id)
+        return Child(worker_id, process)
+
+    @staticmethod
+    def settings_module() -> str:
+        from django.conf import settings
+
+        return str(settings.SETTINGS_MODULE)
+
+    def run_once(self) -> None:
+        """Restart dead children (reaping their tasks first) and kill those past a task's timeout."""
+        self.kill_timed_out()
+        for index, child in enumerate(self.children):
+            code = child.process.poll()
+            if code is None or self.stopping.is_set():
+                continue
+            recycled = code == 0
+            logger.log(
+                logging.INFO if recycled else logging.ERROR,
+                "child_exited pid=%s worker=%s exit_code=%s",
+                child.process.pid,
+                child.worker_id,
+                code,
+            )
+            if not recycled:
+                self.reaper.run_once(worker_ids=[child.worker_id])
+                # A child that keeps dying right after start is throttled, not spun.
+                short_lived = time.monotonic() - child.started < 5
+                self.restart_delay = min(max(self.restart_delay * 2, 0.5), 10.0) if short_lived else 0.0
+                self.stopping.wait(self.restart_delay)
+            if self.config.burst and recycled:
+                continue
+            self.children[index] = self.spawn()
+        if self.config.burst and all(child.process.poll() == 0 for child in self.children):
+            self.stopping.set()
+
+    def kill_timed_out(self) -> None:
+        alive = {child.worker_id: child for child in self.children if child.process.poll() is None}
+        try:
+            late = store.timed_out_tasks(list(alive))
+        except db.CONNECTION_ERRORS as exc:
+            logger.warning("timeout_check_failed error=%s", exc)
+            db.reset_connection()
+            return
+        for task_id, worker_id, attempt, timeout in late:
+            child = alive.get(worker_id)
+            if child is None or child.process.poll() is not None:
+                continue
+            logger.error(
+                "task_timeout id=%s attempt=%s timeout=%ss: killing pid=%s",
+                task_id,
+                attempt,
+                timeout,
+                child.process.pid,
+            )
+            child.process.kill()
+            child.process.wait()
+            error = error_entry(
+                exceptions.TaskTimeout(f"attempt {attempt} ran past its timeout of {timeout} s"),
+                attempt=attempt,
+                worker_id=worker_id,
+            )
+            store.fail_task(
+                task_id=task_id,
+                worker_id=worker_id,
+                attempt=attempt,
+                error=error,
+                backoff_base=self.config.backoff_base,
+                backoff_max=self.config.backoff_max,
+            )
+            # Its other tasks, then a fresh child, on the next pass.
+
+    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.signals += 1
+        logger.info("supervisor_stopping signal=%s count=%s", signal.Signals(signum).name, self.signals)
+        self.stopping.set()
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.send_signal(signum)
+
+    def wait_for_children(self) -> int:
+        codes = [child.process.wait() for child in self.children]
+        logger.info("supervisor_exit exit_codes=%s", codes)
+        return max((abs(code) for code in codes), default=0)
