@@ -28,10 +28,10 @@ run: $(VENV)/.requirements
 	$(PY) manage.py migrate --noinput || exit 1; \
 	echo "taskqueue: admin at http://127.0.0.1:8000/admin/ (a login: make manage ARGS=createsuperuser)"; \
 	echo "taskqueue: from another shell, 'make demo' enqueues demo tasks; Ctrl+C stops everything"; \
-	trap 'true' INT TERM; \
+	interrupted=; trap 'interrupted=1' INT TERM; \
 	$(VENV)/bin/gunicorn taskqueue_project.wsgi --bind 127.0.0.1:8000 --workers 2 --access-logfile - & web=$$!; \
 	$(PY) manage.py runworker & worker=$$!; \
-	wait -n; kill -TERM $$web $$worker 2>/dev/null; wait; \
+	wait -n; [ -n "$$interrupted" ] || kill -TERM $$web $$worker 2>/dev/null; wait; \
 	if [ -n "$$own_db" ]; then $(DEVDB) stop .pgdata; fi
 
 test: $(VENV)/.requirements-dev

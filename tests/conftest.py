@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from django.db import connection
 
 from queueapp import models
+from tests.helpers import WorkerProcess
 
 
 def conninfo() -> str:
@@ -54,3 +57,30 @@ def make_worker(queues: list[str] | None = None) -> models.Worker:
     return models.Worker.objects.create(
         id=uuid.uuid4(), hostname="test", pid=1, queues=queues or ["default"], concurrency=4
     )
+
+
+@pytest.fixture
+def workers(tmp_path: object, transactional_db: None) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real worker processes; each is killed at teardown if still running."""
+    started: list[WorkerProcess] = []
+    log_dir = Path(os.environ.get("TEST_ARTIFACTS", str(tmp_path)))
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(*args: str, **kwargs: object) -> WorkerProcess:
+        worker = WorkerProcess(*args, log_dir=log_dir, **kwargs)  # type: ignore[arg-type]
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def side_effects(raw_conn: psycopg.Connection) -> psycopg.Connection:
+    """A table with a unique key that tasks.record writes: a second execution would collide."""
+    raw_conn.execute(
+        "CREATE TABLE IF NOT EXISTS test_side_effect (seq bigserial, key text PRIMARY KEY, at timestamptz DEFAULT now())"
+    )
+    raw_conn.execute("TRUNCATE test_side_effect")
+    return raw_conn

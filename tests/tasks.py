@@ -35,3 +35,51 @@ def with_context(context: TaskContext, value: int) -> dict[str, int]:
 @task
 async def async_add(a: int, b: int) -> int:
     return a + b
+
+
+@task
+def record(key: str) -> str:
+    """Write a side effect whose unique key shows any second execution (tests create the table)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO test_side_effect (key) VALUES (%s)", [key])
+    return key
+
+
+@task
+def sleep_then_return(seconds: float, value: str = "done") -> str:
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+@task(takes_context=True)
+def slow_with_attempt(context: TaskContext, seconds: float) -> int:
+    import time
+
+    time.sleep(seconds)
+    return context.attempt
+
+
+@task(max_attempts=3)
+def kill_own_process() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(takes_context=True)
+def wait_for_cancel(context: TaskContext) -> str:
+    import time
+
+    from queueapp import cancellation
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if cancellation.is_requested(context):
+            return "stopped early"
+        time.sleep(0.05)
+    return "never cancelled"

@@ -33,6 +33,8 @@ class Child:
     worker_id: UUID
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    handled: bool = False
+    """Its exit was seen and dealt with (reaped, replaced) before shutdown."""
 
 
 class Supervisor:
@@ -63,8 +65,14 @@ class Supervisor:
     def spawn(self) -> Child:
         worker_id = uuid4()
         cmd = [sys.executable, "-m", "django", "runworker", *self.child_args, "--worker-id", str(worker_id)]
-        process = subprocess.Popen(cmd, env={**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()})
+        # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which forwards
+        # it once (a child that saw it twice would take it as "stop now").
+        process = subprocess.Popen(
+            cmd, env={**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}, process_group=0
+        )
         logger.info("child_started pid=%s worker=%s", process.pid, worker_id)
+        if self.stopping.is_set():  # a signal arrived while it was starting
+            process.send_signal(signal.SIGTERM)
         return Child(worker_id, process)
 
     @staticmethod
@@ -78,8 +86,9 @@ class Supervisor:
         self.kill_timed_out()
         for index, child in enumerate(self.children):
             code = child.process.poll()
-            if code is None or self.stopping.is_set():
+            if code is None or child.handled:
                 continue
+            child.handled = True
             recycled = code == 0
             logger.log(
                 logging.INFO if recycled else logging.ERROR,
@@ -94,7 +103,7 @@ class Supervisor:
                 short_lived = time.monotonic() - child.started < 5
                 self.restart_delay = min(max(self.restart_delay * 2, 0.5), 10.0) if short_lived else 0.0
                 self.stopping.wait(self.restart_delay)
-            if self.config.burst and recycled:
+            if self.stopping.is_set() or (self.config.burst and recycled):
                 continue
             self.children[index] = self.spawn()
         if self.config.burst and all(child.process.poll() == 0 for child in self.children):
@@ -145,6 +154,6 @@ class Supervisor:
                 child.process.send_signal(signum)
 
     def wait_for_children(self) -> int:
-        codes = [child.process.wait() for child in self.children]
+        codes = [child.process.wait() for child in self.children if not child.handled]
         logger.info("supervisor_exit exit_codes=%s", codes)
         return max((abs(code) for code in codes), default=0)

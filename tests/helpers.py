@@ -1,0 +1,109 @@
+"""Real worker processes for tests: start, signal, wait on conditions with deadlines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+# Fast liveness and retries so fault tests finish in seconds (production defaults are 5 s / 30 s).
+FAST_ENV = {
+    "TASKQUEUE_HEARTBEAT_INTERVAL": "0.3",
+    "TASKQUEUE_STALE_AFTER": "2",
+    "TASKQUEUE_BACKOFF_BASE": "0.05",
+    "TASKQUEUE_BACKOFF_MAX": "0.2",
+}
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:
+    """Poll condition until it returns something truthy; fail with message after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for: {message}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """`manage.py runworker` as a real subprocess against the test database."""
+
+    def __init__(
+        self, *args: str, log_dir: Path, url: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
+        self.log = self.log_path.open("wb")
+        full_env = {
+            **os.environ,
+            **FAST_ENV,
+            "DATABASE_URL": url or database_url(),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runworker", *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit within {timeout} s; log:\n{self.output()}") from None
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+def run_manage(
+    *args: str, url: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        **FAST_ENV,
+        "DATABASE_URL": url or database_url(),
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

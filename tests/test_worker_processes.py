@@ -1,0 +1,258 @@
+"""Real worker processes, real signals, real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from queueapp import models
+from tests import tasks
+from tests.helpers import WorkerProcess, run_manage, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+Start = Callable[..., WorkerProcess]
+
+
+def count(status: str) -> int:
+    return models.Task.objects.filter(status=status).count()
+
+
+def test_2000_mixed_priority_tasks_on_3_processes_run_exactly_once(
+    workers: Start, side_effects: psycopg.Connection
+) -> None:
+    rng = random.Random(7)
+    calls = [((f"k{i}",), {}) for i in range(2000)]
+    batch = [(tasks.record.using(priority=rng.randint(-100, 100)), args, kwargs) for args, kwargs in calls]
+    tasks.record.get_backend().enqueue_many(batch)
+
+    worker = workers("--processes", "3", "--concurrency", "4", "--burst")
+    assert worker.wait(180) == 0, worker.output()
+
+    assert count("SUCCESSFUL") == 2000
+    assert models.Task.objects.exclude(attempts=1).count() == 0
+    assert side_effects.execute("SELECT count(*), count(DISTINCT key) FROM test_side_effect").fetchone() == (
+        2000,
+        2000,
+    )
+    used = models.Worker.objects.filter(tasks__isnull=False).distinct().count()
+    assert used == 3, "all three processes took work"
+
+
+def test_one_worker_with_concurrency_1_runs_strictly_by_priority(
+    workers: Start, side_effects: psycopg.Connection
+) -> None:
+    rng = random.Random(11)
+    for i in range(60):
+        tasks.record.using(priority=rng.randint(-100, 100)).enqueue(f"k{i}")
+    expected = list(
+        models.Task.objects.order_by("-priority", "run_after", "id").values_list("args", flat=True)
+    )
+
+    worker = workers("--concurrency", "1", "--burst")
+    assert worker.wait(60) == 0, worker.output()
+
+    executed = [row[0] for row in side_effects.execute("SELECT key FROM test_side_effect ORDER BY seq")]
+    assert executed == [args[0] for args in expected]
+
+
+def listener_pids(raw_conn: psycopg.Connection) -> list[int]:
+    rows = raw_conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskqueue-listener' AND query = 'LISTEN taskqueue'"
+        " AND datname = current_database()"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def started_within(raw_conn: psycopg.Connection, task_id: str, seconds: float) -> float:
+    def latency() -> float | None:
+        row = raw_conn.execute(
+            "SELECT extract(epoch FROM started_at - enqueued_at) FROM queueapp_task WHERE id = %s AND started_at IS NOT NULL",
+            [int(task_id)],
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    value = wait_for(latency, timeout=seconds, message=f"task {task_id} to start")
+    return float(value)
+
+
+def test_notify_wakes_an_idle_worker_at_once_and_survives_a_killed_listener(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    worker = workers("--poll-interval", "30", "--concurrency", "2")
+    first_listener = wait_for(
+        lambda: listener_pids(raw_conn), timeout=15, message="LISTEN in pg_stat_activity"
+    )[0]
+    # The first poll happens at start; from now on only a notification can wake it within 30 s.
+    wait_for(lambda: models.Worker.objects.filter(state="ALIVE").exists(), timeout=10, message="worker row")
+
+    latency = started_within(raw_conn, tasks.add.enqueue(1, 2).id, 5)
+    assert latency < 5
+
+    raw_conn.execute("SELECT pg_terminate_backend(%s)", [first_listener])
+    result = tasks.add.enqueue(2, 3)
+    started_within(raw_conn, result.id, 5)
+    relistened = wait_for(
+        lambda: [pid for pid in listener_pids(raw_conn) if pid != first_listener],
+        timeout=10,
+        message="a new LISTEN backend after pg_terminate_backend",
+    )
+    assert relistened
+    # And the new listener really wakes the worker again.
+    started_within(raw_conn, tasks.add.enqueue(3, 4).id, 5)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+
+
+def test_sigkill_mid_task_then_reap_stale_and_another_worker_finishes_all(workers: Start) -> None:
+    results = [tasks.slow_with_attempt.enqueue(3.0) for _ in range(20)]
+    doomed = workers("--concurrency", "20")
+    wait_for(lambda: count("RUNNING") == 20, timeout=20, message="20 tasks running on the first worker")
+    doomed.signal(signal.SIGKILL)
+    doomed.wait(10)
+
+    # Nothing happens to its tasks until its heartbeat is stale (STALE_AFTER=2 in these tests).
+    def reaped() -> str | None:
+        proc = run_manage("reap_stale")
+        return proc.stdout if "workers_lost=1" in proc.stdout else None
+
+    output = wait_for(reaped, timeout=20, message="reap_stale to mark the killed worker lost", interval=0.5)
+    assert "tasks_requeued=20" in output
+    assert count("RUNNING") == 0
+
+    rescuer = workers("--concurrency", "20")
+    wait_for(lambda: count("SUCCESSFUL") == 20, timeout=40, message="all 20 tasks to succeed elsewhere")
+    rows = models.Task.objects.filter(id__in=[int(r.id) for r in results])
+    assert {row.attempts for row in rows} == {2}
+    assert {row.return_value for row in rows} == {2}  # takes_context saw attempt 2
+    assert all(row.errors[0]["exception_class_path"] == "queueapp.exceptions.WorkerLost" for row in rows)
+    rescuer.signal(signal.SIGTERM)
+    assert rescuer.wait(30) == 0
+
+
+def test_a_paused_worker_is_reaped_and_after_sigcont_changes_nothing_and_exits(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    for _ in range(5):
+        tasks.sleep_then_return.enqueue(2.0, "from the paused worker")
+    paused = workers("--concurrency", "5")
+    wait_for(lambda: count("RUNNING") == 5, timeout=20, message="5 tasks running")
+    paused.signal(signal.SIGSTOP)
+    paused_row = models.Worker.objects.get(pid=paused.pid)
+
+    wait_for(
+        lambda: "workers_lost=1" in run_manage("reap_stale").stdout,
+        timeout=20,
+        message="the paused worker reaped",
+        interval=0.5,
+    )
+    rescuer = workers("--concurrency", "5")
+    wait_for(lambda: count("SUCCESSFUL") == 5, timeout=30, message="tasks finished by another worker")
+    rescuer.signal(signal.SIGTERM)
+    assert rescuer.wait(30) == 0
+    before_tasks = list(models.Task.objects.order_by("id").values())
+    before_worker = models.Worker.objects.filter(id=paused_row.id).values().get()
+    assert before_worker["state"] == "LOST"
+
+    paused.signal(signal.SIGCONT)
+    code = paused.wait(30)
+
+    assert code == 2, paused.output()  # it found itself LOST
+    assert list(models.Task.objects.order_by("id").values()) == before_tasks
+    assert models.Worker.objects.filter(id=paused_row.id).values().get() == before_worker
+    assert "result_dropped" in paused.output()
+
+
+def test_sigterm_lets_running_tasks_finish_and_exits_0(workers: Start) -> None:
+    for _ in range(3):
+        tasks.sleep_then_return.enqueue(1.5)
+    worker = workers("--concurrency", "3", "--grace", "20")
+    wait_for(lambda: count("RUNNING") == 3, timeout=20, message="3 tasks running")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    assert count("SUCCESSFUL") == 3
+    assert count("RUNNING") == 0
+    assert models.Worker.objects.get(pid=worker.pid).state == "STOPPED"
+
+
+def test_second_signal_stops_now_and_requeues_running_tasks_with_the_attempt_counted(workers: Start) -> None:
+    for _ in range(2):
+        tasks.sleep_then_return.enqueue(30)
+    worker = workers("--concurrency", "2", "--grace", "60")
+    wait_for(lambda: count("RUNNING") == 2, timeout=20, message="2 tasks running")
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: models.Worker.objects.filter(state="STOPPING").exists(), timeout=10, message="STOPPING")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 1, worker.output()
+    rows = list(models.Task.objects.all())
+    assert [row.status for row in rows] == ["READY", "READY"]
+    assert {row.attempts for row in rows} == {1}
+    assert {row.errors[0]["exception_class_path"] for row in rows} == {
+        "queueapp.exceptions.WorkerInterrupted"
+    }
+
+
+def test_a_task_that_kills_its_process_is_retried_then_failed_while_others_flow(workers: Start) -> None:
+    poison = tasks.kill_own_process.enqueue()
+    others = tasks.add.using(max_attempts=10).enqueue_many(((i, i), {}) for i in range(40))
+    supervisor = workers("--processes", "2", "--concurrency", "2")
+
+    wait_for(
+        lambda: models.Task.objects.get(id=int(poison.id)).status == "FAILED",
+        timeout=60,
+        message="the poison task to be FAILED",
+    )
+    wait_for(
+        lambda: (
+            models.Task.objects.filter(id__in=[int(r.id) for r in others], status="SUCCESSFUL").count() == 40
+        ),
+        timeout=60,
+        message="the other tasks to succeed",
+    )
+    row = models.Task.objects.get(id=int(poison.id))
+    assert row.attempts == 3
+    assert [e["exception_class_path"] for e in row.errors] == ["queueapp.exceptions.WorkerLost"] * 3
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.output()
+
+
+def test_a_task_past_its_timeout_has_its_process_killed_and_fails(workers: Start) -> None:
+    late = tasks.sleep_then_return.using(timeout=1, max_attempts=1).enqueue(60)
+    quick = tasks.add.enqueue(1, 1)
+    supervisor = workers("--processes", "2", "--concurrency", "2")
+    wait_for(
+        lambda: models.Task.objects.get(id=int(late.id)).status == "FAILED",
+        timeout=30,
+        message="timed-out task FAILED",
+    )
+    row = models.Task.objects.get(id=int(late.id))
+    assert row.errors[0]["exception_class_path"] == "queueapp.exceptions.TaskTimeout"
+    wait_for(
+        lambda: models.Task.objects.get(id=int(quick.id)).status == "SUCCESSFUL", timeout=30, message="quick"
+    )
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.output()
+
+
+def test_cancelling_a_running_task_is_seen_by_the_task_and_never_successful(workers: Start) -> None:
+    result = tasks.wait_for_cancel.enqueue()
+    worker = workers("--concurrency", "1")
+    wait_for(lambda: count("RUNNING") == 1, timeout=20, message="task running")
+    assert tasks.wait_for_cancel.get_backend().cancel(result.id) is True
+    wait_for(lambda: count("CANCELLED") == 1, timeout=20, message="task cancelled")
+    row = models.Task.objects.get(id=int(result.id))
+    assert row.return_value is None
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+
+
+def test_runworker_rejects_bad_options_clearly() -> None:
+    proc = run_manage("runworker", "--concurrency", "0")
+    assert proc.returncode != 0
+    assert "--concurrency must be at least 1, not 0" in proc.stderr
+    proc = run_manage("runworker", "--queues", "nope")
+    assert "unknown queue(s) nope" in proc.stderr
