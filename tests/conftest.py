@@ -80,7 +80,8 @@ def workers(tmp_path: object, transactional_db: None) -> Iterator[Callable[..., 
 def side_effects(raw_conn: psycopg.Connection) -> psycopg.Connection:
     """A table with a unique key that tasks.record writes: a second execution would collide."""
     raw_conn.execute(
-        "CREATE TABLE IF NOT EXISTS test_side_effect (seq bigserial, key text PRIMARY KEY, at timestamptz DEFAULT now())"
+        "CREATE TABLE IF NOT EXISTS test_side_effect"
+        " (seq bigserial, key text PRIMARY KEY, at timestamptz DEFAULT now())"
     )
     raw_conn.execute("TRUNCATE test_side_effect")
     return raw_conn

@@ -8,12 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
 
 # Fast liveness and retries so fault tests finish in seconds (production defaults are 5 s / 30 s).
 FAST_ENV = {
@@ -30,7 +28,7 @@ def database_url() -> str:
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:
+def wait_for[T](condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:
     """Poll condition until it returns something truthy; fail with message after timeout seconds."""
     deadline = time.monotonic() + timeout
     while True:

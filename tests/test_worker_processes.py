@@ -62,8 +62,8 @@ def test_one_worker_with_concurrency_1_runs_strictly_by_priority(
 
 def listener_pids(raw_conn: psycopg.Connection) -> list[int]:
     rows = raw_conn.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskqueue-listener' AND query = 'LISTEN taskqueue'"
-        " AND datname = current_database()"
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
+        " AND query = 'LISTEN taskqueue' AND datname = current_database()"
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -71,7 +71,8 @@ def listener_pids(raw_conn: psycopg.Connection) -> list[int]:
 def started_within(raw_conn: psycopg.Connection, task_id: str, seconds: float) -> float:
     def latency() -> float | None:
         row = raw_conn.execute(
-            "SELECT extract(epoch FROM started_at - enqueued_at) FROM queueapp_task WHERE id = %s AND started_at IS NOT NULL",
+            "SELECT extract(epoch FROM started_at - enqueued_at) FROM queueapp_task"
+            " WHERE id = %s AND started_at IS NOT NULL",
             [int(task_id)],
         ).fetchone()
         return float(row[0]) if row else None
