@@ -24,6 +24,10 @@ class ArgumentsNotJSON(TaskQueueError, InvalidTask):
     """The task's arguments cannot be stored as JSON."""
 
 
+class ReturnValueNotJSON(TaskQueueError):
+    """The task returned a value that cannot be stored as JSON."""
+
+
 class WorkerLost(TaskQueueError):
     """The worker running the task stopped beating (or its process died) during the attempt."""
 

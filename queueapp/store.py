@@ -96,11 +96,11 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
 
 
 def encode_return_value(value: Any) -> str:
-    """JSON text of a task's return value; raises ArgumentsNotJSON when it has none."""
+    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none."""
     try:
         return json.dumps(normalize_json(value), allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise exceptions.ArgumentsNotJSON(f"task return value is not JSON: {exc}") from exc
+        raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc
 
 
 def _params(new: NewTask) -> dict[str, Any]:

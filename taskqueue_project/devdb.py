@@ -127,6 +127,24 @@ def stop(datadir: Path) -> None:
         )
 
 
+def restart(datadir: Path) -> None:
+    """Fast restart (fault tests): connections are cut, the data stays."""
+    bindir = find_bindir()
+    _run(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(datadir),
+            "-l",
+            str(datadir / "server.log"),
+            "-m",
+            "fast",
+            "-w",
+            "restart",
+        ]
+    )
+
+
 def with_temp(cmd: list[str]) -> int:
     """Run cmd against DATABASE_URL, or a throwaway cluster removed afterwards."""
     if os.environ.get("DATABASE_URL"):

@@ -83,3 +83,8 @@ def wait_for_cancel(context: TaskContext) -> str:
             return "stopped early"
         time.sleep(0.05)
     return "never cancelled"
+
+
+@task
+def returns_a_set() -> set[int]:
+    return {1, 2}

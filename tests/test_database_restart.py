@@ -1,0 +1,86 @@
+"""A PostgreSQL restart under busy workers, on a throwaway cluster of the test's own."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from queueapp.sql import QUERIES
+from taskqueue_project import devdb
+from tests.helpers import WorkerProcess, run_manage, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    datadir = tmp_path / "pg"
+    url = devdb.start(datadir)
+    try:
+        yield datadir, url
+    finally:
+        devdb.stop(datadir)
+
+
+def counts(url: str) -> dict[str, int]:
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        return dict(conn.execute("SELECT status, count(*) FROM queueapp_task GROUP BY status").fetchall())
+
+
+def safe_counts(url: str) -> dict[str, int]:
+    try:
+        return counts(url)
+    except psycopg.OperationalError:
+        return {}
+
+
+def test_workers_survive_a_database_restart_and_lose_nothing(
+    cluster: tuple[Path, str], tmp_path: Path
+) -> None:
+    datadir, url = cluster
+    migrated = run_manage("migrate", "--noinput", url=url)
+    assert migrated.returncode == 0, migrated.stderr
+    rows = [
+        {
+            "task_path": "tests.tasks.sleep_then_return",
+            "queue_name": "default",
+            "priority": 0,
+            "run_after": None,
+            "max_attempts": 5,
+            "timeout": None,
+            "args": [0.05],
+            "kwargs": {},
+        }
+        for _ in range(1500)
+    ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(QUERIES["enqueue_tasks"], {"rows": json.dumps(rows)})
+
+    env = {"TASKQUEUE_STALE_AFTER": "60"}  # a restart is not a reason to declare workers lost
+    workers = [WorkerProcess("--concurrency", "4", log_dir=tmp_path, url=url, env=env) for _ in range(3)]
+    try:
+        wait_for(lambda: safe_counts(url).get("SUCCESSFUL", 0) >= 150, timeout=60, message="work under way")
+        devdb.restart(datadir)
+        back = time.monotonic()
+        done_at_restart = counts(url).get("SUCCESSFUL", 0)
+
+        wait_for(
+            lambda: counts(url).get("SUCCESSFUL", 0) > done_at_restart + 20,
+            timeout=5,
+            message="work to resume within 5 s of the server being back",
+        )
+        resumed_after = time.monotonic() - back
+        wait_for(
+            lambda: counts(url).get("SUCCESSFUL", 0) == 1500, timeout=120, message="all tasks to succeed"
+        )
+        assert counts(url) == {"SUCCESSFUL": 1500}
+        assert all(worker.process.poll() is None for worker in workers), "a worker died in the restart"
+        print(f"work resumed {resumed_after:.2f} s after the server was back")
+    finally:
+        for worker in workers:
+            worker.stop()

@@ -1,0 +1,192 @@
+"""The reaper: guarded, safe to run concurrently, and never reopens a finished task."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from django.db import connection
+
+from queueapp import models, store
+from tests import tasks
+from tests.conftest import make_worker
+from tests.helpers import run_manage
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REAP = {"backoff_base": 0.0, "backoff_max": 0.0}
+
+
+def age_heartbeat(raw_conn: psycopg.Connection, worker: models.Worker, seconds: float) -> None:
+    raw_conn.execute(
+        "UPDATE queueapp_worker SET last_heartbeat_at = now() - make_interval(secs => %s) WHERE id = %s",
+        [seconds, worker.id],
+    )
+
+
+def test_reap_requeues_a_lost_workers_tasks_and_fails_those_out_of_attempts(
+    raw_conn: psycopg.Connection,
+) -> None:
+    keep = tasks.add.enqueue(1, 1)
+    last_try = tasks.add.using(max_attempts=1).enqueue(2, 2)
+    worker, healthy = make_worker(), make_worker()
+    store.claim_tasks(worker_id=worker.id, queues=["default"], limit=2)
+    age_heartbeat(raw_conn, worker, 60)
+
+    outcome = store.reap_workers(stale_after=30, **REAP)
+
+    assert outcome == store.ReapOutcome(True, 1, 1, 1)
+    assert models.Worker.objects.get(id=worker.id).state == "LOST"
+    assert models.Worker.objects.get(id=healthy.id).state == "ALIVE"
+    requeued = models.Task.objects.get(id=int(keep.id))
+    assert (requeued.status, requeued.worker_id, requeued.attempts) == ("READY", None, 1)
+    failed = models.Task.objects.get(id=int(last_try.id))
+    assert failed.status == "FAILED"
+    assert "was lost" in failed.errors[0]["message"]
+    assert store.reap_workers(stale_after=30, **REAP) == store.ReapOutcome(True, 0, 0, 0)
+
+
+def test_a_lost_worker_cannot_claim_or_beat(raw_conn: psycopg.Connection) -> None:
+    tasks.add.enqueue(1, 1)
+    worker = make_worker()
+    age_heartbeat(raw_conn, worker, 60)
+    store.reap_workers(stale_after=30, **REAP)
+    assert store.claim_tasks(worker_id=worker.id, queues=["default"], limit=5) == []
+    assert store.beat_worker(worker.id) is False
+    assert store.set_worker_state(worker.id, "STOPPED") is False
+    assert models.Worker.objects.get(id=worker.id).state == "LOST"
+
+
+def test_running_tasks_left_on_an_already_lost_worker_are_reaped(raw_conn: psycopg.Connection) -> None:
+    # A claim that committed while a reaper was marking its worker LOST leaves exactly this state.
+    result = tasks.add.enqueue(1, 1)
+    worker = make_worker()
+    store.claim_tasks(worker_id=worker.id, queues=["default"], limit=1)
+    raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST' WHERE id = %s", [worker.id])
+    assert store.reap_workers(stale_after=30, **REAP).tasks_requeued == 1
+    assert models.Task.objects.get(id=int(result.id)).status == "READY"
+
+
+def test_only_one_reaper_runs_at_a_time(raw_conn: psycopg.Connection) -> None:
+    raw_conn.execute("BEGIN")
+    raw_conn.execute("SELECT pg_advisory_xact_lock(hashtext('taskqueue.reaper'))")
+    try:
+        assert store.reap_workers(stale_after=30, **REAP).ran is False
+        proc = run_manage("reap_stale")
+        assert "another reaper is running" in proc.stdout
+    finally:
+        raw_conn.execute("ROLLBACK")
+    assert store.reap_workers(stale_after=30, **REAP).ran is True
+
+
+def test_reap_stale_command_reports_and_dry_run_changes_nothing(raw_conn: psycopg.Connection) -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    worker = make_worker()
+    store.claim_tasks(worker_id=worker.id, queues=["default"], limit=3)
+    age_heartbeat(raw_conn, worker, 120)
+
+    dry = run_manage("reap_stale", "--dry-run", "--stale-after", "60")
+    assert dry.returncode == 0, dry.stderr
+    assert "would mark workers_lost=1 tasks_requeued=3 tasks_failed=0" in dry.stdout
+    assert models.Task.objects.filter(status="RUNNING").count() == 3
+
+    real = run_manage("reap_stale", "--stale-after", "60")
+    assert real.returncode == 0, real.stderr
+    assert "marked workers_lost=1 tasks_requeued=3 tasks_failed=0" in real.stdout
+    assert models.Task.objects.filter(status="READY").count() == 3
+
+    bad = run_manage("reap_stale", "--stale-after", "0")
+    assert bad.returncode != 0
+    assert "--stale-after must be more than 0 seconds" in bad.stderr
+
+
+def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
+    raw_conn: psycopg.Connection,
+) -> None:
+    # Every status change is recorded by a trigger, so a terminal -> READY transition cannot hide.
+    raw_conn.execute("CREATE TABLE IF NOT EXISTS test_transition (task_id bigint, old text, new text)")
+    raw_conn.execute("TRUNCATE test_transition")
+    raw_conn.execute(
+        """
+        CREATE OR REPLACE FUNCTION test_record_transition() RETURNS trigger AS $$
+        BEGIN
+          INSERT INTO test_transition VALUES (NEW.id, OLD.status, NEW.status);
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        DROP TRIGGER IF EXISTS test_transition ON queueapp_task;
+        CREATE TRIGGER test_transition AFTER UPDATE OF status ON queueapp_task FOR EACH ROW
+          WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION test_record_transition();
+        """
+    )
+    tasks.add.using(max_attempts=50).enqueue_many(((i, i), {}) for i in range(400))
+    stale_after = 0.15
+    stop = threading.Event()
+    reaped = []
+
+    def reaper() -> None:
+        try:
+            while not stop.is_set():
+                reaped.append(store.reap_workers(stale_after=stale_after, **REAP))
+        finally:
+            connection.close()
+
+    def worker_loop(seed: int) -> None:
+        # Beats, claims and finishes with pauses around the stale boundary, so reapers and
+        # finishes race: sometimes the finish wins, sometimes the reaper does.
+        rng = random.Random(seed)
+        try:
+            worker_id = uuid.uuid4()
+            store.register_worker(
+                worker_id=worker_id, hostname="race", pid=seed, queues=["default"], concurrency=3
+            )
+            while not stop.is_set():
+                if not store.beat_worker(worker_id):
+                    worker_id = uuid.uuid4()
+                    store.register_worker(
+                        worker_id=worker_id, hostname="race", pid=seed, queues=["default"], concurrency=3
+                    )
+                rows = store.claim_tasks(worker_id=worker_id, queues=["default"], limit=3)
+                time.sleep(rng.uniform(0.1, 0.2))
+                for row in rows:
+                    if rng.random() < 0.8:
+                        store.finish_task(
+                            task_id=row.id, worker_id=worker_id, attempt=row.attempts, return_value_json="0"
+                        )
+                    else:
+                        store.fail_task(
+                            task_id=row.id,
+                            worker_id=worker_id,
+                            attempt=row.attempts,
+                            error={"exception_class_path": "x.Y", "message": "", "traceback": ""},
+                            backoff_base=0,
+                            backoff_max=0,
+                        )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=reaper) for _ in range(4)]
+    threads += [threading.Thread(target=worker_loop, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while (
+        models.Task.objects.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists()
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    raw_conn.execute("DROP TRIGGER test_transition ON queueapp_task")
+
+    reopened = raw_conn.execute(
+        "SELECT count(*) FROM test_transition WHERE old IN ('SUCCESSFUL', 'FAILED', 'CANCELLED')"
+    ).fetchone()
+    assert reopened == (0,)
+    assert sum(outcome.tasks_requeued for outcome in reaped) > 0, "the reapers never raced a finish"
+    assert sum(1 for outcome in reaped if not outcome.ran) > 0, "the reapers never overlapped"
+    assert not models.Task.objects.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists()

@@ -1,0 +1,165 @@
+"""The worker's parts, one run_once() at a time, in this process against the real database."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.signals import task_finished, task_started
+
+from queueapp import models, store
+from tests import tasks
+from tests.conftest import conninfo, make_worker
+from workers.executor import Executor
+from workers.heartbeat import Heartbeat
+from workers.listener import Listener
+from workers.producer import Producer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def claim(worker: models.Worker, limit: int = 1) -> list[store.TaskRow]:
+    return store.claim_tasks(worker_id=worker.id, queues=["default", "emails"], limit=limit)
+
+
+def executor_for(worker: models.Worker) -> Executor:
+    return Executor(worker_id=worker.id, backend=task_backends["default"], give_up=threading.Event())
+
+
+@pytest.fixture
+def signals() -> Any:
+    seen: list[tuple[str, str, TaskResultStatus]] = []
+
+    def on_started(sender: object, task_result: Any, **kwargs: object) -> None:
+        seen.append(("started", task_result.id, task_result.status))
+
+    def on_finished(sender: object, task_result: Any, **kwargs: object) -> None:
+        seen.append(("finished", task_result.id, task_result.status))
+
+    task_started.connect(on_started)
+    task_finished.connect(on_finished)
+    yield seen
+    task_started.disconnect(on_started)
+    task_finished.disconnect(on_finished)
+
+
+def test_executor_runs_a_task_records_success_and_fires_signals(signals: list[Any]) -> None:
+    result = tasks.add.enqueue(2, 3)
+    worker = make_worker()
+    (row,) = claim(worker)
+    assert executor_for(worker).execute(row) == "SUCCESSFUL"
+    assert tasks.add.get_result(result.id).return_value == 5
+    assert signals == [
+        ("started", result.id, TaskResultStatus.RUNNING),
+        ("finished", result.id, TaskResultStatus.SUCCESSFUL),
+    ]
+
+
+def test_executor_records_a_failure_for_retry_with_the_error(signals: list[Any]) -> None:
+    result = tasks.flaky.enqueue(7)
+    worker = make_worker()
+    (row,) = claim(worker)
+    assert executor_for(worker).execute(row) == "retry"
+    stored = models.Task.objects.get(id=int(result.id))
+    assert stored.status == "READY"
+    (error,) = stored.errors
+    assert error["exception_class_path"] == "builtins.RuntimeError"
+    assert error["message"] == "flaky 7"
+    assert "raise RuntimeError" in error["traceback"]
+    assert (error["attempt"], error["worker_id"]) == (1, str(worker.id))
+    assert signals[-1] == ("finished", result.id, TaskResultStatus.READY)
+
+
+def test_executor_passes_context_with_the_attempt_and_runs_async_tasks() -> None:
+    ctx = tasks.with_context.enqueue(value=4)
+    coro = tasks.async_add.enqueue(20, 22)
+    worker = make_worker()
+    executor = executor_for(worker)
+    for row in claim(worker, limit=2):
+        assert executor.execute(row) == "SUCCESSFUL"
+    assert tasks.with_context.get_result(ctx.id).return_value == {"attempt": 1, "value": 4}
+    assert tasks.async_add.get_result(coro.id).return_value == 42
+
+
+def test_a_return_value_that_is_not_json_fails_the_attempt() -> None:
+    result = tasks.returns_a_set.enqueue()
+    worker = make_worker()
+    (row,) = claim(worker)
+    assert executor_for(worker).execute(row) == "retry"
+    error = models.Task.objects.get(id=int(result.id)).errors[0]
+    assert error["exception_class_path"] == "queueapp.exceptions.ReturnValueNotJSON"
+    assert "return value is not JSON" in error["message"]
+
+
+def test_an_unregistered_task_path_fails_without_importing_anything() -> None:
+    import sys
+
+    result = tasks.add.enqueue(1, 1)
+    models.Task.objects.filter(id=int(result.id)).update(task_path="antigravity.fly")
+    worker = make_worker()
+    (row,) = claim(worker)
+    assert "antigravity" not in sys.modules
+    assert executor_for(worker).execute(row) == "retry"
+    assert "antigravity" not in sys.modules
+    error = models.Task.objects.get(id=int(result.id)).errors[0]
+    assert error["exception_class_path"] == "queueapp.exceptions.UnknownTaskPath"
+
+
+def test_a_fenced_out_result_is_dropped() -> None:
+    result = tasks.add.enqueue(1, 1)
+    worker = make_worker()
+    (row,) = claim(worker)
+    models.Task.objects.filter(id=row.id).update(status="READY", worker=None)  # taken away meanwhile
+    assert executor_for(worker).execute(row) == "dropped"
+    assert models.Task.objects.get(id=int(result.id)).status == "READY"
+
+
+def test_producer_claims_at_most_its_free_slots() -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(10))
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    assert len(producer.run_once(3)) == 3
+    assert len(producer.run_once(0)) == 0
+    assert len(producer.run_once(100)) == 7
+    assert producer.healthy
+
+
+def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connection) -> None:
+    worker = make_worker()
+    lost = threading.Event()
+    heartbeat = Heartbeat(worker.id, on_lost=lost.set)
+    raw_conn.execute("UPDATE queueapp_worker SET last_heartbeat_at = now() - interval '1 hour'")
+    assert heartbeat.run_once() is True
+    assert models.Worker.objects.get(id=worker.id).last_heartbeat_at > worker.last_heartbeat_at
+    raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST'")
+    assert heartbeat.run_once() is False
+    assert lost.is_set()
+
+
+def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
+    wake, stop = threading.Event(), threading.Event()
+    listener = Listener(conninfo(), queues=["emails"], wake=wake, stop=stop)
+    try:
+        listener.run_once(timeout=0.1)  # connects and LISTENs (and wakes: it may have missed something)
+        assert wake.is_set()
+        wake.clear()
+        tasks.add.enqueue(1, 1)  # queue 'default': not ours
+        listener.run_once(timeout=0.5)
+        assert not wake.is_set()
+        tasks.send_email.enqueue("a@example.com")
+        listener.run_once(timeout=5)
+        assert wake.is_set()
+
+        wake.clear()
+        assert listener.conn is not None
+        raw_conn.execute("SELECT pg_terminate_backend(%s)", [listener.conn.info.backend_pid])
+        listener.run_once(timeout=1)  # notices the loss, wakes the producer to poll
+        assert listener.conn is None
+        assert wake.is_set()
+        listener.run_once(timeout=0.1)
+        assert listener.conn is not None
+    finally:
+        listener.close()
