@@ -165,7 +165,7 @@ def test_a_paused_worker_is_reaped_and_after_sigcont_changes_nothing_and_exits(
     assert code == 2, paused.output()  # it found itself LOST
     assert list(models.Task.objects.order_by("id").values()) == before_tasks
     assert models.Worker.objects.filter(id=paused_row.id).values().get() == before_worker
-    assert "result_dropped" in paused.output()
+    assert "worker_lost" in paused.output()
 
 
 def test_sigterm_lets_running_tasks_finish_and_exits_0(workers: Start) -> None:

@@ -156,4 +156,6 @@ class Supervisor:
     def wait_for_children(self) -> int:
         codes = [child.process.wait() for child in self.children if not child.handled]
         logger.info("supervisor_exit exit_codes=%s", codes)
-        return max((abs(code) for code in codes), default=0)
+        # A child still starting up when the signal came dies of it before it can claim anything.
+        clean = {0, -signal.SIGTERM, -signal.SIGINT}
+        return max((abs(code) for code in codes if code not in clean), default=0)
