@@ -23,16 +23,7 @@ $(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
 	touch $@
 
 run: $(VENV)/.requirements
-	@own_db=; if [ -z "$$DATABASE_URL" ]; then DATABASE_URL=$$($(DEVDB) url .pgdata) || exit 1; own_db=1; fi; \
-	export DATABASE_URL DEBUG=$${DEBUG:-1}; \
-	$(PY) manage.py migrate --noinput || exit 1; \
-	echo "taskqueue: admin at http://127.0.0.1:8000/admin/ (a login: make manage ARGS=createsuperuser)"; \
-	echo "taskqueue: from another shell, 'make demo' enqueues demo tasks; Ctrl+C stops everything"; \
-	interrupted=; trap 'interrupted=1' INT TERM; \
-	$(VENV)/bin/gunicorn taskqueue_project.wsgi --bind 127.0.0.1:8000 --workers 2 --access-logfile - & web=$$!; \
-	$(PY) manage.py runworker & worker=$$!; \
-	wait -n; [ -n "$$interrupted" ] || kill -TERM $$web $$worker 2>/dev/null; wait; \
-	if [ -n "$$own_db" ]; then $(DEVDB) stop .pgdata; fi
+	$(PY) -m taskqueue_project.devserver
 
 test: $(VENV)/.requirements-dev
 	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check .'

@@ -24,17 +24,17 @@ from pathlib import Path
 DATABASE = "taskqueue"
 
 
-def find_bindir() -> Path:
+def find_bindir(search_path: str | None = None, pattern: str = "/usr/lib/postgresql/*/bin/initdb") -> Path:
     """Where initdb and pg_ctl live: PATH, then pg_config --bindir, then Debian's layout."""
-    initdb = shutil.which("initdb")
+    initdb = shutil.which("initdb", path=search_path)
     if initdb:
         return Path(initdb).resolve().parent
-    pg_config = shutil.which("pg_config")
+    pg_config = shutil.which("pg_config", path=search_path)
     if pg_config:
         bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip())
         if (bindir / "initdb").exists():
             return bindir
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version_key)
+    candidates = sorted(glob.glob(pattern), key=_version_key)
     if candidates:
         return Path(candidates[-1]).parent
     sys.exit(

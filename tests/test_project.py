@@ -54,3 +54,11 @@ def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
     store_source = (ROOT / "queueapp" / "store.py").read_text()
     for name in QUERIES:
         assert f'QUERIES["{name}"]' in store_source, f"query {name} is never used"
+
+
+def test_dev_database_names_what_to_install_when_no_server_binaries_are_found(tmp_path: Path) -> None:
+    from taskqueue_project import devdb
+
+    with pytest.raises(SystemExit, match=r"No PostgreSQL server binaries found.*apt-get install postgresql"):
+        devdb.find_bindir(search_path=str(tmp_path), pattern=str(tmp_path / "*" / "initdb"))
+    assert (devdb.find_bindir() / "pg_ctl").exists()
