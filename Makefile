@@ -39,7 +39,7 @@ lint: $(VENV)/.requirements-dev
 	$(VENV)/bin/mypy .
 
 bench: $(VENV)/.requirements-dev
-	$(DEVDB) with-temp -- $(PY) bench/claim_explain.py
+	$(DEVDB) with-temp -- sh -c '$(PY) bench/claim_explain.py && $(PY) bench/drain.py && $(PY) bench/latency.py'
 
 clean-db:
 	-$(DEVDB) stop .pgdata

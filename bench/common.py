@@ -43,3 +43,22 @@ def scratch_database(name: str) -> Iterator[str]:
         connections.close_all()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def worker_env(url: str, **extra: str) -> dict[str, str]:
+    """Environment for `manage.py runworker` subprocesses against the scratch database."""
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "SECRET_KEY": "bench-only",
+        "DJANGO_SETTINGS_MODULE": "taskqueue_project.settings",
+        "TASKQUEUE_IMPORTS": "bench.tasks",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]

@@ -105,4 +105,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django": {"level": env.str("LOG_LEVEL", default="INFO")},
+        # django.tasks' own receivers log every start and finish; the worker's task_finished lines
+        # say more (attempt, duration, outcome), so keep only its warnings and failures.
+        "django.tasks": {"level": "WARNING"},
+    },
 }
