@@ -1,0 +1,16 @@
+# The taskqueue service image: web (gunicorn), worker and reaper run from it with different commands.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY manage.py ./
+COPY taskqueue_project ./taskqueue_project
+COPY queueapp ./queueapp
+COPY workers ./workers
+RUN SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build python manage.py collectstatic --noinput \
+    && useradd --system --uid 1000 taskqueue
+USER taskqueue
+EXPOSE 8000
+CMD ["gunicorn", "taskqueue_project.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2"]
