@@ -81,10 +81,18 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:
+        """Kill it, and any supervisor's children (they would stop by themselves, a heartbeat later)."""
         if self.process.poll() is None:
+            for child in child_pids(self.process.pid):
+                os.kill(child, 9)
             self.process.kill()
             self.process.wait(10)
         self.log.close()
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
 
 
 def run_manage(

@@ -150,3 +150,22 @@ def test_a_cancelled_running_task_that_fails_is_cancelled_not_retried() -> None:
     outcome = store.fail_task(task_id=row.id, worker_id=worker.id, attempt=1, error=ERROR, **BACKOFF)
     assert outcome is not None
     assert outcome[0] == "CANCELLED"
+
+
+def test_release_hands_back_unstarted_claims_without_counting_the_attempt() -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(2))
+    worker, other = make_worker(), make_worker()
+    rows = store.claim_tasks(worker_id=worker.id, queues=["default"], limit=2)
+    claimed = [(row.id, row.attempts) for row in rows]
+
+    assert store.release_tasks(worker_id=other.id, claimed=claimed) == []  # not its tasks
+    assert store.release_tasks(worker_id=worker.id, claimed=[(rows[0].id, 2)]) == []  # stale attempt
+    assert sorted(store.release_tasks(worker_id=worker.id, claimed=claimed)) == sorted(r.id for r in rows)
+    for row in rows:
+        stored = snapshot(row.id)
+        assert (stored["status"], stored["attempts"], stored["worker_ids"], stored["worker_id"]) == (
+            "READY",
+            0,
+            [],
+            None,
+        )

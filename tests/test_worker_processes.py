@@ -257,3 +257,14 @@ def test_runworker_rejects_bad_options_clearly() -> None:
     assert "--concurrency must be at least 1, not 0" in proc.stderr
     proc = run_manage("runworker", "--queues", "nope")
     assert "unknown queue(s) nope" in proc.stderr
+
+
+def test_max_tasks_recycles_processes_under_the_supervisor(workers: Start) -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(30))
+    supervisor = workers("--processes", "2", "--concurrency", "1", "--max-tasks", "5")
+    wait_for(lambda: count("SUCCESSFUL") == 30, timeout=60, message="30 tasks done by recycled processes")
+    per_worker = models.Task.objects.values_list("worker_id", flat=True)
+    assert len(set(per_worker)) >= 6  # no process ran more than 5
+    assert models.Worker.objects.filter(state="STOPPED").count() >= 6
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(30) == 0, supervisor.output()

@@ -163,3 +163,20 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         assert listener.conn is not None
     finally:
         listener.close()
+
+
+def test_a_background_service_that_dies_reports_it_so_the_worker_stops() -> None:
+    from workers.services import ServiceThread
+
+    class Broken:
+        name = "heartbeat"
+
+        def run_once(self) -> None:
+            raise RuntimeError("the heartbeat thread hit a bug")
+
+    crashed: list[str] = []
+    thread = ServiceThread(Broken(), interval=0.01, stop=threading.Event(), on_crash=crashed.append)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert crashed == ["heartbeat"]

@@ -32,6 +32,8 @@ class WorkerConfig:
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     worker_id: UUID = field(default_factory=uuid4)
+    parent_pid: int | None = None
+    """Set for a supervisor's child: the child stops if its supervisor goes away."""
 
     @classmethod
     def from_settings(cls, **options: object) -> WorkerConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from uuid import UUID
 
@@ -15,12 +16,25 @@ logger = logging.getLogger(__name__)
 class Heartbeat:
     name = "heartbeat"
 
-    def __init__(self, worker_id: UUID, *, on_lost: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        worker_id: UUID,
+        *,
+        on_lost: Callable[[], None],
+        parent_pid: int | None = None,
+        on_orphaned: Callable[[], None] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.on_lost = on_lost
+        self.parent_pid = parent_pid
+        """The supervisor's pid, for a child: if it dies, the child stops too."""
+        self.on_orphaned = on_orphaned
 
     def run_once(self) -> bool:
         """Beat once; False when the worker is LOST (on_lost was called) or the database is away."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid and self.on_orphaned:
+            logger.error("supervisor_gone worker=%s parent_pid=%s: stopping", self.worker_id, self.parent_pid)
+            self.on_orphaned()
         try:
             alive = store.beat_worker(self.worker_id)
         except db.CONNECTION_ERRORS as exc:

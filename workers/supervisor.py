@@ -64,7 +64,17 @@ class Supervisor:
 
     def spawn(self) -> Child:
         worker_id = uuid4()
-        cmd = [sys.executable, "-m", "django", "runworker", *self.child_args, "--worker-id", str(worker_id)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "django",
+            "runworker",
+            *self.child_args,
+            "--worker-id",
+            str(worker_id),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which forwards
         # it once (a child that saw it twice would take it as "stop now").
         process = subprocess.Popen(

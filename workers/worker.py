@@ -60,7 +60,9 @@ class Worker:
         self.listener = Listener(
             db.listen_conninfo(), queues=config.queues, wake=self.wake, stop=self.services_stop
         )
-        self.heartbeat = Heartbeat(self.id, on_lost=self.lost)
+        self.heartbeat = Heartbeat(
+            self.id, on_lost=self.lost, parent_pid=config.parent_pid, on_orphaned=self.orphaned
+        )
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
@@ -133,6 +135,10 @@ class Worker:
         """Claim for free slots whenever woken (NOTIFY, a finished task) or the poll timer fires."""
         while not self.stopping.is_set():
             self.wake.clear()
+            if self.config.max_tasks is not None and self.done_count >= self.config.max_tasks:
+                logger.info("max_tasks_reached worker=%s tasks=%s", self.id, self.done_count)
+                self.stopping.set()
+                break
             free = self.free_slots()
             claimed = self.producer.run_once(free) if free else []
             self.last_claim_was_full = bool(claimed) and len(claimed) == free
@@ -140,10 +146,6 @@ class Worker:
                 self.submit(row)
             if self.config.burst and not claimed and self.idle() and self.producer.healthy:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
-                self.stopping.set()
-                break
-            if self.config.max_tasks is not None and self.done_count >= self.config.max_tasks:
-                logger.info("max_tasks_reached worker=%s tasks=%s", self.id, self.done_count)
                 self.stopping.set()
                 break
             if self.last_claim_was_full and self.free_slots():
@@ -173,7 +175,10 @@ class Worker:
 
     def free_slots(self) -> int:
         with self.lock:
-            return self.config.concurrency - len(self.running)
+            free = self.config.concurrency - len(self.running)
+            if self.config.max_tasks is not None:  # never claim past --max-tasks
+                free = min(free, self.config.max_tasks - self.done_count - len(self.running))
+            return max(free, 0)
 
     def idle(self) -> bool:
         with self.lock:
@@ -267,6 +272,11 @@ class Worker:
         self.exit_code = EXIT_LOST
         self.stopping.set()
         self.hard_stop.set()
+        self.wake.set()
+
+    def orphaned(self) -> None:
+        """The supervisor died: stop gracefully rather than run on unsupervised."""
+        self.stopping.set()
         self.wake.set()
 
     def service_died(self, name: str) -> None:

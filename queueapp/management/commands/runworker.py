@@ -41,6 +41,7 @@ class Command(BaseCommand):
             "--grace", type=float, help="Seconds to finish running tasks on SIGTERM (default 30)."
         )
         parser.add_argument("--worker-id", type=UUID, help="Set by the supervisor for its children.")
+        parser.add_argument("--parent-pid", type=int, help="Set by the supervisor for its children.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         names = (
