@@ -26,7 +26,8 @@ run: $(VENV)/.requirements
 	$(PY) -m taskqueue_project.devserver
 
 test: $(VENV)/.requirements-dev
-	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check .'
+	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check . \
+		&& $(VENV)/bin/mypy queueapp workers taskqueue_project'
 
 manage: $(VENV)/.requirements
 	@DATABASE_URL="$(DB_URL)" DEBUG=$${DEBUG:-1} $(PY) manage.py $(ARGS)
@@ -36,7 +37,7 @@ demo: $(VENV)/.requirements
 
 lint: $(VENV)/.requirements-dev
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy .
+	$(VENV)/bin/mypy queueapp workers taskqueue_project
 
 bench: $(VENV)/.requirements-dev
 	$(DEVDB) with-temp -- sh -c '$(PY) bench/claim_explain.py && $(PY) bench/drain.py && $(PY) bench/latency.py'

@@ -8,7 +8,7 @@ from queueapp import models
 
 
 @admin.register(models.Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(admin.ModelAdmin[models.Task]):
     list_display = (
         "id",
         "task_path",
@@ -35,7 +35,7 @@ class TaskAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(admin.ModelAdmin[models.Worker]):
     list_display = (
         "id",
         "hostname",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
@@ -16,6 +16,13 @@ from django.tasks.signals import task_enqueued
 from queueapp import registry, store
 
 _MAX_BIGINT = 2**63 - 1
+
+if TYPE_CHECKING:  # django.tasks' classes are generic only in django-stubs
+    AnyTask = Task[Any, Any]
+    AnyResult = TaskResult[Any, Any]
+else:
+    AnyTask = Task
+    AnyResult = TaskResult
 
 # CANCELLED has no django.tasks word: it is a task that did not succeed.
 _STATUS_FOR_DJANGO = {
@@ -28,7 +35,7 @@ _STATUS_FOR_DJANGO = {
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QueueTask(Task):
+class QueueTask(AnyTask):
     """A django.tasks Task with the queue's extras: ``@task(max_attempts=5)``."""
 
     max_attempts: int | None = None
@@ -36,7 +43,7 @@ class QueueTask(Task):
     timeout: float | None = None
     """Seconds an attempt may run before its process is killed (`runworker --processes` only)."""
 
-    def using(  # type: ignore[override]
+    def using(  # type: ignore[override,unused-ignore]
         self,
         *,
         priority: int | None = None,
@@ -46,15 +53,20 @@ class QueueTask(Task):
         max_attempts: int | None = None,
         timeout: float | None = None,
     ) -> QueueTask:
-        task = Task.using(
+        task: AnyTask = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
-        extras = {"max_attempts": max_attempts, "timeout": timeout}
-        return replace(task, **{name: value for name, value in extras.items() if value is not None})
+        assert isinstance(task, QueueTask)
+        if max_attempts is not None:
+            task = replace(task, max_attempts=max_attempts)
+        if timeout is not None:
+            task = replace(task, timeout=timeout)
+        return task
 
-    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[TaskResult]:
+    def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[AnyResult]:
         """Enqueue one run of this task per (args, kwargs) pair in one statement."""
-        backend: PostgresBackend = self.get_backend()
+        backend = self.get_backend()
+        assert isinstance(backend, PostgresBackend)
         return backend.enqueue_many((self, args, kwargs) for args, kwargs in calls)
 
 
@@ -74,7 +86,7 @@ class PostgresBackend(BaseTaskBackend):
         self.backoff_base: float = float(self.options.get("backoff_base", 2.0))
         self.backoff_max: float = float(self.options.get("backoff_max", 3600.0))
 
-    def validate_task(self, task: Task) -> None:
+    def validate_task(self, task: AnyTask) -> None:
         super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None and (
@@ -90,7 +102,7 @@ class PostgresBackend(BaseTaskBackend):
             raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
         registry.register(task)
 
-    def _new_task(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
+    def _new_task(self, task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
         self.validate_task(task)
         args_json, kwargs_json = store.encode_arguments(args, dict(kwargs))
         return store.NewTask(
@@ -104,15 +116,15 @@ class PostgresBackend(BaseTaskBackend):
             timeout=getattr(task, "timeout", None),
         )
 
-    def enqueue(self, task: Task, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskResult:
+    def enqueue(self, task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]) -> AnyResult:
         row = store.enqueue_task(self._new_task(task, args, kwargs), using=self.database)
         result = self.to_result(task, row)
         task_enqueued.send(type(self), task_result=result)
         return result
 
     def enqueue_many(
-        self, calls: Iterable[tuple[Task, Sequence[Any], Mapping[str, Any]]]
-    ) -> list[TaskResult]:
+        self, calls: Iterable[tuple[AnyTask, Sequence[Any], Mapping[str, Any]]]
+    ) -> list[AnyResult]:
         """Enqueue many runs (of one or several tasks) in one INSERT and one NOTIFY per queue.
 
         All or nothing: an invalid call raises before anything is stored.
@@ -125,7 +137,7 @@ class PostgresBackend(BaseTaskBackend):
             task_enqueued.send(type(self), task_result=result)
         return results
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> AnyResult:
         task_id = parse_result_id(result_id)
         row = store.get_task(task_id, using=self.database) if task_id is not None else None
         if row is None:
@@ -147,9 +159,9 @@ class PostgresBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return False
 
-    def to_result(self, task: Task, row: store.TaskRow) -> TaskResult:
+    def to_result(self, task: AnyTask, row: store.TaskRow) -> AnyResult:
         """The django.tasks view of a stored task."""
-        result = TaskResult(
+        result: AnyResult = TaskResult(
             task=task,
             id=str(row.id),
             status=_STATUS_FOR_DJANGO[row.status],

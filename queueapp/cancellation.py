@@ -12,13 +12,15 @@ A cancelled task is recorded CANCELLED whatever it returns or raises afterwards.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.tasks import TaskContext
 
 from queueapp import store
 from queueapp.backend import parse_result_id
 
 
-def is_requested(context: TaskContext) -> bool:
+def is_requested(context: TaskContext[Any, Any]) -> bool:
     """True once cancel was requested for this task (one indexed read; call it between chunks)."""
     task_id = parse_result_id(context.task_result.id)
     return task_id is not None and store.is_cancel_requested(task_id)

@@ -11,6 +11,7 @@ import logging
 import threading
 from importlib import import_module
 from importlib.util import find_spec
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings
@@ -20,11 +21,11 @@ from queueapp import exceptions
 
 logger = logging.getLogger(__name__)
 
-_tasks: dict[str, Task] = {}
+_tasks: dict[str, Task[Any, Any]] = {}
 _lock = threading.Lock()
 
 
-def register(task: Task) -> None:
+def register(task: Task[Any, Any]) -> None:
     """Remember the first Task seen for its path (``.using()`` copies share the path)."""
     path = task.module_path
     if path not in _tasks:
@@ -32,7 +33,7 @@ def register(task: Task) -> None:
             _tasks.setdefault(path, task)
 
 
-def get(task_path: str) -> Task:
+def get(task_path: str) -> Task[Any, Any]:
     """The Task registered under task_path, or UnknownTaskPath."""
     try:
         return _tasks[task_path]

@@ -21,7 +21,7 @@ def send_welcome_email(user_id: int) -> str:
     return f"welcome email sent to user {user_id}"
 
 
-@task(max_attempts=3)
+@task(max_attempts=3)  # type: ignore[call-overload,untyped-decorator]  # our backend's extra
 def flaky_report(report_id: int) -> dict[str, int]:
     """Fail about half the time, to show retries with backoff in the admin."""
     if random.random() < 0.5:

@@ -55,7 +55,7 @@ class Executor:
         """Run one claimed task; returns the recorded outcome (or 'dropped')."""
         db.ensure_usable_connection()
         started = time.monotonic()
-        result: TaskResult | None = None
+        result: TaskResult[Any, Any] | None = None
         try:
             task = registry.get(row.task_path)
             result = self.backend.to_result(task, row)
@@ -79,7 +79,7 @@ class Executor:
         return outcome
 
     @staticmethod
-    def call(task: Task, result: TaskResult, row: store.TaskRow) -> Any:
+    def call(task: Task[Any, Any], result: TaskResult[Any, Any], row: store.TaskRow) -> Any:
         if task.takes_context:
             return task.call(TaskContext(task_result=result), *row.args, **row.kwargs)
         return task.call(*row.args, **row.kwargs)
@@ -136,7 +136,7 @@ class Executor:
                 self.give_up.wait(delay)
                 delay = min(delay * 2, 2.0)
 
-    def finished(self, result: TaskResult | None, outcome: str) -> None:
+    def finished(self, result: TaskResult[Any, Any] | None, outcome: str) -> None:
         if result is None or outcome == "dropped":
             return
         object.__setattr__(result, "status", _FINAL_STATUS[outcome])

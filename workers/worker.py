@@ -10,6 +10,7 @@ died exits 3.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -17,6 +18,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
@@ -222,7 +224,8 @@ class Worker:
                 worker_id=self.id,
             )
             outcome = self.safe_write(
-                lambda row=row, error=error: store.fail_task(
+                functools.partial(
+                    store.fail_task,
                     task_id=row.id,
                     worker_id=self.id,
                     attempt=row.attempts,
@@ -240,9 +243,9 @@ class Worker:
             )
         self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
 
-    def safe_write(self, write: object) -> object:
+    def safe_write[T](self, write: Callable[[], T]) -> T | None:
         try:
-            return write()  # type: ignore[operator]
+            return write()
         except db.CONNECTION_ERRORS as exc:
             logger.error("shutdown_write_failed worker=%s error=%s: the reaper will clean up", self.id, exc)
             db.reset_connection()

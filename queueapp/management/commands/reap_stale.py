@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.tasks import task_backends
 
 from queueapp import store
+from queueapp.backend import PostgresBackend
 
 
 class Command(BaseCommand):
@@ -31,6 +32,7 @@ class Command(BaseCommand):
             verb = "would mark"
         else:
             backend = task_backends["default"]
+            assert isinstance(backend, PostgresBackend)
             outcome = store.reap_workers(
                 stale_after=stale_after, backoff_base=backend.backoff_base, backoff_max=backend.backoff_max
             )
