@@ -44,6 +44,26 @@ def error_entry(exc: BaseException, *, attempt: int, worker_id: UUID) -> dict[st
     }
 
 
+def fail_attempt(
+    exc: BaseException,
+    *,
+    task_id: int,
+    worker_id: UUID,
+    attempt: int,
+    backoff_base: float,
+    backoff_max: float,
+) -> tuple[str, Any] | None:
+    """Record exc as the attempt's failure (fenced): READY for a retry, FAILED or CANCELLED; None if taken."""
+    return store.fail_task(
+        task_id=task_id,
+        worker_id=worker_id,
+        attempt=attempt,
+        error=error_entry(exc, attempt=attempt, worker_id=worker_id),
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+    )
+
+
 class Executor:
     def __init__(self, *, worker_id: UUID, backend: PostgresBackend, give_up: threading.Event) -> None:
         self.worker_id = worker_id
@@ -96,13 +116,12 @@ class Executor:
         logger.warning(
             "task_raised id=%s task=%s attempt=%s error=%r", row.id, row.task_path, row.attempts, exc
         )
-        error = error_entry(exc, attempt=row.attempts, worker_id=self.worker_id)
         written = self.write(
-            lambda: store.fail_task(
+            lambda: fail_attempt(
+                exc,
                 task_id=row.id,
                 worker_id=self.worker_id,
                 attempt=row.attempts,
-                error=error,
                 backoff_base=self.backend.backoff_base,
                 backoff_max=self.backend.backoff_max,
             )

@@ -22,7 +22,7 @@ from uuid import UUID, uuid4
 from queueapp import exceptions, store
 from workers import db
 from workers.config import WorkerConfig
-from workers.executor import error_entry
+from workers.executor import fail_attempt
 from workers.reaper import Reaper
 
 logger = logging.getLogger(__name__)
@@ -140,19 +140,19 @@ class Supervisor:
             )
             child.process.kill()
             child.process.wait()
-            error = error_entry(
-                exceptions.TaskTimeout(f"attempt {attempt} ran past its timeout of {timeout} s"),
-                attempt=attempt,
-                worker_id=worker_id,
-            )
-            store.fail_task(
-                task_id=task_id,
-                worker_id=worker_id,
-                attempt=attempt,
-                error=error,
-                backoff_base=self.config.backoff_base,
-                backoff_max=self.config.backoff_max,
-            )
+            try:
+                fail_attempt(
+                    exceptions.TaskTimeout(f"attempt {attempt} ran past its timeout of {timeout} s"),
+                    task_id=task_id,
+                    worker_id=worker_id,
+                    attempt=attempt,
+                    backoff_base=self.config.backoff_base,
+                    backoff_max=self.config.backoff_max,
+                )
+            except db.CONNECTION_ERRORS as exc:
+                # The next pass reaps the dead child: the task is retried as "worker lost" instead.
+                logger.warning("timeout_record_failed id=%s error=%s", task_id, exc)
+                db.reset_connection()
             # Its other tasks, then a fresh child, on the next pass.
 
     def handle_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -29,7 +29,7 @@ from queueapp import exceptions, store
 from queueapp.backend import PostgresBackend
 from workers import db
 from workers.config import WorkerConfig
-from workers.executor import Executor, error_entry
+from workers.executor import Executor, fail_attempt
 from workers.heartbeat import Heartbeat
 from workers.listener import Listener
 from workers.producer import Producer
@@ -218,18 +218,13 @@ class Worker:
         with self.lock:
             rows = list(self.running.values())
         for row in rows:
-            error = error_entry(
-                exceptions.WorkerInterrupted(f"worker {self.id} stopped during attempt {row.attempts}"),
-                attempt=row.attempts,
-                worker_id=self.id,
-            )
             outcome = self.safe_write(
                 functools.partial(
-                    store.fail_task,
+                    fail_attempt,
+                    exceptions.WorkerInterrupted(f"worker {self.id} stopped during attempt {row.attempts}"),
                     task_id=row.id,
                     worker_id=self.id,
                     attempt=row.attempts,
-                    error=error,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
                 )
