@@ -159,6 +159,19 @@ class PostgresBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return False
 
+    def retry(self, result_id: str) -> bool:
+        """FAILED or CANCELLED back to READY with a fresh budget of attempts (the task's own
+        max_attempts, else the default). False when the task is in another state."""
+        task_id = parse_result_id(result_id)
+        row = store.get_task(task_id, using=self.database) if task_id is not None else None
+        if row is None:
+            raise TaskResultDoesNotExist(result_id)
+        try:
+            budget = getattr(registry.get(row.task_path), "max_attempts", None) or self.max_attempts
+        except InvalidTask:  # not registered here: the default budget
+            budget = self.max_attempts
+        return store.retry_task(row.id, budget=budget, using=self.database)
+
     def to_result(self, task: AnyTask, row: store.TaskRow) -> AnyResult:
         """The django.tasks view of a stored task."""
         result: AnyResult = TaskResult(

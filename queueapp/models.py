@@ -119,6 +119,10 @@ class Task(models.Model):
                 name="task_claim_idx",
                 condition=Q(status="READY"),
             ),
+            # Throughput and latency over recent minutes (API stats, console, metrics).
+            models.Index(
+                fields=["finished_at"], name="task_finished_idx", condition=Q(finished_at__isnull=False)
+            ),
             # The reaper: RUNNING tasks of a lost worker.
             models.Index(fields=["worker"], name="task_running_worker_idx", condition=Q(status="RUNNING")),
         ]
@@ -147,3 +151,39 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_path} #{self.id}"
+
+
+class ApiKey(models.Model):
+    """A key for the REST API. Only a SHA-256 of the secret is stored; the key is shown once."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    """The public part of the key (`tq_<prefix>_<secret>`), to find the row without the secret."""
+    key_hash = models.CharField(max_length=64)
+    task_patterns = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    """Shell-style patterns of the HTTP task names this key may submit; empty means all."""
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} (tq_{self.prefix}_…)"
+
+
+class Idempotency(models.Model):
+    """An Idempotency-Key seen from an API key: the same key and body give back the same task."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    task_ids = ArrayField(models.BigIntegerField(), default=list)
+    """The task (or, for a bulk submission, the tasks) the first request created."""
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_unique_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.task_ids}"

@@ -339,3 +339,66 @@ def timed_out_tasks(
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
         return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]
+
+
+def retry_task(task_id: int, *, budget: int, using: str = "default") -> bool:
+    """FAILED or CANCELLED back to READY with `budget` more attempts; False if not in those states."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["retry_task"], {"id": task_id, "budget": budget})
+        return cursor.fetchone() is not None
+
+
+def set_priority(task_id: int, priority: int, *, using: str = "default") -> bool:
+    """Change a READY task's priority; False when it is not READY (any more)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["set_priority"], {"id": task_id, "priority": priority})
+        return cursor.fetchone() is not None
+
+
+def count_ready(queue: str, *, cap: int, using: str = "default") -> int:
+    """READY tasks in queue, counting no further than cap."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["count_ready"], {"queue": queue, "cap": cap})
+        return int(cursor.fetchone()[0])
+
+
+def claim_idempotency_key(
+    *, api_key_id: int, key: str, request_hash: str, using: str = "default"
+) -> int | None:
+    """Take key for this request (returns the row id), or None when an earlier request holds it."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["claim_idempotency_key"],
+            {"api_key_id": api_key_id, "key": key, "request_hash": request_hash},
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def get_idempotency_key(*, api_key_id: int, key: str, using: str = "default") -> tuple[str, list[int]] | None:
+    """(request_hash, task_ids) recorded for key."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["get_idempotency_key"], {"api_key_id": api_key_id, "key": key})
+        row = cursor.fetchone()
+    return (row[0], list(row[1])) if row else None
+
+
+def set_idempotency_tasks(idempotency_id: int, task_ids: Sequence[int], *, using: str = "default") -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["set_idempotency_tasks"], {"id": idempotency_id, "task_ids": list(task_ids)})
+
+
+def database_now(*, using: str = "default") -> datetime:
+    """The database's clock: the one every queue time is measured on."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["database_now"])
+        value: datetime = cursor.fetchone()[0]
+    return value
+
+
+def pickup_latency(*, since: datetime, using: str = "default") -> tuple[float | None, float | None]:
+    """(p50, p95) seconds from due to start for first attempts finished since `since`."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["pickup_latency"], {"since": since})
+        p50, p95 = cursor.fetchone()
+    return (float(p50) if p50 is not None else None, float(p95) if p95 is not None else None)

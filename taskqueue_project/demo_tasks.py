@@ -7,6 +7,8 @@ import time
 
 from django.tasks import task
 
+from queueapp import http_tasks
+
 
 @task
 def add(a: int, b: int) -> int:
@@ -27,3 +29,8 @@ def flaky_report(report_id: int) -> dict[str, int]:
     if random.random() < 0.5:
         raise RuntimeError(f"report {report_id}: upstream timed out")
     return {"report_id": report_id, "rows": random.randint(1, 1000)}
+
+
+# The demo tasks can be submitted over HTTP too (docs/api.md).
+http_tasks.expose("add")(add)
+http_tasks.expose("send-welcome-email")(send_welcome_email)

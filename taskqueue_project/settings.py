@@ -32,11 +32,13 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "ninja",
     "queueapp",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "queueapp.api_support.BodyLimits",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -100,8 +102,18 @@ TASKQUEUE = {
     # A direct (not PgBouncer) URL for LISTEN; DATABASE_URL when unset.
     "LISTEN_DATABASE_URL": env.str("TASKQUEUE_LISTEN_DATABASE_URL", default=""),
     "HEARTBEAT_INTERVAL": env.float("TASKQUEUE_HEARTBEAT_INTERVAL", default=5.0),
+    # REST API: largest request body, and back pressure (READY tasks per queue before 429).
+    "API_MAX_BODY_BYTES": env.int("TASKQUEUE_API_MAX_BODY_BYTES", default=1_048_576),
+    "MAX_READY_PER_QUEUE": env.int("TASKQUEUE_MAX_READY_PER_QUEUE", default=None),
+    "QUEUE_LIMITS": {
+        name: int(limit) for name, limit in env.dict("TASKQUEUE_QUEUE_LIMITS", default={}).items()
+    },
+    "API_RETRY_AFTER": env.int("TASKQUEUE_API_RETRY_AFTER", default=5),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
 }
+
+# The API's body limit applies to every request Django reads.
+DATA_UPLOAD_MAX_MEMORY_SIZE = TASKQUEUE["API_MAX_BODY_BYTES"]
 
 LOGGING = {
     "version": 1,

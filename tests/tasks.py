@@ -6,6 +6,8 @@ from typing import Any
 
 from django.tasks import TaskContext, task
 
+from queueapp import http_tasks
+
 
 @task
 def add(a: int, b: int) -> int:
@@ -88,3 +90,10 @@ def wait_for_cancel(context: TaskContext) -> str:
 @task
 def returns_a_set() -> set[int]:
     return {1, 2}
+
+
+# Exposed for HTTP submission under these names (queueapp.http_tasks).
+http_tasks.expose("add")(add)
+http_tasks.expose("echo")(echo)
+http_tasks.expose("send-email")(send_email)
+http_tasks.expose("record")(record)

@@ -214,3 +214,48 @@ SELECT id, worker_id, attempts, timeout
 FROM queueapp_task
 WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL
   AND started_at + make_interval(secs => timeout) < now();
+
+-- retry_task --
+-- FAILED or CANCELLED back to READY with a fresh budget of attempts. attempts only ever grows (it
+-- fences workers), so the budget is added on top of it. Two concurrent retries: the second waits
+-- for the first's row lock, sees READY, and matches nothing: one new run.
+UPDATE queueapp_task
+SET status = 'READY', run_after = now(), started_at = NULL, finished_at = NULL, worker_id = NULL,
+    cancel_requested = false, return_value = NULL, max_attempts = attempts + %(budget)s
+WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+RETURNING status;
+
+-- set_priority --
+UPDATE queueapp_task SET priority = %(priority)s
+WHERE id = %(id)s AND status = 'READY'
+RETURNING id;
+
+-- count_ready --
+-- READY tasks of one queue, counted up to cap only: back pressure needs "above the limit or not",
+-- and must stay cheap when the queue is huge.
+SELECT count(*) FROM (
+  SELECT 1 FROM queueapp_task WHERE status = 'READY' AND queue_name = %(queue)s LIMIT %(cap)s
+) AS capped;
+
+-- claim_idempotency_key --
+-- The first request with a key inserts; a concurrent one waits on the unique index until the first
+-- commits (then inserts nothing) or rolls back (then inserts). No row back: the key was taken.
+INSERT INTO queueapp_idempotency (api_key_id, key, request_hash, task_ids, created_at)
+VALUES (%(api_key_id)s, %(key)s, %(request_hash)s, '{}', now())
+ON CONFLICT (api_key_id, key) DO NOTHING
+RETURNING id;
+
+-- get_idempotency_key --
+SELECT request_hash, task_ids FROM queueapp_idempotency WHERE api_key_id = %(api_key_id)s AND key = %(key)s;
+
+-- set_idempotency_tasks --
+UPDATE queueapp_idempotency SET task_ids = %(task_ids)s::bigint[] WHERE id = %(id)s;
+
+-- database_now --
+SELECT now();
+
+-- pickup_latency --
+-- Seconds from due to start of first attempts that finished since a moment (task_finished_idx).
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.95) WITHIN GROUP (ORDER BY s)
+FROM (SELECT extract(epoch FROM started_at - run_after) AS s FROM queueapp_task
+      WHERE finished_at >= %(since)s AND attempts = 1 AND started_at IS NOT NULL) AS recent;

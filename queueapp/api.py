@@ -1,0 +1,228 @@
+"""The REST API under /api/: thin views that validate, call submissions/backend/reads, and shape."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from django.db import DatabaseError
+from django.http import Http404, HttpRequest
+from django.tasks import task_backends
+from django.utils import timezone
+from ninja import NinjaAPI, Query
+from ninja.errors import HttpError
+from pydantic import AwareDatetime, Field
+
+from queueapp import api_schemas as s
+from queueapp import http_tasks, models, reads, store, submissions
+from queueapp.api_support import ApiKeyAuth, StrictJsonParser, error, install_error_handlers
+from queueapp.backend import PostgresBackend, parse_result_id
+
+api = NinjaAPI(
+    title="taskqueue",
+    version="1",
+    description="Submit and inspect tasks. Every call needs `Authorization: Bearer <API key>` "
+    "(`manage.py create_api_key`). Errors are `{error, detail}` JSON.",
+    auth=ApiKeyAuth(),
+    parser=StrictJsonParser(),
+    urls_namespace="api",
+)
+install_error_handlers(api)
+
+COMMON: dict[int, Any] = {401: s.Error, 413: s.Error, 415: s.Error, 422: s.Error, 503: s.Error, 400: s.Error}
+SUBMIT_ERRORS: dict[int, Any] = {**COMMON, 403: s.Error, 409: s.Error, 429: s.Error}
+
+
+def backend() -> PostgresBackend:
+    pg = task_backends["default"]
+    assert isinstance(pg, PostgresBackend)
+    return pg
+
+
+def task_out(task: models.Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "url": f"/api/tasks/{task.id}",
+        "task": http_tasks.name_for(task.task_path) or task.task_path,
+        "queue": task.queue_name,
+        "priority": task.priority,
+        "status": task.status,
+        "attempts": task.attempts,
+        "max_attempts": task.max_attempts,
+        "args": task.args,
+        "kwargs": task.kwargs,
+        "enqueued_at": task.enqueued_at,
+        "run_after": task.run_after,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+        "cancel_requested": task.cancel_requested,
+        "worker_id": task.worker_id,
+        "return_value": task.return_value,
+        "errors": task.errors,
+    }
+
+
+def tasks_by_id(ids: list[int]) -> list[dict[str, Any]]:
+    found = models.Task.objects.in_bulk(ids)
+    return [task_out(found[task_id]) for task_id in ids if task_id in found]
+
+
+def get_task_or_404(task_id: int) -> models.Task:
+    task = models.Task.objects.filter(id=task_id).first() if parse_result_id(task_id) else None
+    if task is None:
+        raise Http404(f"no task {task_id}")
+    return task
+
+
+def _submit(request: HttpRequest, items: list[s.TaskIn], body: Any) -> tuple[list[int], bool]:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise HttpError(422, "Idempotency-Key must be 1 to 255 characters")
+    return submissions.submit(
+        request.auth,  # type: ignore[attr-defined]
+        [submissions.Submission(**item.model_dump()) for item in items],
+        idempotency_key=key,
+        body_hash=submissions.request_hash(body),
+    )
+
+
+@api.post("/tasks", response={201: s.TaskOut, 200: s.TaskOut, **SUBMIT_ERRORS}, summary="Submit a task")
+def submit_task(request: HttpRequest, payload: s.TaskIn) -> tuple[int, dict[str, Any]]:
+    """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body."""
+    ids, created = _submit(request, [payload], payload.model_dump(mode="json"))
+    return (201 if created else 200), tasks_by_id(ids)[0]
+
+
+@api.post(
+    "/tasks/bulk", response={201: s.BulkOut, 200: s.BulkOut, **SUBMIT_ERRORS}, summary="Submit up to 1,000"
+)
+def submit_bulk(request: HttpRequest, payload: s.BulkIn) -> tuple[int, dict[str, Any]]:
+    """All or nothing, in one transaction."""
+    ids, created = _submit(request, payload.tasks, payload.model_dump(mode="json"))
+    return (201 if created else 200), {"tasks": tasks_by_id(ids)}
+
+
+class ListParams(s.Schema):
+    status: str | None = Field(default=None, pattern="^(READY|RUNNING|SUCCESSFUL|FAILED|CANCELLED)$")
+    queue: str | None = Field(default=None, max_length=100)
+    task: str | None = Field(default=None, max_length=255, description="HTTP name or dotted path")
+    enqueued_after: AwareDatetime | None = None
+    enqueued_before: AwareDatetime | None = None
+    cursor: str | None = Field(default=None, max_length=64)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        value = int(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        value = 0
+    if not 0 < value < 2**63:
+        raise HttpError(422, "cursor is not one this API returned")
+    return value
+
+
+def _encode_cursor(task_id: int | None) -> str | None:
+    return base64.urlsafe_b64encode(str(task_id).encode()).decode().rstrip("=") if task_id else None
+
+
+@api.get("/tasks", response={200: s.TaskPage, **COMMON}, summary="List tasks, newest first")
+def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any]:
+    task_path = None
+    if params.task:
+        exposed = http_tasks.get(params.task)
+        task_path = exposed.module_path if exposed else params.task
+    page, next_id = reads.list_tasks(
+        reads.TaskFilter(
+            status=params.status,
+            queue=params.queue,
+            task_path=task_path,
+            enqueued_after=params.enqueued_after,
+            enqueued_before=params.enqueued_before,
+        ),
+        before_id=_decode_cursor(params.cursor),
+        limit=params.limit,
+    )
+    return {"tasks": [task_out(task) for task in page], "next_cursor": _encode_cursor(next_id)}
+
+
+@api.get("/tasks/{task_id}", response={200: s.TaskOut, 404: s.Error, **COMMON}, summary="One task")
+def get_task(request: HttpRequest, task_id: int) -> dict[str, Any]:
+    return task_out(get_task_or_404(task_id))
+
+
+@api.post("/tasks/{task_id}/cancel", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
+def cancel_task(request: HttpRequest, task_id: int) -> Any:
+    """READY is cancelled at once; RUNNING gets a cancel request. 409 when already finished."""
+    task = get_task_or_404(task_id)
+    if not backend().cancel(str(task.id)):
+        return error(409, "already_finished", f"task {task.id} is {get_task_or_404(task_id).status}")
+    return task_out(get_task_or_404(task_id))
+
+
+@api.post("/tasks/{task_id}/retry", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
+def retry_task(request: HttpRequest, task_id: int) -> Any:
+    """FAILED or CANCELLED back to READY with a fresh attempt budget; 409 from any other state."""
+    task = get_task_or_404(task_id)
+    if not backend().retry(str(task.id)):
+        current = get_task_or_404(task_id).status
+        return error(
+            409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
+        )
+    return task_out(get_task_or_404(task_id))
+
+
+@api.get("/workers", response={200: s.WorkersOut, **COMMON}, summary="Workers and their heartbeats")
+def list_workers(request: HttpRequest) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "workers": [
+            {
+                "id": w.id,
+                "hostname": w.hostname,
+                "pid": w.pid,
+                "queues": w.queues,
+                "concurrency": w.concurrency,
+                "state": reads.worker_health(w, now),
+                "started_at": w.started_at,
+                "last_heartbeat_at": w.last_heartbeat_at,
+                "heartbeat_age_seconds": max(0.0, (now - w.last_heartbeat_at).total_seconds()),
+                "running_tasks": w.running,  # type: ignore[attr-defined]
+            }
+            for w in reads.list_workers()
+        ]
+    }
+
+
+@api.get("/health", response={200: s.HealthOut, **COMMON}, summary="Is the queue healthy?")
+def health(request: HttpRequest) -> Any:
+    """503 when the database cannot be reached."""
+    try:
+        now = store.database_now()
+        totals = reads.summary(reads.status_counts())
+        live = sum(1 for w in reads.list_workers() if reads.worker_health(w, now) == "alive")
+        oldest = reads.oldest_ready_age(now)
+    except DatabaseError:
+        return error(503, "database_unavailable", "the database cannot be reached")
+    return {
+        "database": "ok",
+        "live_workers": live,
+        "pending": {status: totals.get(status, 0) for status in ("READY", "RUNNING")},
+        "completed": {status: totals.get(status, 0) for status in ("SUCCESSFUL", "FAILED", "CANCELLED")},
+        "oldest_ready_age_seconds": oldest,
+        "timestamp": now,
+    }
+
+
+@api.get("/stats", response={200: s.StatsOut, **COMMON}, summary="Counts, throughput and latency")
+def stats(request: HttpRequest) -> dict[str, Any]:
+    now = store.database_now()
+    return {
+        "queues": reads.status_counts(),
+        "throughput": {f"{m}m": reads.throughput(now, m) for m in (1, 5, 15)},
+        "pickup_latency_seconds": reads.pickup_latency(now),
+        "timestamp": now,
+    }

@@ -1,0 +1,110 @@
+"""Read-only views of the queue for the API and the console: lists, workers, health, statistics.
+
+These read through the ORM; every state change goes through store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Q, QuerySet
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from queueapp import models, store
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFilter:
+    status: str | None = None
+    queue: str | None = None
+    task_path: str | None = None
+    enqueued_after: dt.datetime | None = None
+    enqueued_before: dt.datetime | None = None
+
+
+def list_tasks(
+    filters: TaskFilter, *, before_id: int | None, limit: int
+) -> tuple[list[models.Task], int | None]:
+    """Newest first, keyset-paginated on id: (page, the id to continue before, or None at the end)."""
+    tasks: QuerySet[models.Task] = models.Task.objects.all()
+    if filters.status:
+        tasks = tasks.filter(status=filters.status)
+    if filters.queue:
+        tasks = tasks.filter(queue_name=filters.queue)
+    if filters.task_path:
+        tasks = tasks.filter(task_path=filters.task_path)
+    if filters.enqueued_after:
+        tasks = tasks.filter(enqueued_at__gte=filters.enqueued_after)
+    if filters.enqueued_before:
+        tasks = tasks.filter(enqueued_at__lt=filters.enqueued_before)
+    if before_id is not None:
+        tasks = tasks.filter(id__lt=before_id)
+    page = list(tasks.order_by("-id")[: limit + 1])
+    if len(page) > limit:
+        return page[:limit], page[limit - 1].id
+    return page, None
+
+
+def worker_health(worker: models.Worker, now: dt.datetime) -> str:
+    """ALIVE workers whose heartbeat is older than STALE_AFTER show as stale until a reaper runs."""
+    stale_after = dt.timedelta(seconds=settings.TASKQUEUE["STALE_AFTER"])
+    if worker.state == models.WorkerState.ALIVE and now - worker.last_heartbeat_at > stale_after:
+        return "stale"
+    return worker.state.lower()
+
+
+def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
+    """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
+    since = timezone.now() - include_stopped_since
+    recent = Q(state__in=["ALIVE", "STOPPING"]) | Q(stopped_at__gte=since) | Q(last_heartbeat_at__gte=since)
+    return list(
+        models.Worker.objects.filter(recent)
+        .annotate(running=Count("tasks", filter=Q(tasks__status="RUNNING")))
+        .order_by("-started_at")[:500]
+    )
+
+
+def status_counts() -> dict[str, dict[str, int]]:
+    """{queue: {status: count}} over all tasks."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in models.Task.objects.values("queue_name", "status").annotate(n=Count("id")).order_by():
+        counts.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
+    return counts
+
+
+def oldest_ready_age(now: dt.datetime) -> float | None:
+    """Seconds the longest-waiting due READY task has waited past its run_after."""
+    oldest = (
+        models.Task.objects.filter(status="READY", run_after__lte=Now())
+        .order_by("run_after")
+        .values_list("run_after", flat=True)
+        .first()
+    )
+    return (now - oldest).total_seconds() if oldest else None
+
+
+def throughput(now: dt.datetime, minutes: int) -> dict[str, int]:
+    """Tasks that reached SUCCESSFUL / FAILED / CANCELLED in the last `minutes` minutes."""
+    since = now - dt.timedelta(minutes=minutes)
+    rows = (
+        models.Task.objects.filter(finished_at__gte=since).values("status").annotate(n=Count("id")).order_by()
+    )
+    return {row["status"]: row["n"] for row in rows}
+
+
+def pickup_latency(now: dt.datetime, minutes: int = 15) -> dict[str, float | None]:
+    """p50/p95 seconds from due (run_after) to start, for first attempts that finished recently."""
+    p50, p95 = store.pickup_latency(since=now - dt.timedelta(minutes=minutes))
+    return {"p50": p50, "p95": p95}
+
+
+def summary(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
+    totals: dict[str, int] = {}
+    for per_status in counts.values():
+        for status, n in per_status.items():
+            totals[status] = totals.get(status, 0) + n
+    return totals

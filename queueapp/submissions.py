@@ -1,0 +1,136 @@
+"""Submitting tasks from outside Python (the REST API): by registered name, with idempotency and
+back pressure, all or nothing in one transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.tasks import task_backends
+from django.tasks.exceptions import InvalidTask
+
+from queueapp import http_tasks, models, store
+from queueapp.backend import AnyTask, PostgresBackend
+from queueapp.exceptions import TaskQueueError
+
+
+class SubmissionError(TaskQueueError):
+    """The submission was refused."""
+
+    status = 400
+    code = "bad_request"
+
+
+class UnknownTask(SubmissionError):
+    """No task is registered for HTTP submission under that name."""
+
+    status, code = 422, "unknown_task"
+
+
+class TaskNotAllowed(SubmissionError):
+    """This API key may not submit that task."""
+
+    status, code = 403, "task_not_allowed"
+
+
+class InvalidSubmission(SubmissionError):
+    """The task's options or arguments were refused."""
+
+    status, code = 422, "invalid_task"
+
+
+class QueueFull(SubmissionError):
+    """The queue holds more READY tasks than its configured limit."""
+
+    status, code = 429, "queue_full"
+
+
+class IdempotencyConflict(SubmissionError):
+    """The Idempotency-Key was used before with a different request body."""
+
+    status, code = 409, "idempotency_conflict"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Submission:
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    queue: str | None = None
+    priority: int | None = None
+    run_after: datetime | None = None
+    max_attempts: int | None = None
+
+
+def request_hash(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def queue_limit(queue: str) -> int | None:
+    limits: dict[str, int] = settings.TASKQUEUE.get("QUEUE_LIMITS", {})
+    return limits.get(queue, settings.TASKQUEUE.get("MAX_READY_PER_QUEUE"))
+
+
+def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
+    task = http_tasks.get(item.task)
+    if task is None:
+        raise UnknownTask(f"no task named {item.task!r} is registered for HTTP submission")
+    if not http_tasks.allowed(item.task, api_key.task_patterns):
+        raise TaskNotAllowed(f"this API key may not submit {item.task!r}")
+    try:
+        return task.using(  # type: ignore[call-arg]
+            queue_name=item.queue,
+            priority=item.priority,
+            run_after=item.run_after,
+            max_attempts=item.max_attempts,
+        )
+    except InvalidTask as exc:
+        raise InvalidSubmission(f"{item.task}: {exc}") from exc
+
+
+def _check_back_pressure(tasks: Sequence[AnyTask]) -> None:
+    for queue in sorted({task.queue_name for task in tasks}):
+        limit = queue_limit(queue)
+        if limit is not None and store.count_ready(queue, cap=limit + 1) > limit:
+            raise QueueFull(f"queue {queue!r} has more than {limit} READY tasks; retry later")
+
+
+def submit(
+    api_key: models.ApiKey, items: Sequence[Submission], *, idempotency_key: str | None, body_hash: str
+) -> tuple[list[int], bool]:
+    """Enqueue items in one transaction; returns (task ids, created). A replayed Idempotency-Key
+    with the same body returns the original ids and created=False."""
+    backend = task_backends["default"]
+    assert isinstance(backend, PostgresBackend)
+    tasks = [_resolve(api_key, item) for item in items]
+    with transaction.atomic():
+        claimed = None
+        if idempotency_key is not None:
+            claimed = store.claim_idempotency_key(
+                api_key_id=api_key.id, key=idempotency_key, request_hash=body_hash
+            )
+            if claimed is None:
+                earlier = store.get_idempotency_key(api_key_id=api_key.id, key=idempotency_key)
+                assert earlier is not None  # the conflicting insert committed before ours returned
+                if earlier[0] != body_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request body; use a new key"
+                    )
+                return earlier[1], False
+        _check_back_pressure(tasks)
+        try:
+            results = backend.enqueue_many(
+                (task, item.args, item.kwargs) for task, item in zip(tasks, items, strict=True)
+            )
+        except InvalidTask as exc:
+            raise InvalidSubmission(str(exc)) from exc
+        ids = [int(result.id) for result in results]
+        if claimed is not None:
+            store.set_idempotency_tasks(claimed, ids)
+    return ids, True
