@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest
 from django.tasks import task_backends
 from django.utils import timezone
-from ninja import NinjaAPI, Query
+from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from queueapp import api_schemas as s
 from queueapp import http_tasks, models, reads, store, submissions
@@ -29,6 +27,14 @@ api = NinjaAPI(
     urls_namespace="api",
 )
 install_error_handlers(api)
+
+# Built when the URLconf loads, after every app's tasks registered: the schema names them.
+if TYPE_CHECKING:
+    TaskSubmission = s.TaskIn
+    BulkSubmission = s.BulkIn
+else:
+    TaskSubmission = s.submission_schema(http_tasks.names(), sorted(task_backends["default"].queues))
+    BulkSubmission = s.bulk_schema(TaskSubmission)
 
 COMMON: dict[int, Any] = {401: s.Error, 413: s.Error, 415: s.Error, 422: s.Error, 503: s.Error, 400: s.Error}
 SUBMIT_ERRORS: dict[int, Any] = {**COMMON, 403: s.Error, 409: s.Error, 429: s.Error}
@@ -88,45 +94,31 @@ def _submit(request: HttpRequest, items: list[s.TaskIn], body: Any) -> tuple[lis
 
 
 @api.post("/tasks", response={201: s.TaskOut, 200: s.TaskOut, **SUBMIT_ERRORS}, summary="Submit a task")
-def submit_task(request: HttpRequest, payload: s.TaskIn) -> tuple[int, dict[str, Any]]:
+def submit_task(request: HttpRequest, payload: TaskSubmission) -> Status[dict[str, Any]]:
     """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body."""
     ids, created = _submit(request, [payload], payload.model_dump(mode="json"))
-    return (201 if created else 200), tasks_by_id(ids)[0]
+    return Status(201 if created else 200, tasks_by_id(ids)[0])
 
 
 @api.post(
     "/tasks/bulk", response={201: s.BulkOut, 200: s.BulkOut, **SUBMIT_ERRORS}, summary="Submit up to 1,000"
 )
-def submit_bulk(request: HttpRequest, payload: s.BulkIn) -> tuple[int, dict[str, Any]]:
+def submit_bulk(request: HttpRequest, payload: BulkSubmission) -> Status[dict[str, Any]]:
     """All or nothing, in one transaction."""
     ids, created = _submit(request, payload.tasks, payload.model_dump(mode="json"))
-    return (201 if created else 200), {"tasks": tasks_by_id(ids)}
+    return Status(201 if created else 200, {"tasks": tasks_by_id(ids)})
 
 
-class ListParams(s.Schema):
+class ListParams(Schema):
     status: str | None = Field(default=None, pattern="^(READY|RUNNING|SUCCESSFUL|FAILED|CANCELLED)$")
     queue: str | None = Field(default=None, max_length=100)
     task: str | None = Field(default=None, max_length=255, description="HTTP name or dotted path")
-    enqueued_after: AwareDatetime | None = None
-    enqueued_before: AwareDatetime | None = None
-    cursor: str | None = Field(default=None, max_length=64)
+    enqueued_after: s.IsoDateTime | None = None
+    enqueued_before: s.IsoDateTime | None = None
+    cursor: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="next_cursor of the previous page (smaller ids)"
+    )
     limit: int = Field(default=50, ge=1, le=500)
-
-
-def _decode_cursor(cursor: str | None) -> int | None:
-    if cursor is None:
-        return None
-    try:
-        value = int(base64.urlsafe_b64decode(cursor.encode() + b"==").decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        value = 0
-    if not 0 < value < 2**63:
-        raise HttpError(422, "cursor is not one this API returned")
-    return value
-
-
-def _encode_cursor(task_id: int | None) -> str | None:
-    return base64.urlsafe_b64encode(str(task_id).encode()).decode().rstrip("=") if task_id else None
 
 
 @api.get("/tasks", response={200: s.TaskPage, **COMMON}, summary="List tasks, newest first")
@@ -143,10 +135,10 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
             enqueued_after=params.enqueued_after,
             enqueued_before=params.enqueued_before,
         ),
-        before_id=_decode_cursor(params.cursor),
+        before_id=params.cursor,
         limit=params.limit,
     )
-    return {"tasks": [task_out(task) for task in page], "next_cursor": _encode_cursor(next_id)}
+    return {"tasks": [task_out(task) for task in page], "next_cursor": next_id}
 
 
 @api.get("/tasks/{task_id}", response={200: s.TaskOut, 404: s.Error, **COMMON}, summary="One task")
@@ -205,7 +197,7 @@ def health(request: HttpRequest) -> Any:
         totals = reads.summary(reads.status_counts())
         live = sum(1 for w in reads.list_workers() if reads.worker_health(w, now) == "alive")
         oldest = reads.oldest_ready_age(now)
-    except DatabaseError:
+    except (OperationalError, InterfaceError):
         return error(503, "database_unavailable", "the database cannot be reached")
     return {
         "database": "ok",

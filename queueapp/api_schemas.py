@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import re
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from ninja import Field, Schema
-from pydantic import AwareDatetime, ConfigDict, JsonValue, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    JsonValue,
+    create_model,
+    field_validator,
+)
+
+
+def _iso_8601(value: Any) -> Any:
+    # pydantic would also read 0.5 or "1700000000" as a Unix time; the API speaks ISO 8601 only.
+    if value is not None and not (isinstance(value, str) and ISO_DATETIME.match(value)):
+        raise ValueError("must be an ISO 8601 date-time with a time zone, e.g. 2030-01-31T09:00:00Z")
+    return value
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # PostgreSQL takes offsets up to ±15:59 only; UTC always fits.
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("date-time out of range") from None
+
+
+ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
 
 MAX_ARGS = 100
+ARGS_NOTE = (
+    f"JSON, at most {MAX_ARGS} items and 16 levels deep; strings must not contain NUL (\\u0000) or "
+    "unpaired surrogates, which PostgreSQL cannot store"
+)
 MAX_DEPTH = 16
 
 
@@ -27,14 +59,24 @@ class TaskIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
-    args: list[JsonValue] = Field(default_factory=list, max_length=MAX_ARGS)
-    kwargs: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_ARGS)
+    args: list[JsonValue] = Field(default_factory=list, max_length=MAX_ARGS, description=ARGS_NOTE)
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_ARGS, description=ARGS_NOTE)
     queue: str | None = Field(default=None, min_length=1, max_length=100)
     priority: int | None = Field(default=None, ge=-100, le=100)
-    run_after: AwareDatetime | None = Field(
-        default=None, description="ISO 8601 with a time zone; the task does not start before it."
+    run_after: IsoDateTime | None = Field(
+        default=None,
+        strict=False,
+        description="ISO 8601 with a time zone; the task does not start before it.",
     )
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
+
+    @field_validator("priority", "max_attempts", mode="before")
+    @classmethod
+    def numbers_are_numbers(cls, value: Any) -> Any:
+        # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
+        if isinstance(value, bool | str):
+            raise ValueError("must be a JSON integer")
+        return value
 
     @field_validator("args", "kwargs")
     @classmethod
@@ -44,10 +86,33 @@ class TaskIn(Schema):
         return value
 
 
+def submission_schema(task_names: list[str], queues: list[str]) -> type[TaskIn]:
+    """TaskIn with `task` and `queue` narrowed to what can be submitted, so the OpenAPI schema lists
+    the exposed task names and the queues, and a schema-valid request is one the API accepts."""
+    if not task_names:
+        return TaskIn
+    names_type: Any = Literal[tuple(task_names)]
+    queue_type: Any = Literal[tuple(queues)] | None
+    return create_model(
+        "TaskSubmission",
+        __base__=TaskIn,
+        task=(names_type, Field(description="A task exposed for HTTP submission")),
+        queue=(queue_type, None),
+    )
+
+
 class BulkIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     tasks: list[TaskIn] = Field(min_length=1, max_length=1000)
+
+
+def bulk_schema(item: type[TaskIn]) -> type[BulkIn]:
+    return create_model(
+        "BulkSubmission",
+        __base__=BulkIn,
+        tasks=(list[item], Field(min_length=1, max_length=1000)),  # type: ignore[valid-type]
+    )
 
 
 class TaskError(Schema):
@@ -84,7 +149,7 @@ class BulkOut(Schema):
 
 class TaskPage(Schema):
     tasks: list[TaskOut]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
+    next_cursor: int | None = Field(description="Pass as ?cursor= for the next page; null at the end.")
 
 
 class WorkerOut(Schema):

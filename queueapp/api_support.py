@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.tasks.exceptions import TaskResultDoesNotExist
 from ninja import NinjaAPI
@@ -42,7 +42,7 @@ class ApiKeyAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> models.ApiKey | None:
         try:
             return apikeys.authenticate(token)
-        except DatabaseError as exc:
+        except (OperationalError, InterfaceError) as exc:
             raise DatabaseUnavailable(str(exc)) from exc
 
 
@@ -88,28 +88,28 @@ def _validation_detail(exc: ValidationError) -> str:
 
 
 def install_error_handlers(api: NinjaAPI) -> None:
-    def on_validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    def on_validation(request: HttpRequest, exc: Any) -> HttpResponse:
         return error(422, "invalid_request", _validation_detail(exc))
 
-    def on_auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    def on_auth(request: HttpRequest, exc: Any) -> HttpResponse:
         return error(401, "unauthorized", "send a valid, unrevoked API key as `Authorization: Bearer <key>`")
 
-    def on_http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    def on_http(request: HttpRequest, exc: Any) -> HttpResponse:
         if exc.status_code == 400 and exc.__cause__ is not None:
             return error(400, "invalid_json", f"the body is not valid JSON: {exc.__cause__}")
         return error(exc.status_code, "http_error", str(exc))
 
-    def on_not_found(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def on_not_found(request: HttpRequest, exc: Any) -> HttpResponse:
         return error(404, "not_found", str(exc) or "no such resource")
 
-    def on_submission(request: HttpRequest, exc: SubmissionError) -> HttpResponse:
+    def on_submission(request: HttpRequest, exc: Any) -> HttpResponse:
         headers = {"Retry_After": str(settings.TASKQUEUE["API_RETRY_AFTER"])} if exc.status == 429 else {}
         return error(exc.status, exc.code, str(exc), **headers)
 
-    def on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    def on_too_big(request: HttpRequest, exc: Any) -> HttpResponse:
         return error(413, "body_too_large", str(exc))
 
-    def on_database(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def on_database(request: HttpRequest, exc: Any) -> HttpResponse:
         return error(
             503, "database_unavailable", "the database cannot be reached; retry later", Retry_After="5"
         )
@@ -122,4 +122,5 @@ def install_error_handlers(api: NinjaAPI) -> None:
     api.add_exception_handler(SubmissionError, on_submission)
     api.add_exception_handler(RequestDataTooBig, on_too_big)
     api.add_exception_handler(DatabaseUnavailable, on_database)
-    api.add_exception_handler(DatabaseError, on_database)
+    api.add_exception_handler(OperationalError, on_database)
+    api.add_exception_handler(InterfaceError, on_database)

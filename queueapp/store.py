@@ -76,11 +76,29 @@ def _to_row(values: Sequence[Any]) -> TaskRow:
     return TaskRow(**data)
 
 
+def _to_json(value: Any) -> str:
+    """Compact JSON that PostgreSQL's jsonb accepts: no NaN/Infinity, no lone surrogates, no NUL."""
+    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    text.encode()  # UnicodeEncodeError for a lone surrogate, which jsonb refuses
+    if "\\u0000" in text and _has_nul(value):
+        raise ValueError("strings cannot contain the NUL character (\\u0000), which jsonb refuses")
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
     """Encode args and kwargs as JSON text, or raise a clear InvalidTask."""
     try:
-        args_json = json.dumps(normalize_json(list(args)), allow_nan=False, separators=(",", ":"))
-        kwargs_json = json.dumps(normalize_json(kwargs), allow_nan=False, separators=(",", ":"))
+        args_json, kwargs_json = _to_json(list(args)), _to_json(kwargs)
     except (TypeError, ValueError) as exc:
         raise exceptions.ArgumentsNotJSON(
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
@@ -98,7 +116,7 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
 def encode_return_value(value: Any) -> str:
     """JSON text of a task's return value; raises ReturnValueNotJSON when it has none."""
     try:
-        return json.dumps(normalize_json(value), allow_nan=False, separators=(",", ":"))
+        return _to_json(value)
     except (TypeError, ValueError) as exc:
         raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc
 

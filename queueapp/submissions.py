@@ -46,7 +46,7 @@ class InvalidSubmission(SubmissionError):
 
 
 class QueueFull(SubmissionError):
-    """The queue holds more READY tasks than its configured limit."""
+    """The queue already holds as many READY tasks as its configured limit."""
 
     status, code = 429, "queue_full"
 
@@ -97,8 +97,8 @@ def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
 def _check_back_pressure(tasks: Sequence[AnyTask]) -> None:
     for queue in sorted({task.queue_name for task in tasks}):
         limit = queue_limit(queue)
-        if limit is not None and store.count_ready(queue, cap=limit + 1) > limit:
-            raise QueueFull(f"queue {queue!r} has more than {limit} READY tasks; retry later")
+        if limit is not None and store.count_ready(queue, cap=limit) >= limit:
+            raise QueueFull(f"queue {queue!r} holds its limit of {limit} READY tasks; retry later")
 
 
 def submit(

@@ -32,5 +32,5 @@ def flaky_report(report_id: int) -> dict[str, int]:
 
 
 # The demo tasks can be submitted over HTTP too (docs/api.md).
-http_tasks.expose("add")(add)
-http_tasks.expose("send-welcome-email")(send_welcome_email)
+http_tasks.expose("demo-add")(add)
+http_tasks.expose("demo-welcome-email")(send_welcome_email)

@@ -11,3 +11,4 @@ from taskqueue_project.settings import TASKQUEUE, TASKS
 
 TASKS["default"]["QUEUES"] = ["default", "emails", "reports"]
 TASKQUEUE["IMPORTS"] = [*TASKQUEUE["IMPORTS"], "tests.tasks"]
+ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]

@@ -156,3 +156,11 @@ def test_database_caps_argument_size_even_without_python_checks(raw_conn: psycop
             " false)",
             [huge],
         )
+
+
+@pytest.mark.parametrize("bad", ["nul \x00 inside", "lone \ud800 surrogate", {"key\x00": 1}])
+def test_strings_postgresql_cannot_store_are_refused_before_the_insert(bad: object) -> None:
+    with pytest.raises(exceptions.ArgumentsNotJSON):
+        tasks.echo.enqueue(bad)
+    assert models.Task.objects.count() == 0
+    tasks.echo.enqueue("a literal \\u0000 is fine")  # an escaped backslash, not a NUL

@@ -6,12 +6,13 @@ import logging
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import InterfaceError, OperationalError, connection
 
 logger = logging.getLogger(__name__)
 
-# Errors after which a thread's connection may be broken (server restart, network cut).
-CONNECTION_ERRORS = (DatabaseError, psycopg.Error)
+# Errors after which a thread's connection may be broken (server restart, network cut). Not every
+# DatabaseError: a constraint or data error would fail the same way again, so it is not retried.
+CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def reset_connection() -> None:

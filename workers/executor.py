@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 from uuid import UUID
 
+from django.db import DatabaseError
 from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
 from django.tasks.signals import task_finished, task_started
 
@@ -86,7 +87,10 @@ class Executor:
             outcome = self.record_failure(row, exc)
             self.finished(result, outcome)  # inside the handler, as Django's backends do: exc_info is there
         else:
-            outcome = self.record_success(row, return_json)
+            try:
+                outcome = self.record_success(row, return_json)
+            except DatabaseError as exc:  # refused by the database, not unreachable: fail the attempt
+                outcome = self.record_failure(row, exc)
             self.finished(result, outcome)
         logger.info(
             "task_finished id=%s task=%s attempt=%s duration_ms=%.1f outcome=%s",
