@@ -113,3 +113,48 @@ def run_manage(
         text=True,
         timeout=120,
     )
+
+
+class GunicornServer:
+    """The service under gunicorn on a free loopback port, against the test database."""
+
+    def __init__(self, *, log_dir: Path, workers: int = 2, threads: int = 8) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log = (log_dir / f"gunicorn-{self.port}.log").open("wb")
+        env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "taskqueue_project.wsgi",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self.up, timeout=30, message="gunicorn to answer")
+
+    def up(self) -> bool:
+        import http.client
+
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/api/health")
+            return conn.getresponse().status == 401
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self.log.close()
