@@ -29,6 +29,7 @@ def scratch_database(name: str) -> Iterator[str]:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", "bench-only")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "taskqueue_project.settings")
+    os.environ.setdefault("TASKQUEUE_IMPORTS", "bench.tasks")
     sys.path.insert(0, str(ROOT))
     import django
     from django.core.management import call_command
@@ -53,6 +54,7 @@ def worker_env(url: str, **extra: str) -> dict[str, str]:
         "SECRET_KEY": "bench-only",
         "DJANGO_SETTINGS_MODULE": "taskqueue_project.settings",
         "TASKQUEUE_IMPORTS": "bench.tasks",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOG_LEVEL": "WARNING",
         **extra,
     }

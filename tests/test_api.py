@@ -277,3 +277,25 @@ def test_strings_postgresql_cannot_store_get_a_clear_422(client: Client) -> None
     assert response.status_code == 422
     assert "NUL" in response.json()["detail"]
     assert models.Task.objects.count() == 0
+
+
+def test_create_and_revoke_api_keys_from_the_command_line() -> None:
+    from tests.helpers import run_manage
+
+    created = run_manage("create_api_key", "mailer", "--tasks", "send-*", "nothing-matches-*")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("tq_")
+    assert "it will not be shown again" in created.stderr
+    assert "'nothing-matches-*' matches no task" in created.stderr
+    row = models.ApiKey.objects.get(name="mailer")
+    assert row.task_patterns == ["send-*", "nothing-matches-*"]
+    assert key not in (row.key_hash, row.prefix)  # only a hash is stored
+    assert apikeys.authenticate(key) == row
+
+    revoked = run_manage("revoke_api_key", row.prefix)
+    assert (revoked.returncode, revoked.stdout.strip()) == (0, "revoked 1 key(s)")
+    assert apikeys.authenticate(key) is None
+    again = run_manage("revoke_api_key", row.prefix)
+    assert again.returncode != 0
+    assert "no live API key" in again.stderr
