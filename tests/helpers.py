@@ -118,14 +118,18 @@ def run_manage(
 class GunicornServer:
     """The service under gunicorn on a free loopback port, against the test database."""
 
-    def __init__(self, *, log_dir: Path, workers: int = 2, threads: int = 8) -> None:
+    def __init__(self, *, log_dir: Path, workers: int = 2, threads: int = 8, url: str | None = None) -> None:
         import socket
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.log = (log_dir / f"gunicorn-{self.port}.log").open("wb")
-        env = {**os.environ, "DATABASE_URL": database_url(), "DJANGO_SETTINGS_MODULE": "tests.settings"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url or database_url(),
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+        }
         self.process = subprocess.Popen(
             [
                 str(Path(sys.executable).parent / "gunicorn"),

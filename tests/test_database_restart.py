@@ -84,3 +84,32 @@ def test_workers_survive_a_database_restart_and_lose_nothing(
     finally:
         for worker in workers:
             worker.stop()
+
+
+def test_the_api_answers_503_while_the_database_is_down(cluster: tuple[Path, str], tmp_path: Path) -> None:
+    import http.client
+
+    from tests.helpers import GunicornServer
+
+    datadir, url = cluster
+    assert run_manage("migrate", "--noinput", url=url).returncode == 0
+    key = run_manage("create_api_key", "outage", url=url).stdout.strip()
+    server = GunicornServer(log_dir=tmp_path, url=url)
+
+    def get(path: str) -> tuple[int, dict[str, str]]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {key}"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    try:
+        assert get("/api/health")[0] == 200
+        devdb.stop(datadir)
+        for path in ("/api/health", "/api/tasks"):
+            status, body = get(path)
+            assert status == 503, body
+            assert body["error"] == "database_unavailable"
+        devdb.start(datadir)
+        wait_for(lambda: get("/api/health")[0] == 200, timeout=15, message="the API to recover")
+    finally:
+        server.stop()
