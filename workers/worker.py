@@ -98,6 +98,9 @@ class Worker:
             self.services_stop.set()
             for thread in threads:
                 thread.join(5)
+            # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
+            # A LOST worker stays LOST (the statement matches nothing).
+            self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
             self.listener.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
             connection.close()
@@ -160,7 +163,7 @@ class Worker:
         return self.config.poll_interval * random.uniform(0.8, 1.2)
 
     def drain(self) -> None:
-        """Finish or hand back what this worker holds, then record how it stopped."""
+        """Finish or hand back what this worker holds (run() then records it STOPPED)."""
         self.safe_write(lambda: store.set_worker_state(self.id, "STOPPING"))
         self.release_unstarted()
         deadline = time.monotonic() + self.config.grace
@@ -170,8 +173,6 @@ class Worker:
         if self.running:
             self.interrupt_running()
             self.exit_code = self.exit_code or EXIT_INTERRUPTED
-        elif self.exit_code == EXIT_OK:
-            self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
 
     # -- tasks -----------------------------------------------------------------------------------
 
@@ -236,7 +237,6 @@ class Worker:
                 row.attempts,
                 outcome[0] if outcome else "unchanged",
             )
-        self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
 
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
         try:
