@@ -265,6 +265,10 @@ def test_max_tasks_recycles_processes_under_the_supervisor(workers: Start) -> No
     wait_for(lambda: count("SUCCESSFUL") == 30, timeout=60, message="30 tasks done by recycled processes")
     per_worker = models.Task.objects.values_list("worker_id", flat=True)
     assert len(set(per_worker)) >= 6  # no process ran more than 5
-    assert models.Worker.objects.filter(state="STOPPED").count() >= 6
+    wait_for(
+        lambda: models.Worker.objects.filter(state="STOPPED").count() >= 6,
+        timeout=30,
+        message="each recycled process to record itself STOPPED",
+    )
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0, supervisor.output()
