@@ -108,6 +108,11 @@ class Task(models.Model):
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
 
     class Meta:
+        permissions = [
+            ("retry_task", "Can retry failed or cancelled tasks"),
+            ("cancel_task", "Can cancel tasks"),
+            ("reprioritize_task", "Can change the priority of waiting tasks"),
+        ]
         indexes = [
             # The claim: WHERE status = 'READY' ORDER BY priority DESC, run_after, id. The claim
             # reads it in order and stops after LIMIT rows; queue_name and run_after are checked
@@ -119,6 +124,10 @@ class Task(models.Model):
                 name="task_claim_idx",
                 condition=Q(status="READY"),
             ),
+            # The console's and the API's filters, newest first (each scans one index backwards).
+            models.Index(fields=["status", "id"], name="task_status_id_idx"),
+            models.Index(fields=["queue_name", "id"], name="task_queue_id_idx"),
+            models.Index(fields=["task_path", "id"], name="task_path_id_idx"),
             # Throughput and latency over recent minutes (API stats, console, metrics).
             models.Index(
                 fields=["finished_at"], name="task_finished_idx", condition=Q(finished_at__isnull=False)

@@ -57,15 +57,16 @@ def worker_health(worker: models.Worker, now: dt.datetime) -> str:
     return worker.state.lower()
 
 
+def workers_with_running_counts() -> QuerySet[models.Worker]:
+    """Workers, each with `running`: how many tasks it holds (task_running_worker_idx)."""
+    return models.Worker.objects.annotate(running=Count("tasks", filter=Q(tasks__status="RUNNING")))
+
+
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since
     recent = Q(state__in=["ALIVE", "STOPPING"]) | Q(stopped_at__gte=since) | Q(last_heartbeat_at__gte=since)
-    return list(
-        models.Worker.objects.filter(recent)
-        .annotate(running=Count("tasks", filter=Q(tasks__status="RUNNING")))
-        .order_by("-started_at")[:500]
-    )
+    return list(workers_with_running_counts().filter(recent).order_by("-started_at")[:500])
 
 
 def status_counts() -> dict[str, dict[str, int]]:

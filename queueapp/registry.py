@@ -44,6 +44,11 @@ def get(task_path: str) -> Task[Any, Any]:
         ) from None
 
 
+def paths() -> list[str]:
+    """Every registered task path, sorted."""
+    return sorted(_tasks)
+
+
 def autodiscover() -> None:
     """Import every app's ``tasks`` module and the configured task modules."""
     for app_config in apps.get_app_configs():

@@ -420,3 +420,31 @@ def pickup_latency(*, since: datetime, using: str = "default") -> tuple[float | 
         cursor.execute(QUERIES["pickup_latency"], {"since": since})
         p50, p95 = cursor.fetchone()
     return (float(p50) if p50 is not None else None, float(p95) if p95 is not None else None)
+
+
+def finished_per_minute(
+    *, since: datetime, using: str = "default"
+) -> list[tuple[datetime, int, int, float | None, float | None]]:
+    """(minute, successful, failed, latency p50, latency p95) for each minute with finished tasks."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["finished_per_minute"], {"since": since})
+        return [(m, ok, bad, p50, p95) for m, ok, bad, p50, p95 in cursor.fetchall()]
+
+
+def queue_overview(*, using: str = "default") -> dict[str, dict[str, Any]]:
+    """{queue: {"counts": {status: n}, "oldest_ready_seconds": float | None}}."""
+    overview: dict[str, dict[str, Any]] = {}
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["queue_overview"])
+        for queue, status, count, oldest in cursor.fetchall():
+            entry = overview.setdefault(queue, {"counts": {}, "oldest_ready_seconds": None})
+            entry["counts"][status] = count
+            if status == "READY" and oldest is not None:
+                entry["oldest_ready_seconds"] = float(oldest)
+    return overview
+
+
+def estimated_rows(table: str, *, using: str = "default") -> int:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["estimated_rows"], {"table": table})
+        return max(int(cursor.fetchone()[0]), 0)

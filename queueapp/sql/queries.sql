@@ -259,3 +259,30 @@ SELECT now();
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.95) WITHIN GROUP (ORDER BY s)
 FROM (SELECT extract(epoch FROM started_at - run_after) AS s FROM queueapp_task
       WHERE finished_at >= %(since)s AND attempts = 1 AND started_at IS NOT NULL) AS recent;
+
+-- finished_per_minute --
+-- The console's charts: per minute over a window, tasks that succeeded, tasks that failed for good,
+-- and the pickup latency (due to start) of first attempts. Reads task_finished_idx.
+SELECT date_trunc('minute', finished_at) AS minute,
+       count(*) FILTER (WHERE status = 'SUCCESSFUL'),
+       count(*) FILTER (WHERE status = 'FAILED'),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+         FILTER (WHERE attempts = 1 AND started_at IS NOT NULL),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - run_after))
+         FILTER (WHERE attempts = 1 AND started_at IS NOT NULL)
+FROM queueapp_task
+WHERE finished_at >= %(since)s
+GROUP BY 1
+ORDER BY 1;
+
+-- queue_overview --
+-- Per queue and status: how many, and for READY the wait of the oldest due task.
+SELECT queue_name, status, count(*),
+       extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now()))
+FROM queueapp_task
+GROUP BY queue_name, status
+ORDER BY queue_name, status;
+
+-- estimated_rows --
+-- The planner's row estimate of a table (kept by autovacuum/ANALYZE): instant, never exact.
+SELECT reltuples::bigint FROM pg_class WHERE oid = %(table)s::regclass;
