@@ -111,6 +111,8 @@ TASKQUEUE = {
         name: int(limit) for name, limit in env.dict("TASKQUEUE_QUEUE_LIMITS", default={}).items()
     },
     "API_RETRY_AFTER": env.int("TASKQUEUE_API_RETRY_AFTER", default=5),
+    # When set, /metrics wants `Authorization: Bearer <token>`.
+    "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
 }
 

@@ -7,11 +7,13 @@ from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import URLPattern, URLResolver, path
 
+from queueapp import metrics
 from queueapp.api import api
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("admin/", admin.site.urls),
     path("api/", api.urls),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]
 
 if settings.DEBUG:

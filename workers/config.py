@@ -32,6 +32,8 @@ class WorkerConfig:
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     worker_id: UUID = field(default_factory=uuid4)
+    metrics_port: int | None = None
+    """Serve this process's (or, under --processes, all children's) Prometheus metrics on this port."""
     parent_pid: int | None = None
     """Set for a supervisor's child: the child stops if its supervisor goes away."""
 
@@ -70,6 +72,8 @@ class WorkerConfig:
             raise ValueError(f"--max-tasks must be at least 1, not {self.max_tasks}")
         if not self.poll_interval > 0:
             raise ValueError(f"--poll-interval must be more than 0 seconds, not {self.poll_interval}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ValueError(f"--metrics-port must be a TCP port (1-65535), not {self.metrics_port}")
         if not self.grace >= 0:
             raise ValueError(f"--grace must be 0 or more seconds, not {self.grace}")
         if not 0 < self.heartbeat_interval < self.stale_after:

@@ -20,7 +20,7 @@ from django.tasks.signals import task_finished, task_started
 
 from queueapp import registry, store
 from queueapp.backend import PostgresBackend
-from workers import db
+from workers import db, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +92,19 @@ class Executor:
             except DatabaseError as exc:  # refused by the database, not unreachable: fail the attempt
                 outcome = self.record_failure(row, exc)
             self.finished(result, outcome)
+        duration = time.monotonic() - started
         logger.info(
             "task_finished id=%s task=%s attempt=%s duration_ms=%.1f outcome=%s",
             row.id,
             row.task_path,
             row.attempts,
-            (time.monotonic() - started) * 1000,
+            duration * 1000,
             outcome,
         )
+        metrics.TASKS_FINISHED.labels(row.task_path, outcome).inc()
+        metrics.TASK_DURATION.labels(row.task_path).observe(duration)
+        if outcome == "retry":
+            metrics.RETRIES.labels(row.task_path).inc()
         return outcome
 
     @staticmethod

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from queueapp import store
-from workers import db
+from workers import db, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -35,4 +35,6 @@ class Producer:
         self.healthy = True
         for row in rows:
             logger.info("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
+            if row.attempts == 1 and row.started_at is not None:
+                metrics.PICKUP_LATENCY.observe(max((row.started_at - row.run_after).total_seconds(), 0.0))
         return rows

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from queueapp import store
-from workers import db
+from workers import db, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class Reaper:
             logger.warning("reap_failed error=%s", exc)
             db.reset_connection()
             return None
+        metrics.REAPED.labels("requeued").inc(outcome.tasks_requeued)
+        metrics.REAPED.labels("failed").inc(outcome.tasks_failed)
         if outcome.workers_lost or outcome.tasks_requeued or outcome.tasks_failed:
             logger.warning(
                 "reaped workers_lost=%s tasks_requeued=%s tasks_failed=%s",

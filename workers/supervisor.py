@@ -13,11 +13,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
 from uuid import UUID, uuid4
+
+import prometheus_client
+from prometheus_client import multiprocess
 
 from queueapp import exceptions, store
 from workers import db
@@ -52,15 +56,27 @@ class Supervisor:
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
         self.restart_delay = 0.0
+        self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
-        self.children = [self.spawn() for _ in range(self.config.processes)]
-        while not self.stopping.is_set():
-            self.run_once()
-            self.stopping.wait(self.check_interval)
-        return self.wait_for_children()
+        with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
+            if self.config.metrics_port is not None:
+                self.serve_metrics(metrics_dir)
+            self.children = [self.spawn() for _ in range(self.config.processes)]
+            while not self.stopping.is_set():
+                self.run_once()
+                self.stopping.wait(self.check_interval)
+            return self.wait_for_children()
+
+    def serve_metrics(self, metrics_dir: str) -> None:
+        """Children write their counters to metrics_dir; this process serves their sum."""
+        self.child_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+        assert self.config.metrics_port is not None
+        prometheus_client.start_http_server(self.config.metrics_port, registry=registry)
 
     def spawn(self) -> Child:
         worker_id = uuid4()
@@ -77,9 +93,7 @@ class Supervisor:
         ]
         # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which forwards
         # it once (a child that saw it twice would take it as "stop now").
-        process = subprocess.Popen(
-            cmd, env={**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}, process_group=0
-        )
+        process = subprocess.Popen(cmd, env=self.child_env, process_group=0)
         logger.info("child_started pid=%s worker=%s", process.pid, worker_id)
         if self.stopping.is_set():  # a signal arrived while it was starting
             process.send_signal(signal.SIGTERM)

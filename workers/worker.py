@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
+import prometheus_client
 from django.db import connection
 from django.tasks import task_backends
 
@@ -73,6 +74,8 @@ class Worker:
 
     def run(self) -> int:
         self.install_signal_handlers()
+        if self.config.metrics_port is not None:
+            prometheus_client.start_http_server(self.config.metrics_port)
         self.register()
         threads = [
             ServiceThread(self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died),

@@ -40,6 +40,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--grace", type=float, help="Seconds to finish running tasks on SIGTERM (default 30)."
         )
+        parser.add_argument(
+            "--metrics-port", type=int, help="Serve Prometheus metrics on this port (all processes together)."
+        )
         parser.add_argument("--worker-id", type=UUID, help="Set by the supervisor for its children.")
         parser.add_argument("--parent-pid", type=int, help="Set by the supervisor for its children.")
 
@@ -52,6 +55,7 @@ class Command(BaseCommand):
             "max_tasks",
             "poll_interval",
             "grace",
+            "metrics_port",
             "worker_id",
         )
         try:

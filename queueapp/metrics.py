@@ -1,0 +1,54 @@
+"""`/metrics` on the web service: what the database knows, read at scrape time.
+
+Counters that only worker processes know (tasks finished, durations, pickup latency, retries, reaped
+tasks) are served by the workers themselves: `runworker --metrics-port` (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from queueapp import models, reads, store
+
+
+class QueueCollector(Collector):
+    """Queue depth, oldest READY age and workers, straight from PostgreSQL."""
+
+    def collect(self) -> Iterator[Metric]:
+        tasks = GaugeMetricFamily("taskqueue_tasks", "Tasks by queue and status", labels=["queue", "status"])
+        oldest = GaugeMetricFamily(
+            "taskqueue_oldest_ready_age_seconds", "Wait of the oldest due READY task", labels=["queue"]
+        )
+        for queue, entry in store.queue_overview().items():
+            for status in models.TaskStatus.values:
+                tasks.add_metric([queue, status], entry["counts"].get(status, 0))
+            oldest.add_metric([queue], entry["oldest_ready_seconds"] or 0.0)
+        workers = GaugeMetricFamily(
+            "taskqueue_workers", "Workers by state (alive, stale, stopping)", labels=["state"]
+        )
+        now = timezone.now()
+        states: dict[str, int] = {"alive": 0, "stale": 0, "stopping": 0}
+        for worker in reads.list_workers():
+            state = reads.worker_health(worker, now)
+            if state in states:
+                states[state] += 1
+        for state, count in states.items():
+            workers.add_metric([state], count)
+        yield from (tasks, oldest, workers)
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.TASKQUEUE.get("METRICS_TOKEN")
+    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return HttpResponse("metrics need `Authorization: Bearer <TASKQUEUE_METRICS_TOKEN>`\n", status=401)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(QueueCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
