@@ -119,11 +119,17 @@ TASKQUEUE = {
 # The API's body limit applies to every request Django reads.
 DATA_UPLOAD_MAX_MEMORY_SIZE = TASKQUEUE["API_MAX_BODY_BYTES"]
 
-LOGGING = {
+LOGGING: dict[str, object] = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "taskqueue_project.logformat.JsonFormatter"},
+    },
+    # LOG_FORMAT=json for one JSON object per line (log shippers); plain key=value text otherwise.
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": env.str("LOG_FORMAT", default="plain")}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django": {"level": env.str("LOG_LEVEL", default="INFO")},

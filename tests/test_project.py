@@ -62,3 +62,38 @@ def test_dev_database_names_what_to_install_when_no_server_binaries_are_found(tm
     with pytest.raises(SystemExit, match=r"No PostgreSQL server binaries found.*apt-get install postgresql"):
         devdb.find_bindir(search_path=str(tmp_path), pattern=str(tmp_path / "*" / "initdb"))
     assert (devdb.find_bindir() / "pg_ctl").exists()
+
+
+def test_log_format_json_gives_one_object_per_line_with_the_fields(tmp_path: Path) -> None:
+    import json
+
+    from tests.helpers import FAST_ENV
+
+    env = {
+        **os.environ,
+        **FAST_ENV,
+        "LOG_FORMAT": "json",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); import logging; logging.getLogger('workers.executor')"
+            ".info('task_finished id=%s task=%s outcome=%s', 7, 'a.b', 'SUCCESSFUL')",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert (line["event"], line["id"], line["task"], line["outcome"]) == (
+        "task_finished",
+        "7",
+        "a.b",
+        "SUCCESSFUL",
+    )
+    assert line["level"] == "INFO"
