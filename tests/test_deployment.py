@@ -1,0 +1,94 @@
+"""docker-compose.yml and the Dockerfile, checked without Docker (none runs on this machine): every
+command a service runs exists, and every variable the settings need is given."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from django.core.management import get_commands
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+APP_SERVICES = ["migrate", "web", "worker", "reaper"]
+REQUIRED_SETTINGS = ["DATABASE_URL", "SECRET_KEY"]  # taskqueue_project/settings.py refuses to start without
+
+
+def substitute(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, with env standing in for the shell."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+        if name in env:
+            return env[name]
+        if op == ":-":
+            return arg
+        raise AssertionError(f"${{{name}}} has no default and is not set: {arg}")
+
+    return re.sub(r"\$\{(\w+)(?:(:[-?])([^}]*))?\}", one, value)
+
+
+def commands(service: dict[str, Any]) -> list[list[str]]:
+    """The command lines a service runs, looking inside `sh -c` scripts."""
+    command = service["command"]
+    if command[:2] == ["sh", "-c"]:
+        return [shlex.split(found) for found in re.findall(r"python manage\.py [\w-]+", command[2])]
+    return [command]
+
+
+def test_every_app_service_runs_a_command_that_exists() -> None:
+    known = get_commands()
+    for name in APP_SERVICES:
+        for argv in commands(COMPOSE["services"][name]):
+            if argv[0] == "gunicorn":
+                app_module = argv[1].split(":")[0]
+                assert (ROOT / (app_module.replace(".", "/") + ".py")).exists(), f"{name}: {app_module}"
+                assert "gunicorn" in (ROOT / "requirements.txt").read_text()
+            else:
+                assert argv[:2] == ["python", "manage.py"], f"{name}: {argv}"
+                assert argv[2] in known, f"{name}: manage.py {argv[2]} does not exist"
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_app_service_gets_the_settings_it_needs_and_they_load(service: str) -> None:
+    environment = COMPOSE["services"][service]["environment"]
+    for name in REQUIRED_SETTINGS:
+        assert name in environment, f"{service} lacks {name}"
+    resolved = {
+        key: substitute(str(value), {"SECRET_KEY": "from-dotenv"}) for key, value in environment.items()
+    }
+    # The settings load with exactly this environment (and nothing of ours) and pass Django's checks.
+    env = {"PATH": os.environ["PATH"], **resolved, "DJANGO_SETTINGS_MODULE": "taskqueue_project.settings"}
+    proc = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_database_has_a_health_check_and_a_volume_and_the_app_waits_for_migrations() -> None:
+    services = COMPOSE["services"]
+    assert "healthcheck" in services["db"]
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in services["db"]["volumes"])
+    assert services["migrate"]["depends_on"]["db"]["condition"] == "service_healthy"
+    for name in ("web", "worker", "reaper"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "ports" not in services["worker"], "a fixed host port would stop --scale worker=N"
+    assert "container_name" not in services["worker"]
+
+
+def test_the_secret_key_must_come_from_the_environment() -> None:
+    with pytest.raises(AssertionError, match="SECRET_KEY"):
+        substitute(COMPOSE["x-app"]["environment"]["SECRET_KEY"], {})
+
+
+def test_the_dockerfile_copies_every_package_the_service_imports() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("taskqueue_project", "queueapp", "workers", "manage.py", "requirements.txt"):
+        assert re.search(rf"^COPY .*\b{re.escape(package)}\b", dockerfile, re.MULTILINE), package
