@@ -38,6 +38,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "queueapp.api_support.BodyLimits",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -79,6 +80,9 @@ USE_I18N = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "static"
+# gunicorn serves the admin's CSS and JS itself (WhiteNoise): from STATIC_ROOT after collectstatic
+# in production, straight from the apps under DEBUG (make run).
+WHITENOISE_USE_FINDERS = DEBUG
 
 # django.tasks: every task goes through PostgresBackend.
 TASKS = {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import admin
-from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import URLPattern, URLResolver, path
 
 from queueapp import metrics
@@ -15,7 +13,3 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("api/", api.urls),
     path("metrics", metrics.metrics_view, name="metrics"),
 ]
-
-if settings.DEBUG:
-    # `make run` serves the admin's CSS itself; production serves STATIC_ROOT (docs/operations.md).
-    urlpatterns += staticfiles_urlpatterns()
