@@ -109,7 +109,7 @@ def overview(request: HttpRequest, admin_context: dict[str, Any]) -> HttpRespons
         "latency": reads.pickup_latency(now),
         "charts": [
             ("Finished successfully per minute", svg_bars(done, colour=STATUS_COLOURS["SUCCESSFUL"])),
-            ("Failed attempts per minute", svg_bars(failed, colour=STATUS_COLOURS["FAILED"])),
+            ("Failed for good per minute", svg_bars(failed, colour=STATUS_COLOURS["FAILED"])),
             ("Pickup latency p50 per minute", svg_bars(p50, colour=STATUS_COLOURS["READY"], unit=" s")),
             ("Pickup latency p95 per minute", svg_bars(p95, colour=STATUS_COLOURS["RUNNING"], unit=" s")),
         ],

@@ -77,6 +77,7 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 USE_I18N = True
+FORMAT_MODULE_PATH = ["taskqueue_project.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "static"

@@ -118,7 +118,15 @@ def run_manage(
 class GunicornServer:
     """The service under gunicorn on a free loopback port, against the test database."""
 
-    def __init__(self, *, log_dir: Path, workers: int = 2, threads: int = 8, url: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        workers: int = 2,
+        threads: int = 8,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         import socket
 
         with socket.socket() as sock:
@@ -129,6 +137,7 @@ class GunicornServer:
             **os.environ,
             "DATABASE_URL": url or database_url(),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
+            **(env or {}),
         }
         self.process = subprocess.Popen(
             [
