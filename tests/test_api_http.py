@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GunicornServer]:
+def server(tmp_path: Path, transactional_db: None) -> Iterator[GunicornServer]:
     gunicorn = GunicornServer(log_dir=tmp_path)
     yield gunicorn
     gunicorn.stop()

@@ -4,6 +4,7 @@ Screenshots are kept in test-artifacts/browser/."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from queueapp import models
 from tests import tasks
@@ -26,8 +28,18 @@ pytestmark = [
 ]
 
 
+@contextlib.contextmanager
+def closing_connections() -> Iterator[None]:
+    """ORM calls made while Playwright's event loop runs get connections of their own (asgiref's
+    context-local storage); close them, or the test database cannot be dropped afterwards."""
+    try:
+        yield
+    finally:
+        connections.close_all()
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GunicornServer]:
+def server(tmp_path: Path, transactional_db: None) -> Iterator[GunicornServer]:
     gunicorn = GunicornServer(
         log_dir=tmp_path, env={"DEBUG": "1"}
     )  # DEBUG: static files without collectstatic
@@ -60,7 +72,7 @@ def test_operator_retries_a_failed_task_from_the_console(server: GunicornServer,
     )
     base = f"http://127.0.0.1:{server.port}"
 
-    with sync_playwright() as playwright:
+    with sync_playwright() as playwright, closing_connections():
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=[
