@@ -74,7 +74,7 @@ class Supervisor:
         """Children write their counters to metrics_dir; this process serves their sum."""
         self.child_env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         registry = prometheus_client.CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
         assert self.config.metrics_port is not None
         prometheus_client.start_http_server(self.config.metrics_port, registry=registry)
 
