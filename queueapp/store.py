@@ -448,3 +448,24 @@ def estimated_rows(table: str, *, using: str = "default") -> int:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["estimated_rows"], {"table": table})
         return max(int(cursor.fetchone()[0]), 0)
+
+
+def purge_finished(*, older_than: float, statuses: Sequence[str], batch: int, using: str = "default") -> int:
+    """Delete one batch of finished tasks older than older_than seconds; returns how many."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["purge_finished"], {"older_than": older_than, "statuses": list(statuses), "batch": batch}
+        )
+        return int(cursor.rowcount)
+
+
+def count_purgeable(*, older_than: float, statuses: Sequence[str], using: str = "default") -> int:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["count_purgeable"], {"older_than": older_than, "statuses": list(statuses)})
+        return int(cursor.fetchone()[0])
+
+
+def purge_idempotency_keys(*, older_than: float, using: str = "default") -> int:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["purge_idempotency_keys"], {"older_than": older_than})
+        return int(cursor.rowcount)

@@ -190,3 +190,37 @@ def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
     assert sum(outcome.tasks_requeued for outcome in reaped) > 0, "the reapers never raced a finish"
     assert sum(1 for outcome in reaped if not outcome.ran) > 0, "the reapers never overlapped"
     assert not models.Task.objects.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists()
+
+
+def test_purge_tasks_deletes_only_old_finished_tasks_in_batches(raw_conn: psycopg.Connection) -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(12))
+    ids = list(models.Task.objects.order_by("id").values_list("id", flat=True))
+    old_done, old_failed, new_done, waiting = ids[:5], ids[5:7], ids[7:9], ids[9:]
+    raw_conn.execute(
+        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now() - interval '20 days'"
+        " WHERE id = ANY(%s)",
+        [old_done],
+    )
+    raw_conn.execute(
+        "UPDATE queueapp_task SET status = 'FAILED', finished_at = now() - interval '20 days'"
+        " WHERE id = ANY(%s)",
+        [old_failed],
+    )
+    raw_conn.execute(
+        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now() WHERE id = ANY(%s)", [new_done]
+    )
+
+    dry = run_manage("purge_tasks", "--older-than", "14d", "--dry-run")
+    assert dry.stdout.strip() == "would delete tasks=7"
+    only_successful = run_manage(
+        "purge_tasks", "--older-than", "14d", "--status", "successful", "--batch", "2"
+    )
+    assert only_successful.stdout.strip() == "deleted tasks=5 idempotency_keys=0"
+    everything = run_manage("purge_tasks", "--older-than", "14d")
+    assert everything.stdout.strip() == "deleted tasks=2 idempotency_keys=0"
+    assert sorted(models.Task.objects.values_list("id", flat=True)) == sorted(new_done + waiting)
+
+    refused = run_manage("purge_tasks", "--older-than", "14d", "--status", "READY")
+    assert refused.returncode != 0
+    assert "only finished statuses" in refused.stderr
+    assert "like 14d" in run_manage("purge_tasks", "--older-than", "two weeks").stderr

@@ -300,3 +300,23 @@ ORDER BY queue_name, status;
 -- estimated_rows --
 -- The planner's row estimate of a table (kept by autovacuum/ANALYZE): instant, never exact.
 SELECT reltuples::bigint FROM pg_class WHERE oid = %(table)s::regclass;
+
+-- purge_finished --
+-- Retention: delete up to batch finished tasks (of the given terminal statuses) that finished before
+-- the cutoff, oldest first, through task_finished_idx. Small batches keep locks and WAL bursts short.
+WITH doomed AS (
+  SELECT id FROM queueapp_task
+  WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8)
+    AND status = ANY(%(statuses)s::text[])
+  ORDER BY finished_at
+  LIMIT %(batch)s
+  FOR UPDATE SKIP LOCKED
+)
+DELETE FROM queueapp_task t USING doomed WHERE t.id = doomed.id;
+
+-- count_purgeable --
+SELECT count(*) FROM queueapp_task
+WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8) AND status = ANY(%(statuses)s::text[]);
+
+-- purge_idempotency_keys --
+DELETE FROM queueapp_idempotency WHERE created_at < now() - make_interval(secs => %(older_than)s::float8);
