@@ -188,11 +188,13 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
     @admin.action(description="Set priority (READY tasks) to the value above", permissions=["reprioritize"])
     def set_priority(self, request: HttpRequest, queryset: QuerySet[models.Task]) -> None:
-        form = TaskActionForm(request.POST)
-        if not form.is_valid() or form.cleaned_data.get("priority") is None:
+        try:
+            priority = TaskActionForm.base_fields["priority"].clean(request.POST.get("priority"))
+        except forms.ValidationError:
+            priority = None
+        if priority is None or not -100 <= priority <= 100:
             self.message_user(request, "Give a priority from -100 to 100 next to the action.", messages.ERROR)
             return
-        priority = form.cleaned_data["priority"]
         done, skipped = _each(queryset, lambda t: None if store.set_priority(t.id, priority) else "not READY")
         _report(self, request, f"Set priority {priority} on", done, skipped)
 
@@ -313,7 +315,7 @@ class WorkerAdmin(admin.ModelAdmin[models.Worker]):
 
 
 class ApiKeyForm(forms.ModelForm[models.ApiKey]):
-    task_patterns = forms.CharField(
+    allowed_tasks = forms.CharField(
         required=False,
         help_text="Comma-separated task name patterns (e.g. send-*); empty: every exposed task",
     )
@@ -338,7 +340,7 @@ class ApiKeyAdmin(admin.ModelAdmin[models.ApiKey]):
         return False  # revoke instead: a revoked key stays on record
 
     def save_model(self, request: HttpRequest, obj: models.ApiKey, form: Any, change: bool) -> None:
-        patterns = [p.strip() for p in form.cleaned_data.get("task_patterns", "").split(",") if p.strip()]
+        patterns = [p.strip() for p in form.cleaned_data.get("allowed_tasks", "").split(",") if p.strip()]
         row, key = apikeys.create_api_key(form.cleaned_data["name"], task_patterns=patterns)
         obj.pk, obj.prefix, obj.created_at = row.pk, row.prefix, row.created_at
         self.message_user(
