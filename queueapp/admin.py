@@ -23,9 +23,9 @@ from queueapp.backend import PostgresBackend
 
 
 class TaskActionForm(ActionForm):
-    priority = forms.IntegerField(
-        min_value=-100, max_value=100, required=False, help_text="for “Set priority”"
-    )
+    # No bounds here: Django would then drop the whole action with "No action selected"; the
+    # action itself checks the range and says what is wrong.
+    priority = forms.IntegerField(required=False, help_text="for “Set priority”, -100 to 100")
 
 
 class TaskPathFilter(admin.SimpleListFilter):
