@@ -51,7 +51,7 @@ def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
     } <= set(QUERIES)
     with pytest.raises(ValueError, match="defined twice"):
         load("-- a --\nSELECT 1;\n-- a --\nSELECT 2;")
-    store_source = (ROOT / "queueapp" / "store.py").read_text()
+    store_source = "".join(path.read_text() for path in (ROOT / "queueapp" / "store").glob("*.py"))
     for name in QUERIES:
         assert f'QUERIES["{name}"]' in store_source, f"query {name} is never used"
 

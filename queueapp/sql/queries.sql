@@ -1,4 +1,4 @@
--- Every hot-path statement of the queue, one named block each. Only queueapp/store.py runs them.
+-- Every hot-path statement of the queue, one named block each. Only queueapp/store/ runs them.
 -- Times always come from the database's now(), never from a worker's clock.
 -- Every write a worker makes after its claim is fenced on (status, worker_id, attempts): when a
 -- reaper or a cancel took the task away, the write matches zero rows and changes nothing.

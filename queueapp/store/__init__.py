@@ -1,0 +1,92 @@
+"""The only place that runs queue SQL (queueapp/sql/queries.sql), on Django's connections.
+
+Enqueue runs on the caller's connection and so in the caller's transaction. Every write a worker
+makes after its claim is fenced by (worker_id, attempt) and returns None/False when the task was
+taken away. Callers import the package: `from queueapp import store; store.claim_tasks(...)`.
+"""
+
+from __future__ import annotations
+
+from queueapp.store.maintenance import (
+    claim_idempotency_key,
+    count_purgeable,
+    get_idempotency_key,
+    purge_finished,
+    purge_idempotency_keys,
+    set_idempotency_tasks,
+)
+from queueapp.store.reports import (
+    count_ready,
+    database_now,
+    estimated_rows,
+    finished_per_minute,
+    pickup_latency,
+    queue_overview,
+)
+from queueapp.store.rows import (
+    NOTIFY_CHANNEL,
+    NewTask,
+    TaskRow,
+    encode_arguments,
+    encode_return_value,
+)
+from queueapp.store.tasks import (
+    cancel_task,
+    claim_tasks,
+    enqueue_task,
+    enqueue_tasks,
+    fail_task,
+    finish_task,
+    get_task,
+    is_cancel_requested,
+    release_tasks,
+    retry_task,
+    set_priority,
+)
+from queueapp.store.workers import (
+    ReapOutcome,
+    beat_worker,
+    preview_reap,
+    reap_workers,
+    register_worker,
+    set_worker_state,
+    timed_out_tasks,
+)
+
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "NewTask",
+    "ReapOutcome",
+    "TaskRow",
+    "beat_worker",
+    "cancel_task",
+    "claim_idempotency_key",
+    "claim_tasks",
+    "count_purgeable",
+    "count_ready",
+    "database_now",
+    "encode_arguments",
+    "encode_return_value",
+    "enqueue_task",
+    "enqueue_tasks",
+    "estimated_rows",
+    "fail_task",
+    "finish_task",
+    "finished_per_minute",
+    "get_idempotency_key",
+    "get_task",
+    "is_cancel_requested",
+    "pickup_latency",
+    "preview_reap",
+    "purge_finished",
+    "purge_idempotency_keys",
+    "queue_overview",
+    "reap_workers",
+    "register_worker",
+    "release_tasks",
+    "retry_task",
+    "set_idempotency_tasks",
+    "set_priority",
+    "set_worker_state",
+    "timed_out_tasks",
+]

@@ -1,0 +1,116 @@
+"""Task rows as Python sees them, and the JSON the queue stores (checked before any INSERT)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.utils.json import normalize_json
+
+from queueapp import exceptions
+
+NOTIFY_CHANNEL = "taskqueue"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewTask:
+    """A task about to be inserted; args and kwargs already encoded as JSON text."""
+
+    task_path: str
+    queue_name: str
+    priority: int
+    args_json: str
+    kwargs_json: str
+    run_after: datetime | None
+    max_attempts: int
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskRow:
+    """A task as the queue stores it."""
+
+    id: int
+    task_path: str
+    queue_name: str
+    priority: int
+    status: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    run_after: datetime
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    worker_id: UUID | None
+    worker_ids: list[UUID]
+    errors: list[dict[str, Any]]
+    return_value: Any
+    cancel_requested: bool
+    timeout: float | None
+
+
+_JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
+
+
+_ROW_FIELDS = TaskRow.__slots__
+
+
+def _to_row(values: Sequence[Any]) -> TaskRow:
+    # Django's psycopg setup loads jsonb as text; decode it here, once.
+    data = dict(zip(_ROW_FIELDS, values, strict=False))
+    for column in _JSON_COLUMNS:
+        if data[column] is not None:
+            data[column] = json.loads(data[column])
+    return TaskRow(**data)
+
+
+def _to_json(value: Any) -> str:
+    """Compact JSON that PostgreSQL's jsonb accepts: no NaN/Infinity, no lone surrogates, no NUL."""
+    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    text.encode()  # UnicodeEncodeError for a lone surrogate, which jsonb refuses
+    if "\\u0000" in text and _has_nul(value):
+        raise ValueError("strings cannot contain the NUL character (\\u0000), which jsonb refuses")
+    return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
+    """Encode args and kwargs as JSON text, or raise a clear InvalidTask."""
+    try:
+        args_json, kwargs_json = _to_json(list(args)), _to_json(kwargs)
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ArgumentsNotJSON(
+            f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
+        ) from exc
+    size = len(args_json.encode()) + len(kwargs_json.encode())
+    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    if size > limit:
+        raise exceptions.ArgumentsTooLarge(
+            f"task arguments are {size} bytes of JSON; the limit is {limit} "
+            "(TASKQUEUE['MAX_ARGS_BYTES']): pass a reference such as a primary key instead"
+        )
+    return args_json, kwargs_json
+
+
+def encode_return_value(value: Any) -> str:
+    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none."""
+    try:
+        return _to_json(value)
+    except (TypeError, ValueError) as exc:
+        raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc

@@ -1,0 +1,179 @@
+"""A task's life: enqueue (in the caller's transaction), claim, and the fenced writes after it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from django.db import connections
+
+from queueapp.sql import QUERIES
+from queueapp.store.rows import NewTask, TaskRow, _to_row
+
+
+def _params(new: NewTask) -> dict[str, Any]:
+    return {
+        "task_path": new.task_path,
+        "queue_name": new.queue_name,
+        "priority": new.priority,
+        "args": new.args_json,
+        "kwargs": new.kwargs_json,
+        "run_after": new.run_after,
+        "max_attempts": new.max_attempts,
+        "timeout": new.timeout,
+    }
+
+
+def _batch_row_json(new: NewTask) -> str:
+    # Splice the already-encoded arguments in rather than decode and encode them again.
+    head = json.dumps(
+        {
+            "task_path": new.task_path,
+            "queue_name": new.queue_name,
+            "priority": new.priority,
+            "run_after": new.run_after.isoformat() if new.run_after else None,
+            "max_attempts": new.max_attempts,
+            "timeout": new.timeout,
+        }
+    )
+    return f'{head[:-1]},"args":{new.args_json},"kwargs":{new.kwargs_json}}}'
+
+
+def enqueue_task(new: NewTask, *, using: str = "default") -> TaskRow:
+    """Insert one READY task and notify its queue, in the caller's transaction."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["enqueue_task"], _params(new))
+        return _to_row(cursor.fetchone())
+
+
+def enqueue_tasks(batch: Sequence[NewTask], *, using: str = "default") -> list[TaskRow]:
+    """Insert a batch in one statement, then one notification per queue; rows in input order."""
+    if not batch:
+        return []
+    rows_json = "[" + ",".join(_batch_row_json(new) for new in batch) + "]"
+    queues = sorted({new.queue_name for new in batch})
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["enqueue_tasks"], {"rows": rows_json})
+        rows = sorted((_to_row(values) for values in cursor.fetchall()), key=lambda row: row.id)
+        cursor.execute(QUERIES["notify_queues"], {"queues": queues})
+    return rows
+
+
+def claim_tasks(
+    *, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default"
+) -> list[TaskRow]:
+    """Claim up to limit READY, due tasks by priority, then run_after, then id."""
+    if limit <= 0:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["claim_tasks"], {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+        )
+        rows = [_to_row(values) for values in cursor.fetchall()]
+    # UPDATE ... RETURNING gives no order; hand tasks out in claim order.
+    rows.sort(key=lambda row: (-row.priority, row.run_after, row.id))
+    return rows
+
+
+def finish_task(
+    *, task_id: int, worker_id: UUID, attempt: int, return_value_json: str, using: str = "default"
+) -> str | None:
+    """Record success (or CANCELLED if cancel was requested); None when the task was taken away."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["finish_task"],
+            {"id": task_id, "worker_id": worker_id, "attempt": attempt, "return_value": return_value_json},
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def fail_task(
+    *,
+    task_id: int,
+    worker_id: UUID,
+    attempt: int,
+    error: dict[str, Any],
+    backoff_base: float,
+    backoff_max: float,
+    using: str = "default",
+) -> tuple[str, datetime] | None:
+    """Record a failed attempt: READY for a retry, FAILED or CANCELLED; None when taken away."""
+    if not (math.isfinite(backoff_base) and math.isfinite(backoff_max)):
+        raise ValueError("backoff_base and backoff_max must be finite numbers of seconds")
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["fail_task"],
+            {
+                "id": task_id,
+                "worker_id": worker_id,
+                "attempt": attempt,
+                "error": json.dumps(error),
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+            },
+        )
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def cancel_task(task_id: int, *, using: str = "default") -> str | None:
+    """Cancel a READY task at once or request cancellation of a RUNNING one.
+
+    Returns the status after the call (CANCELLED or RUNNING), None if the task was unknown or
+    already finished.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["cancel_task"], {"id": task_id})
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["get_task"], {"id": task_id})
+        values = cursor.fetchone()
+    return _to_row(values) if values else None
+
+
+def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["is_cancel_requested"], {"id": task_id})
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def release_tasks(
+    *, worker_id: UUID, claimed: Sequence[tuple[int, int]], using: str = "default"
+) -> list[int]:
+    """Hand back claimed, never started (task_id, attempt) pairs; returns the ids released."""
+    if not claimed:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["release_tasks"],
+            {
+                "worker_id": worker_id,
+                "ids": [task_id for task_id, _ in claimed],
+                "attempts": [attempt for _, attempt in claimed],
+            },
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def retry_task(task_id: int, *, budget: int, using: str = "default") -> bool:
+    """FAILED or CANCELLED back to READY with `budget` more attempts; False if not in those states."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["retry_task"], {"id": task_id, "budget": budget})
+        return cursor.fetchone() is not None
+
+
+def set_priority(task_id: int, priority: int, *, using: str = "default") -> bool:
+    """Change a READY task's priority; False when it is not READY (any more)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["set_priority"], {"id": task_id, "priority": priority})
+        return cursor.fetchone() is not None

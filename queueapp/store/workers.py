@@ -1,0 +1,99 @@
+"""Workers: registration, heartbeats, states, and the guarded reaping of lost ones."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from uuid import UUID
+
+from django.db import connections
+
+from queueapp.sql import QUERIES
+
+
+def register_worker(
+    *,
+    worker_id: UUID,
+    hostname: str,
+    pid: int,
+    queues: Sequence[str],
+    concurrency: int,
+    using: str = "default",
+) -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["register_worker"],
+            {
+                "id": worker_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": list(queues),
+                "concurrency": concurrency,
+            },
+        )
+
+
+def beat_worker(worker_id: UUID, *, using: str = "default") -> bool:
+    """Record a heartbeat; False when the worker was marked LOST and must exit."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["beat_worker"], {"id": worker_id})
+        return cursor.fetchone() is not None
+
+
+def set_worker_state(worker_id: UUID, state: str, *, using: str = "default") -> bool:
+    """Move a worker to STOPPING or STOPPED; False when it was already LOST."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["set_worker_state"], {"id": worker_id, "state": state})
+        return cursor.fetchone() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReapOutcome:
+    """What one reaper run did (or, for a preview, would do)."""
+
+    ran: bool
+    """False when another reaper held the cluster-wide lock, so this one did nothing."""
+    workers_lost: int
+    tasks_requeued: int
+    tasks_failed: int
+
+
+def reap_workers(
+    *,
+    stale_after: float,
+    backoff_base: float,
+    backoff_max: float,
+    worker_ids: Sequence[UUID] = (),
+    using: str = "default",
+) -> ReapOutcome:
+    """Mark stale (or the named) workers LOST and take back their RUNNING tasks."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["reap_workers"],
+            {
+                "stale_after": stale_after,
+                "worker_ids": list(worker_ids),
+                "backoff_base": backoff_base,
+                "backoff_max": backoff_max,
+            },
+        )
+        locked, lost, requeued, failed = cursor.fetchone()
+    return ReapOutcome(bool(locked), lost, requeued, failed)
+
+
+def preview_reap(*, stale_after: float, using: str = "default") -> ReapOutcome:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["preview_reap"], {"stale_after": stale_after})
+        lost, requeued, failed = cursor.fetchone()
+    return ReapOutcome(True, lost, requeued, failed)
+
+
+def timed_out_tasks(
+    worker_ids: Sequence[UUID], *, using: str = "default"
+) -> list[tuple[int, UUID, int, float]]:
+    """(task_id, worker_id, attempt, timeout) of RUNNING tasks past their timeout."""
+    if not worker_ids:
+        return []
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
+        return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]
