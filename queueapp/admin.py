@@ -102,25 +102,6 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
     ordering = ("-id",)
     action_form = TaskActionForm
     actions = ["retry_tasks", "cancel_tasks", "set_priority"]
-    readonly_fields = (
-        "id",
-        "task_path",
-        "queue_name",
-        "coloured_status",
-        "priority",
-        "attempts_of",
-        "run_after",
-        "enqueued_at",
-        "started_at",
-        "finished_at",
-        "duration",
-        "worker_link",
-        "cancel_requested",
-        "pretty_args",
-        "pretty_kwargs",
-        "pretty_return_value",
-        "attempt_errors",
-    )
     fieldsets = (
         (
             None,
@@ -140,6 +121,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         ("Call", {"fields": ("pretty_args", "pretty_kwargs", "pretty_return_value", "worker_link")}),
         ("Errors, one per failed attempt", {"fields": ("attempt_errors",)}),
     )
+    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[models.Task], search_term: str
