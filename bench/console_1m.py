@@ -70,6 +70,10 @@ def main() -> None:
                 [rows],
             )
             cursor.execute("VACUUM ANALYZE queueapp_task")
+        from queueapp import models
+
+        for pid in range(20):  # a realistic fleet: the pages list and count per worker
+            models.Worker.objects.create(hostname="bench", pid=pid, queues=["default"], concurrency=8)
         user = User.objects.create_superuser("bench", "bench@example.com", "bench")
         client = Client()
         client.force_login(user)

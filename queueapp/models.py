@@ -124,6 +124,8 @@ class Task(models.Model):
                 name="task_claim_idx",
                 condition=Q(status="READY"),
             ),
+            # Back pressure counts one queue's READY tasks (up to its limit) without walking the others.
+            models.Index(fields=["queue_name"], name="task_ready_queue_idx", condition=Q(status="READY")),
             # The console's and the API's filters, newest first (each scans one index backwards).
             models.Index(fields=["status", "id"], name="task_status_id_idx"),
             models.Index(fields=["queue_name", "id"], name="task_queue_id_idx"),

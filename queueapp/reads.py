@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
-from django.db.models.functions import Now
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from queueapp import models, store
@@ -58,8 +58,16 @@ def worker_health(worker: models.Worker, now: dt.datetime) -> str:
 
 
 def workers_with_running_counts() -> QuerySet[models.Worker]:
-    """Workers, each with `running`: how many tasks it holds (task_running_worker_idx)."""
-    return models.Worker.objects.annotate(running=Count("tasks", filter=Q(tasks__status="RUNNING")))
+    """Workers, each with `running`: how many tasks it holds. A correlated count per worker reads
+    task_running_worker_idx; a join with a filter would hash the whole task table."""
+    running = (
+        models.Task.objects.filter(worker=OuterRef("pk"), status="RUNNING")
+        .order_by()
+        .values("worker")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return models.Worker.objects.annotate(running=Coalesce(Subquery(running), 0))
 
 
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
