@@ -97,3 +97,8 @@ http_tasks.expose("add")(add)
 http_tasks.expose("echo")(echo)
 http_tasks.expose("send-email")(send_email)
 http_tasks.expose("record")(record)
+
+
+@task
+def raises_unstorable_text() -> None:
+    raise ValueError("nul \x00 and a lone surrogate \ud800 in the message")

@@ -180,3 +180,12 @@ def test_a_background_service_that_dies_reports_it_so_the_worker_stops() -> None
     thread.join(5)
     assert not thread.is_alive()
     assert crashed == ["heartbeat"]
+
+
+def test_an_error_message_jsonb_cannot_hold_is_still_recorded() -> None:
+    result = tasks.raises_unstorable_text.using(max_attempts=1).enqueue()
+    worker = make_worker()
+    (row,) = claim(worker)
+    assert executor_for(worker).execute(row) == "FAILED"
+    (error,) = models.Task.objects.get(id=int(result.id)).errors
+    assert error["message"] == "nul \\x00 and a lone surrogate \\ud800 in the message"

@@ -33,13 +33,19 @@ _FINAL_STATUS = {
 }
 
 
+def storable(text: str) -> str:
+    """Text jsonb accepts: NUL and unpaired surrogates (which an exception message may well hold)
+    are written as escapes, so recording a failure can never itself fail."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_entry(exc: BaseException, *, attempt: int, worker_id: UUID) -> dict[str, Any]:
     """The JSON kept for one failed attempt."""
     cls = type(exc)
     return {
         "exception_class_path": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "message": storable(str(exc)),
+        "traceback": storable("".join(traceback.format_exception(exc))),
         "attempt": attempt,
         "worker_id": str(worker_id),
     }
