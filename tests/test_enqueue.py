@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class Boom(Exception):
-    pass
+    """Raised inside a transaction to roll it back."""
 
 
 def test_rolled_back_enqueue_leaves_no_row_and_no_notification(
