@@ -121,7 +121,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         ("Call", {"fields": ("pretty_args", "pretty_kwargs", "pretty_return_value", "worker_link")}),
         ("Errors, one per failed attempt", {"fields": ("attempt_errors",)}),
     )
-    readonly_fields = tuple(name for _, options in fieldsets for name in options["fields"])
+    readonly_fields = tuple(str(name) for _, options in fieldsets for name in options["fields"])
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[models.Task], search_term: str
