@@ -189,3 +189,29 @@ def test_an_error_message_jsonb_cannot_hold_is_still_recorded() -> None:
     assert executor_for(worker).execute(row) == "FAILED"
     (error,) = models.Task.objects.get(id=int(result.id)).errors
     assert error["message"] == "nul \\x00 and a lone surrogate \\ud800 in the message"
+
+
+def test_statements_per_batch_on_the_worker_hot_path_are_pinned() -> None:
+    """Counts, not times: a claim is one statement for the whole batch, and each outcome one more.
+    A change that adds a query per task shows here first."""
+    from django.db import connection
+
+    tasks.add.enqueue_many(((i, i), {}) for i in range(5))
+    tasks.flaky.enqueue(1)
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    executor = executor_for(worker)
+    statements: list[str] = []
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(count):
+        rows = producer.run_once(10)
+        claim_statements = len(statements)
+        outcomes = [executor.execute(row) for row in rows]
+
+    assert sorted(outcomes) == ["SUCCESSFUL"] * 5 + ["retry"]
+    assert claim_statements == 1
+    assert len(statements) == 1 + len(rows)
