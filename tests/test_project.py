@@ -44,7 +44,7 @@ def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
         "enqueue_task",
         "enqueue_tasks",
         "claim_tasks",
-        "finish_task",
+        "finish_tasks",
         "fail_task",
         "cancel_task",
         "get_task",

@@ -29,6 +29,19 @@ def executor_for(worker: models.Worker) -> Executor:
     return Executor(worker_id=worker.id, backend=task_backends["default"], give_up=threading.Event())
 
 
+def execute(worker: models.Worker, row: store.TaskRow) -> str | None:
+    """What a worker does with one task: run it, record a success in a round, report it."""
+    executor = executor_for(worker)
+    attempt = executor.run(row)
+    if attempt.success is not None:
+        producer = Producer(worker_id=worker.id, queues=["default"])
+        done = producer.run_once(0, [attempt.success])
+        producer.close()
+        assert done is not None
+        executor.complete(attempt, done[0].get(row.id))
+    return attempt.outcome
+
+
 @pytest.fixture
 def signals() -> Any:
     seen: list[tuple[str, str, TaskResultStatus]] = []
@@ -50,7 +63,7 @@ def test_executor_runs_a_task_records_success_and_fires_signals(signals: list[An
     result = tasks.add.enqueue(2, 3)
     worker = make_worker()
     (row,) = claim(worker)
-    assert executor_for(worker).execute(row) == "SUCCESSFUL"
+    assert execute(worker, row) == "SUCCESSFUL"
     assert tasks.add.get_result(result.id).return_value == 5
     assert signals == [
         ("started", result.id, TaskResultStatus.RUNNING),
@@ -62,7 +75,7 @@ def test_executor_records_a_failure_for_retry_with_the_error(signals: list[Any])
     result = tasks.flaky.enqueue(7)
     worker = make_worker()
     (row,) = claim(worker)
-    assert executor_for(worker).execute(row) == "retry"
+    assert execute(worker, row) == "retry"
     stored = models.Task.objects.get(id=int(result.id))
     assert stored.status == "READY"
     (error,) = stored.errors
@@ -77,9 +90,8 @@ def test_executor_passes_context_with_the_attempt_and_runs_async_tasks() -> None
     ctx = tasks.with_context.enqueue(value=4)
     coro = tasks.async_add.enqueue(20, 22)
     worker = make_worker()
-    executor = executor_for(worker)
     for row in claim(worker, limit=2):
-        assert executor.execute(row) == "SUCCESSFUL"
+        assert execute(worker, row) == "SUCCESSFUL"
     assert tasks.with_context.get_result(ctx.id).return_value == {"attempt": 1, "value": 4}
     assert tasks.async_add.get_result(coro.id).return_value == 42
 
@@ -88,7 +100,7 @@ def test_a_return_value_that_is_not_json_fails_the_attempt() -> None:
     result = tasks.returns_a_set.enqueue()
     worker = make_worker()
     (row,) = claim(worker)
-    assert executor_for(worker).execute(row) == "retry"
+    assert execute(worker, row) == "retry"
     error = models.Task.objects.get(id=int(result.id)).errors[0]
     assert error["exception_class_path"] == "queueapp.exceptions.ReturnValueNotJSON"
     assert "return value is not JSON" in error["message"]
@@ -102,7 +114,7 @@ def test_an_unregistered_task_path_fails_without_importing_anything() -> None:
     worker = make_worker()
     (row,) = claim(worker)
     assert "antigravity" not in sys.modules
-    assert executor_for(worker).execute(row) == "retry"
+    assert execute(worker, row) == "retry"
     assert "antigravity" not in sys.modules
     error = models.Task.objects.get(id=int(result.id)).errors[0]
     assert error["exception_class_path"] == "queueapp.exceptions.UnknownTaskPath"
@@ -113,18 +125,36 @@ def test_a_fenced_out_result_is_dropped() -> None:
     worker = make_worker()
     (row,) = claim(worker)
     models.Task.objects.filter(id=row.id).update(status="READY", worker=None)  # taken away meanwhile
-    assert executor_for(worker).execute(row) == "dropped"
+    assert execute(worker, row) == "dropped"
     assert models.Task.objects.get(id=int(result.id)).status == "READY"
 
 
-def test_producer_claims_at_most_its_free_slots() -> None:
+def test_a_round_records_successes_and_claims_for_the_free_slots_at_once() -> None:
     tasks.add.enqueue_many(((i, i), {}) for i in range(10))
     worker = make_worker()
     producer = Producer(worker_id=worker.id, queues=["default"])
-    assert len(producer.run_once(3)) == 3
-    assert len(producer.run_once(0)) == 0
-    assert len(producer.run_once(100)) == 7
-    assert producer.healthy
+    executor = executor_for(worker)
+    try:
+        assert producer.run_once(0) == ({}, [])
+        _, rows = round_(producer, 3)
+        assert len(rows) == 3
+        successes = [attempt.success for attempt in map(executor.run, rows) if attempt.success]
+        statuses, more = round_(producer, 100, successes)
+        assert statuses == {row.id: "SUCCESSFUL" for row in rows}
+        assert len(more) == 7
+        assert producer.healthy
+        assert models.Task.objects.filter(status="SUCCESSFUL").count() == 3
+        assert models.Task.objects.filter(status="RUNNING", worker_id=worker.id).count() == 7
+    finally:
+        producer.close()
+
+
+def round_(
+    producer: Producer, limit: int, successes: list[store.Success] | None = None
+) -> tuple[dict[int, str], list[store.TaskRow]]:
+    done = producer.run_once(limit, successes or [])
+    assert done is not None
+    return done
 
 
 def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connection) -> None:
@@ -186,14 +216,15 @@ def test_an_error_message_jsonb_cannot_hold_is_still_recorded() -> None:
     result = tasks.raises_unstorable_text.using(max_attempts=1).enqueue()
     worker = make_worker()
     (row,) = claim(worker)
-    assert executor_for(worker).execute(row) == "FAILED"
+    assert execute(worker, row) == "FAILED"
     (error,) = models.Task.objects.get(id=int(result.id)).errors
     assert error["message"] == "nul \\x00 and a lone surrogate \\ud800 in the message"
 
 
-def test_statements_per_batch_on_the_worker_hot_path_are_pinned() -> None:
-    """Counts, not times: a claim is one statement for the whole batch, and each outcome one more.
-    A change that adds a query per task shows here first."""
+def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
+    """Counts, not times: a round is one claim for all free slots plus one fenced finish for every
+    success since the last round, both prepared on the server; a failure is one statement, written
+    by the task's thread. A change that adds a query per task shows here first."""
     from django.db import connection
 
     tasks.add.enqueue_many(((i, i), {}) for i in range(5))
@@ -201,17 +232,37 @@ def test_statements_per_batch_on_the_worker_hot_path_are_pinned() -> None:
     worker = make_worker()
     producer = Producer(worker_id=worker.id, queues=["default"])
     executor = executor_for(worker)
-    statements: list[str] = []
+    round_statements: list[str] = []
+    task_thread_statements: list[str] = []
+
+    class Counting(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            round_statements.append(str(query))
+            return super().execute(query, params, **kwargs)
 
     def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        statements.append(sql)
+        task_thread_statements.append(sql)
         return execute(sql, params, many, context)
 
-    with connection.execute_wrapper(count):
-        rows = producer.run_once(10)
-        claim_statements = len(statements)
-        outcomes = [executor.execute(row) for row in rows]
+    try:
+        producer.session.conn = producer.session.connect()
+        producer.session.conn.cursor_factory = Counting
+        _, rows = round_(producer, 10)
+        assert len(round_statements) == 1
+        with connection.execute_wrapper(count):
+            attempts = [executor.run(row) for row in rows]
+        successes = [attempt.success for attempt in attempts if attempt.success]
+        statuses, more = round_(producer, 10, successes)
 
-    assert sorted(outcomes) == ["SUCCESSFUL"] * 5 + ["retry"]
-    assert claim_statements == 1
-    assert len(statements) == 1 + len(rows)
+        assert len(rows) == 6
+        assert more == []
+        assert list(statuses.values()) == ["SUCCESSFUL"] * 5
+        assert [attempt.outcome for attempt in attempts if not attempt.success] == ["retry"]
+        assert len(round_statements) == 1 + 2  # second round: one finish for five, one claim
+        assert len(task_thread_statements) == 1  # the failure
+        listed = producer.session.conn.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [text for (text,) in listed]
+        assert sum("SKIP LOCKED" in text for text in prepared) == 1
+        assert sum("unnest" in text for text in prepared) == 1
+    finally:
+        producer.close()

@@ -1,8 +1,10 @@
-"""Executor: runs one claimed task through its django.tasks Task and records the outcome.
+"""Executor: runs one claimed task through its django.tasks Task.
 
-A linear pipeline: resolve the Task -> fire task_started -> call -> encode the result -> fenced
-write -> fire task_finished -> log. Every write is fenced by (worker id, attempt): if the task was
-taken away meanwhile (reaped, cancelled), the write changes nothing and the result is dropped.
+A linear pipeline: resolve the Task -> fire task_started -> call -> encode the result. A failure
+is then written at once (fenced) and reported; a success waits for the worker's next round, which
+records many in one statement, and is reported after it (complete()). Every write is fenced by
+(worker id, attempt): if the task was taken away meanwhile (reaped, cancelled), the write changes
+nothing and the result is dropped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -71,6 +74,19 @@ def fail_attempt(
     )
 
 
+@dataclass(slots=True, eq=False)
+class Attempt:
+    """One claimed task on its way through the worker."""
+
+    row: store.TaskRow
+    started: float
+    result: TaskResult[Any, Any] | None = None
+    success: store.Success | None = None
+    """Set when the task returned: recorded with the next round, together with other successes."""
+    outcome: str | None = None
+    """Set once the attempt is recorded: SUCCESSFUL, retry, FAILED, CANCELLED or dropped."""
+
+
 class Executor:
     def __init__(self, *, worker_id: UUID, backend: PostgresBackend, give_up: threading.Event) -> None:
         self.worker_id = worker_id
@@ -78,59 +94,33 @@ class Executor:
         self.give_up = give_up
         """Set on a hard stop: stop retrying writes that fail for lack of a database."""
 
-    def execute(self, row: store.TaskRow) -> str:
-        """Run one claimed task; returns the recorded outcome (or 'dropped')."""
-        db.ensure_usable_connection()
-        started = time.monotonic()
-        result: TaskResult[Any, Any] | None = None
+    def run(self, row: store.TaskRow) -> Attempt:
+        """Run one claimed task in this thread.
+
+        A failure is recorded at once, here (rare, and each has its own error and backoff). A
+        success is left in attempt.success for the worker's next round to record in one statement
+        with the others; complete() then reports it.
+        """
+        db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
+        attempt = Attempt(row=row, started=time.monotonic())
         try:
             task = registry.get(row.task_path)
-            result = self.backend.to_result(task, row)
-            task_started.send(type(self.backend), task_result=result)
-            value = self.call(task, result, row)
-            return_json = store.encode_return_value(value)
+            attempt.result = self.backend.to_result(task, row)
+            task_started.send(type(self.backend), task_result=attempt.result)
+            value = self.call(task, attempt.result, row)
+            attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
         except Exception as exc:
-            outcome = self.record_failure(row, exc)
-            self.finished(result, outcome)  # inside the handler, as Django's backends do: exc_info is there
-        else:
-            try:
-                outcome = self.record_success(row, return_json)
-            except DatabaseError as exc:  # refused by the database, not unreachable: fail the attempt
-                outcome = self.record_failure(row, exc)
-            self.finished(result, outcome)
-        duration = time.monotonic() - started
-        logger.info(
-            "task_finished id=%s task=%s attempt=%s duration_ms=%.1f outcome=%s",
-            row.id,
-            row.task_path,
-            row.attempts,
-            duration * 1000,
-            outcome,
-        )
-        metrics.TASKS_FINISHED.labels(row.task_path, outcome).inc()
-        metrics.TASK_DURATION.labels(row.task_path).observe(duration)
-        if outcome == "retry":
-            metrics.RETRIES.labels(row.task_path).inc()
-        return outcome
+            self.fail(attempt, exc)
+        return attempt
 
-    @staticmethod
-    def call(task: Task[Any, Any], result: TaskResult[Any, Any], row: store.TaskRow) -> Any:
-        if task.takes_context:
-            return task.call(TaskContext(task_result=result), *row.args, **row.kwargs)
-        return task.call(*row.args, **row.kwargs)
-
-    def record_success(self, row: store.TaskRow, return_json: str) -> str:
-        status = self.write(
-            lambda: store.finish_task(
-                task_id=row.id, worker_id=self.worker_id, attempt=row.attempts, return_value_json=return_json
-            )
-        )
-        return self.outcome(row, status)
-
-    def record_failure(self, row: store.TaskRow, exc: Exception) -> str:
+    def fail(self, attempt: Attempt, exc: Exception) -> None:
+        """Record exc as the attempt's failure and report it (called inside the except block, as
+        Django's own backends do, so that task_finished receivers see exc_info)."""
+        row = attempt.row
         logger.warning(
             "task_raised id=%s task=%s attempt=%s error=%r", row.id, row.task_path, row.attempts, exc
         )
+        attempt.success = None
         written = self.write(
             lambda: fail_attempt(
                 exc,
@@ -141,7 +131,50 @@ class Executor:
                 backoff_max=self.backend.backoff_max,
             )
         )
-        return self.outcome(row, written[0] if written else None)
+        self.complete(attempt, written[0] if written else None)
+
+    def record_alone(self, attempt: Attempt) -> None:
+        """Record one success by itself (its round was refused); a return value the database
+        refuses fails the attempt with the database's error instead."""
+        success = attempt.success
+        assert success is not None
+        try:
+            status = self.write(
+                lambda: store.finish_task(
+                    task_id=success.task_id,
+                    worker_id=self.worker_id,
+                    attempt=success.attempt,
+                    return_value_json=success.return_value_json,
+                )
+            )
+        except DatabaseError as exc:
+            self.fail(attempt, exc)
+        else:
+            self.complete(attempt, status)
+
+    def complete(self, attempt: Attempt, status: str | None) -> None:
+        """The attempt's recorded status (None: taken away meanwhile): fire task_finished, log, count."""
+        row = attempt.row
+        attempt.outcome = outcome = self.outcome(row, status)
+        if attempt.result is not None and outcome != "dropped":
+            object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
+            task_finished.send(type(self.backend), task_result=attempt.result)
+        duration = time.monotonic() - attempt.started
+        logger.info(
+            "task_finished id=%s task=%s attempt=%s duration_ms=%.1f outcome=%s",
+            row.id,
+            row.task_path,
+            row.attempts,
+            duration * 1000,
+            outcome,
+        )
+        metrics.finished(row.task_path, outcome, duration)
+
+    @staticmethod
+    def call(task: Task[Any, Any], result: TaskResult[Any, Any], row: store.TaskRow) -> Any:
+        if task.takes_context:
+            return task.call(TaskContext(task_result=result), *row.args, **row.kwargs)
+        return task.call(*row.args, **row.kwargs)
 
     def outcome(self, row: store.TaskRow, status: str | None) -> str:
         if status is None:
@@ -169,9 +202,3 @@ class Executor:
                 logger.warning("write_failed error=%s retry_in=%.1fs", exc, delay)
                 self.give_up.wait(delay)
                 delay = min(delay * 2, 2.0)
-
-    def finished(self, result: TaskResult[Any, Any] | None, outcome: str) -> None:
-        if result is None or outcome == "dropped":
-            return
-        object.__setattr__(result, "status", _FINAL_STATUS[outcome])
-        task_finished.send(type(self.backend), task_result=result)

@@ -6,6 +6,9 @@ the sum over all of them on one port (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -21,3 +24,19 @@ PICKUP_LATENCY = Histogram(
 )
 RETRIES = Counter("taskqueue_task_retries", "Failed attempts that will be retried", ["task"])
 REAPED = Counter("taskqueue_reaped_tasks", "Tasks taken back from lost workers", ["outcome"])
+
+
+@functools.cache
+def _children(task: str, outcome: str) -> tuple[Any, Any, Any]:
+    # labels() takes a lock and builds a key on every call; a task's children never change.
+    retries = RETRIES.labels(task) if outcome == "retry" else None
+    return TASKS_FINISHED.labels(task, outcome), TASK_DURATION.labels(task), retries
+
+
+def finished(task: str, outcome: str, duration: float) -> None:
+    """Count one finished attempt and its run time."""
+    counter, histogram, retries = _children(task, outcome)
+    counter.inc()
+    histogram.observe(duration)
+    if retries is not None:
+        retries.inc()

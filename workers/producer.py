@@ -1,4 +1,5 @@
-"""Producer: claims as many due tasks as there are free execution slots, never more."""
+"""Producer: a worker's rounds. Each records the successes since the last round and claims as many
+due tasks as there are free execution slots (never more), in one round trip and one commit."""
 
 from __future__ import annotations
 
@@ -15,26 +16,33 @@ logger = logging.getLogger(__name__)
 class Producer:
     name = "producer"
 
-    def __init__(self, *, worker_id: UUID, queues: Sequence[str]) -> None:
+    def __init__(self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True) -> None:
         self.worker_id = worker_id
-        self.queues = list(queues)
+        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
         self.healthy = True
-        """False after a failed claim: the database is away and the worker should back off."""
+        """False after a failed round: the database is away and the worker should back off."""
 
-    def run_once(self, free_slots: int) -> list[store.TaskRow]:
+    def run_once(
+        self, free_slots: int, successes: Sequence[store.Success] = ()
+    ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
+        """(recorded status by task id, claimed rows), or None when the database could not be
+        reached: nothing was recorded or claimed, and the successes are to be sent again."""
         try:
-            rows = store.claim_tasks(worker_id=self.worker_id, queues=self.queues, limit=free_slots)
+            statuses, rows = self.session.round(successes, free_slots)
         except db.CONNECTION_ERRORS as exc:
             if self.healthy:
-                logger.warning("claim_failed error=%s", exc)
+                logger.warning("round_failed error=%s", exc)
             self.healthy = False
-            db.reset_connection()
-            return []
+            self.session.close()
+            return None
         if not self.healthy:
-            logger.info("claim_recovered worker=%s", self.worker_id)
+            logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
         for row in rows:
-            logger.info("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
+            logger.debug("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
             if row.attempts == 1 and row.started_at is not None:
                 metrics.PICKUP_LATENCY.observe(max((row.started_at - row.run_after).total_seconds(), 0.0))
-        return rows
+        return statuses, rows
+
+    def close(self) -> None:
+        self.session.close()

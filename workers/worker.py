@@ -1,5 +1,9 @@
-"""One worker process: a producer in the main thread, tasks in a thread pool, and the listener,
+"""One worker process: rounds in the main thread, tasks in a pool of threads, and the listener,
 heartbeat and reaper in threads of their own.
+
+The main thread runs rounds (workers.producer): each records the tasks that succeeded since the
+last one and claims for the free slots, in one round trip. Pool threads take claimed rows from an
+inbox, run them, record failures themselves and hand successes back, waking the main thread.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, hands back tasks claimed but not started, lets
 running ones finish within the grace period, marks the worker STOPPED and exits 0. A second signal
@@ -13,16 +17,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import random
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 
 import prometheus_client
+import psycopg
+from django.conf import settings
 from django.db import connection
 from django.tasks import task_backends
 
@@ -30,7 +36,7 @@ from queueapp import exceptions, store
 from queueapp.backend import PostgresBackend
 from workers import db
 from workers.config import WorkerConfig
-from workers.executor import Executor, fail_attempt
+from workers.executor import Attempt, Executor, fail_attempt
 from workers.heartbeat import Heartbeat
 from workers.listener import Listener
 from workers.producer import Producer
@@ -52,12 +58,22 @@ class Worker:
         self.stopping = threading.Event()  # first signal: stop claiming
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
         self.exit_code = EXIT_OK
-        self.producer = Producer(worker_id=self.id, queues=config.queues)
+        self.producer = Producer(
+            worker_id=self.id,
+            queues=config.queues,
+            prepare=bool(settings.TASKQUEUE.get("PREPARED_STATEMENTS", True)),
+        )
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
-        self.pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="taskqueue-task")
-        self.running: dict[Future[str], store.TaskRow] = {}
+        self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self.run_tasks, name=f"taskqueue-task-{n}", daemon=True)
+            for n in range(config.concurrency)
+        ]
         self.lock = threading.Lock()
-        self.last_claim_was_full = False
+        self.held: dict[int, store.TaskRow] = {}
+        """Claimed and not yet recorded: waiting in the inbox, running, or succeeded (below)."""
+        self.succeeded: list[Attempt] = []
+        """Run to success, to be recorded by the next round."""
         self.done_count = 0
         self.services_stop = threading.Event()
         self.listener = Listener(
@@ -92,7 +108,7 @@ class Worker:
                 on_crash=self.service_died,
             ),
         ]
-        for thread in threads:
+        for thread in [*threads, *self.threads]:
             thread.start()
         try:
             self.loop()
@@ -105,7 +121,9 @@ class Worker:
             # A LOST worker stays LOST (the statement matches nothing).
             self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
             self.listener.close()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.producer.close()
+            for _ in self.threads:
+                self.inbox.put(None)  # a task thread still running a task is a daemon: not waited for
             connection.close()
         logger.info(
             "worker_exit worker=%s exit_code=%s tasks_done=%s", self.id, self.exit_code, self.done_count
@@ -140,25 +158,55 @@ class Worker:
         )
 
     def loop(self) -> None:
-        """Claim for free slots whenever woken (NOTIFY, a finished task) or the poll timer fires."""
+        """A round whenever woken (a task done, NOTIFY) or when the poll timer fires."""
         while not self.stopping.is_set():
             self.wake.clear()
             if self.config.max_tasks is not None and self.done_count >= self.config.max_tasks:
                 logger.info("max_tasks_reached worker=%s tasks=%s", self.id, self.done_count)
                 self.stopping.set()
                 break
-            free = self.free_slots()
-            claimed = self.producer.run_once(free) if free else []
-            self.last_claim_was_full = bool(claimed) and len(claimed) == free
-            for row in claimed:
-                self.submit(row)
-            if self.config.burst and not claimed and self.idle() and self.producer.healthy:
+            claimed = self.round(claim=True)
+            if self.config.burst and claimed == 0 and self.idle() and self.producer.healthy:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
                 self.stopping.set()
                 break
-            if self.last_claim_was_full and self.free_slots():
-                continue
             self.wake.wait(self.poll_timeout())
+
+    def round(self, *, claim: bool) -> int:
+        """Record the successes so far and (if claim) claim for the free slots; returns how many
+        tasks were claimed."""
+        with self.lock:
+            attempts, self.succeeded = self.succeeded, []
+            limit = self.free_slots(recording=len(attempts)) if claim else 0
+        if not attempts and not limit:
+            return 0
+        successes = [attempt.success for attempt in attempts if attempt.success is not None]
+        try:
+            done = self.producer.run_once(limit, successes)
+        except psycopg.Error as exc:  # refused, not unreachable: find the success it cannot hold
+            if not successes:
+                raise
+            logger.warning("round_refused error=%s: recording %s successes one by one", exc, len(successes))
+            for attempt in attempts:
+                self.executor.record_alone(attempt)
+            done = {}, []
+        if done is None:  # the database is away: try again next round
+            with self.lock:
+                self.succeeded[:0] = attempts
+            return 0
+        statuses, rows = done
+        with self.lock:
+            for attempt in attempts:
+                del self.held[attempt.row.id]
+            self.done_count += len(attempts)
+            for row in rows:
+                self.held[row.id] = row
+        for row in rows:
+            self.inbox.put(row)
+        for attempt in attempts:
+            if attempt.outcome is None:
+                self.executor.complete(attempt, statuses.get(attempt.row.id))
+        return len(rows)
 
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
@@ -170,58 +218,74 @@ class Worker:
         self.safe_write(lambda: store.set_worker_state(self.id, "STOPPING"))
         self.release_unstarted()
         deadline = time.monotonic() + self.config.grace
-        while self.running and not self.hard_stop.is_set() and time.monotonic() < deadline:
+        while self.held and not self.hard_stop.is_set() and time.monotonic() < deadline:
+            self.round(claim=False)
             self.wake.wait(0.1)
             self.wake.clear()
-        if self.running:
+        self.round(claim=False)
+        if self.running():
             self.interrupt_running()
             self.exit_code = self.exit_code or EXIT_INTERRUPTED
 
     # -- tasks -----------------------------------------------------------------------------------
 
-    def free_slots(self) -> int:
-        with self.lock:
-            free = self.config.concurrency - len(self.running)
-            if self.config.max_tasks is not None:  # never claim past --max-tasks
-                free = min(free, self.config.max_tasks - self.done_count - len(self.running))
-            return max(free, 0)
+    def run_tasks(self) -> None:
+        """A pool thread: run claimed rows from the inbox until handed None."""
+        while (row := self.inbox.get()) is not None:
+            try:
+                attempt = self.executor.run(row)
+            except Exception:
+                logger.exception("executor_crashed id=%s: the reaper will requeue the task", row.id)
+                attempt = None
+            with self.lock:
+                if attempt is not None and attempt.success is not None:
+                    self.succeeded.append(attempt)
+                else:  # recorded already (a failure), or lost to a bug
+                    self.held.pop(row.id, None)
+                    self.done_count += 1
+            self.wake.set()
+
+    def free_slots(self, *, recording: int = 0) -> int:
+        """Slots free once `recording` succeeded tasks are recorded (call with the lock held)."""
+        held = len(self.held) - recording
+        free = self.config.concurrency - held
+        if self.config.max_tasks is not None:  # never claim past --max-tasks
+            free = min(free, self.config.max_tasks - (self.done_count + recording) - held)
+        return max(free, 0)
 
     def idle(self) -> bool:
         with self.lock:
-            return not self.running
+            return not self.held
 
-    def submit(self, row: store.TaskRow) -> None:
+    def running(self) -> list[store.TaskRow]:
         with self.lock:
-            future = self.pool.submit(self.executor.execute, row)
-            self.running[future] = row
-        future.add_done_callback(self.task_done)
-
-    def task_done(self, future: Future[str]) -> None:
-        with self.lock:
-            self.running.pop(future, None)
-            if not future.cancelled():
-                self.done_count += 1
-        if not future.cancelled() and future.exception() is not None:
-            logger.error("executor_crashed error=%r", future.exception())
-        if self.last_claim_was_full or self.stopping.is_set() or self.config.max_tasks or self.config.burst:
-            self.wake.set()
+            recording = {attempt.row.id for attempt in self.succeeded}
+            return [row for task_id, row in self.held.items() if task_id not in recording]
 
     def release_unstarted(self) -> None:
-        with self.lock:
-            unstarted = [(future, row) for future, row in self.running.items() if future.cancel()]
-        if unstarted:
-            released = self.safe_write(
-                lambda: store.release_tasks(
-                    worker_id=self.id, claimed=[(row.id, row.attempts) for _, row in unstarted]
-                )
+        unstarted = []
+        while True:
+            try:
+                row = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if row is not None:
+                unstarted.append(row)
+        if not unstarted:
+            return
+        released = self.safe_write(
+            lambda: store.release_tasks(
+                worker_id=self.id, claimed=[(row.id, row.attempts) for row in unstarted]
             )
-            logger.info("released_unstarted worker=%s tasks=%s", self.id, released)
+        )
+        with self.lock:
+            for row in unstarted:
+                del self.held[row.id]
+        logger.info("released_unstarted worker=%s tasks=%s", self.id, released)
 
     def interrupt_running(self) -> None:
         """Take running tasks back through the failure path (attempt counted): READY or FAILED."""
-        with self.lock:
-            rows = list(self.running.values())
-        for row in rows:
+        for row in self.running():
             outcome = self.safe_write(
                 functools.partial(
                     fail_attempt,

@@ -65,14 +65,17 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.status, t.args, t.kwarg
           t.enqueued_at, t.started_at, t.finished_at, t.attempts, t.max_attempts, t.worker_id,
           t.worker_ids, t.errors, t.return_value, t.cancel_requested, t.timeout;
 
--- finish_task --
--- Fenced. A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
-UPDATE queueapp_task
-SET status = CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
-    return_value = CASE WHEN cancel_requested THEN NULL ELSE %(return_value)s::jsonb END,
+-- finish_tasks --
+-- Fenced, for a whole batch: one row per (id, attempt, return value) that still belongs to this
+-- worker and attempt; a task taken away meanwhile matches nothing and is left out of RETURNING.
+-- A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
+UPDATE queueapp_task t
+SET status = CASE WHEN t.cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
+    return_value = CASE WHEN t.cancel_requested THEN NULL ELSE r.return_value::jsonb END,
     finished_at = now()
-WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
-RETURNING status;
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(return_values)s::text[]) AS r(id, attempt, return_value)
+WHERE t.id = r.id AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt
+RETURNING t.id, t.status;
 
 -- fail_task --
 -- Fenced. Appends the attempt's error, then: CANCELLED if a cancel was requested, READY again

@@ -30,6 +30,7 @@ from queueapp.store.rows import (
     encode_arguments,
     encode_return_value,
 )
+from queueapp.store.session import Success, WorkerSession
 from queueapp.store.tasks import (
     cancel_task,
     claim_tasks,
@@ -57,7 +58,9 @@ __all__ = [
     "NOTIFY_CHANNEL",
     "NewTask",
     "ReapOutcome",
+    "Success",
     "TaskRow",
+    "WorkerSession",
     "beat_worker",
     "cancel_task",
     "claim_idempotency_key",

@@ -13,6 +13,7 @@ from django.db import connections
 
 from queueapp.sql import QUERIES
 from queueapp.store.rows import NewTask, TaskRow, _to_row
+from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
 
 
 def _params(new: NewTask) -> dict[str, Any]:
@@ -70,26 +71,21 @@ def claim_tasks(
     if limit <= 0:
         return []
     with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["claim_tasks"], {"worker_id": worker_id, "queues": list(queues), "limit": limit}
-        )
-        rows = [_to_row(values) for values in cursor.fetchall()]
-    # UPDATE ... RETURNING gives no order; hand tasks out in claim order.
-    rows.sort(key=lambda row: (-row.priority, row.run_after, row.id))
-    return rows
+        cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit))
+        return claimed_rows(cursor.fetchall())
 
 
 def finish_task(
     *, task_id: int, worker_id: UUID, attempt: int, return_value_json: str, using: str = "default"
 ) -> str | None:
-    """Record success (or CANCELLED if cancel was requested); None when the task was taken away."""
+    """Record one success (or CANCELLED if cancel was requested); None when the task was taken away.
+    Workers record theirs in batches through WorkerSession.round()."""
     with connections[using].cursor() as cursor:
         cursor.execute(
-            QUERIES["finish_task"],
-            {"id": task_id, "worker_id": worker_id, "attempt": attempt, "return_value": return_value_json},
+            QUERIES["finish_tasks"], finish_params(worker_id, [Success(task_id, attempt, return_value_json)])
         )
         row = cursor.fetchone()
-    return row[0] if row else None
+    return row[1] if row else None
 
 
 def fail_task(

@@ -1,0 +1,105 @@
+"""The worker's hot path: claim and finish on a psycopg connection of the worker's own.
+
+A round is one round trip and one transaction: the fenced finish of every task that succeeded
+since the last round and the claim for the slots that frees are pipelined together, so a round
+costs one commit however many tasks it carries. The statements are prepared on the server the
+first time they run (set TASKQUEUE["PREPARED_STATEMENTS"] = False behind a pooler that cannot
+keep them), and the connection skips Django's cursor wrappers: nothing here is per task but the
+values themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from django.db import connections
+
+from queueapp.sql import QUERIES
+from queueapp.store.rows import TaskRow, _to_row
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A task that returned: its fenced attempt and its return value as JSON text."""
+
+    task_id: int
+    attempt: int
+    return_value_json: str
+
+
+def finish_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, Any]:
+    return {
+        "worker_id": worker_id,
+        "ids": [success.task_id for success in successes],
+        "attempts": [success.attempt for success in successes],
+        "return_values": [success.return_value_json for success in successes],
+    }
+
+
+def claim_params(worker_id: UUID, queues: Sequence[str], limit: int) -> dict[str, Any]:
+    return {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+
+
+def claimed_rows(values: Sequence[Sequence[Any]]) -> list[TaskRow]:
+    """UPDATE ... RETURNING gives no order: hand tasks out in claim order."""
+    rows = [_to_row(row) for row in values]
+    rows.sort(key=lambda row: (-row.priority, row.run_after, row.id))
+    return rows
+
+
+class WorkerSession:
+    """One worker process's claim-and-finish connection (used by one thread at a time)."""
+
+    def __init__(
+        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, using: str = "default"
+    ):
+        self.worker_id = worker_id
+        self.queues = list(queues)
+        self.prepare = prepare
+        self.using = using
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def connect(self) -> psycopg.Connection[Any]:
+        # Django's parameters and type adapters (jsonb as text, times in Django's zone), but a plain
+        # server-binding cursor so that statements can be prepared.
+        params = connections[self.using].get_connection_params()
+        params.update(
+            cursor_factory=psycopg.Cursor,
+            prepare_threshold=0 if self.prepare else None,
+            autocommit=True,
+            connect_timeout=params.get("connect_timeout", 10),
+        )
+        params.setdefault("application_name", "taskqueue-worker")
+        conn = psycopg.connect(**params)
+        conn.execute("SET TIME ZONE 'UTC'", prepare=False)
+        return conn
+
+    def round(self, successes: Sequence[Success], limit: int) -> tuple[dict[int, str], list[TaskRow]]:
+        """Record successes and claim up to limit tasks in one transaction.
+
+        Returns the recorded status by task id (SUCCESSFUL, or CANCELLED when a cancel was
+        requested; a task taken away meanwhile is missing) and the claimed rows in claim order.
+        """
+        if self.conn is None:
+            self.conn = self.connect()
+        conn = self.conn
+        finish = claim = None
+        with conn.pipeline(), conn.transaction():
+            if successes:
+                finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
+            if limit > 0:
+                claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
+        statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
+        return statuses, claimed_rows(claim.fetchall()) if claim else []
+
+    def close(self) -> None:
+        """Drop the connection (after an error that may have broken it); the next round reconnects."""
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
