@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -102,37 +102,53 @@ class PostgresBackend(BaseTaskBackend):
             raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
         registry.register(task)
 
-    def _new_task(self, task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
+    def _task_fields(self, task: AnyTask) -> dict[str, Any]:
+        """Validate task; what every run of it stores alike."""
         self.validate_task(task)
-        args_json, kwargs_json = store.encode_arguments(args, dict(kwargs))
-        return store.NewTask(
-            task_path=task.module_path,
-            queue_name=task.queue_name,
-            priority=task.priority,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            run_after=task.run_after,
-            max_attempts=getattr(task, "max_attempts", None) or self.max_attempts,
-            timeout=getattr(task, "timeout", None),
-        )
+        return {
+            "task_path": task.module_path,
+            "queue_name": task.queue_name,
+            "priority": task.priority,
+            "run_after": task.run_after,
+            "max_attempts": getattr(task, "max_attempts", None) or self.max_attempts,
+            "timeout": getattr(task, "timeout", None),
+        }
+
+    @staticmethod
+    def _new_task(fields: dict[str, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
+        kwargs = dict(kwargs)
+        args_json, kwargs_json = store.encode_arguments(args, kwargs)
+        return store.NewTask(**fields, args=args, kwargs=kwargs, args_json=args_json, kwargs_json=kwargs_json)
 
     def enqueue(self, task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]) -> AnyResult:
-        row = store.enqueue_task(self._new_task(task, args, kwargs), using=self.database)
-        result = self.to_result(task, row)
+        new = self._new_task(self._task_fields(task), args, kwargs)
+        result = self.enqueued_result(task, new, store.enqueue_task(new, using=self.database))
         task_enqueued.send(type(self), task_result=result)
         return result
 
     def enqueue_many(
         self, calls: Iterable[tuple[AnyTask, Sequence[Any], Mapping[str, Any]]]
     ) -> list[AnyResult]:
-        """Enqueue many runs (of one or several tasks) in one INSERT and one NOTIFY per queue.
+        """Enqueue many runs (of one or several tasks) by one COPY and one NOTIFY per queue.
 
-        All or nothing: an invalid call raises before anything is stored.
+        All or nothing: an invalid call raises and nothing of the batch is stored (inside the
+        caller's transaction, a savepoint keeps that transaction usable).
         """
         calls = list(calls)
-        batch = [self._new_task(task, args, kwargs) for task, args, kwargs in calls]
-        rows = store.enqueue_tasks(batch, using=self.database)
-        results = [self.to_result(task, row) for (task, _, _), row in zip(calls, rows, strict=True)]
+        fields: dict[int, dict[str, Any]] = {}  # a batch mostly repeats one task: check each once
+
+        def batch() -> Iterator[store.NewTask]:  # encoded while the COPY streams the rows before
+            for task, args, kwargs in calls:
+                if id(task) not in fields:
+                    fields[id(task)] = self._task_fields(task)
+                yield self._new_task(fields[id(task)], args, kwargs)
+
+        results = store.enqueue_tasks(
+            len(calls),
+            batch(),
+            each=lambda index, new, inserted: self.enqueued_result(calls[index][0], new, inserted),
+            using=self.database,
+        )
         for result in results:
             task_enqueued.send(type(self), task_result=result)
         return results
@@ -171,6 +187,23 @@ class PostgresBackend(BaseTaskBackend):
         except InvalidTask:  # not registered here: the default budget
             budget = self.max_attempts
         return store.retry_task(row.id, budget=budget, using=self.database)
+
+    def enqueued_result(self, task: AnyTask, new: store.NewTask, inserted: store.Inserted) -> AnyResult:
+        """The django.tasks view of a task just inserted (no need to read it back)."""
+        return TaskResult(
+            task=task,
+            id=str(inserted.id),
+            status=TaskResultStatus.READY,
+            enqueued_at=inserted.enqueued_at,
+            started_at=None,
+            finished_at=None,
+            last_attempted_at=None,
+            args=list(new.args),
+            kwargs=new.kwargs,
+            backend=self.alias,
+            errors=[],
+            worker_ids=[],
+        )
 
     def to_result(self, task: AnyTask, row: store.TaskRow) -> AnyResult:
         """The django.tasks view of a stored task."""

@@ -119,6 +119,10 @@ TASKQUEUE = {
     # When set, /metrics wants `Authorization: Bearer <token>`.
     "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
+    # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
+    # once per connection). Behind PgBouncer in transaction mode that needs PgBouncer 1.21 or later
+    # with max_prepared_statements set; otherwise turn it off.
+    "PREPARED_STATEMENTS": env.bool("TASKQUEUE_PREPARED_STATEMENTS", default=True),
 }
 
 # The API's body limit applies to every request Django reads.

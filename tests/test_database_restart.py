@@ -45,21 +45,18 @@ def test_workers_survive_a_database_restart_and_lose_nothing(
     datadir, url = cluster
     migrated = run_manage("migrate", "--noinput", url=url)
     assert migrated.returncode == 0, migrated.stderr
-    rows = [
-        {
-            "task_path": "tests.tasks.sleep_then_return",
-            "queue_name": "default",
-            "priority": 0,
-            "run_after": None,
-            "max_attempts": 5,
-            "timeout": None,
-            "args": [0.05],
-            "kwargs": {},
-        }
-        for _ in range(1500)
-    ]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(QUERIES["enqueue_tasks"], {"rows": json.dumps(rows)})
+    row = {
+        "task_path": "tests.tasks.sleep_then_return",
+        "queue_name": "default",
+        "priority": 0,
+        "run_after": None,
+        "max_attempts": 5,
+        "timeout": None,
+        "args": "[0.05]",
+        "kwargs": "{}",
+    }
+    with psycopg.connect(url) as conn:
+        conn.cursor().executemany(QUERIES["enqueue_task"], [row] * 1500)
 
     env = {"TASKQUEUE_STALE_AFTER": "60"}  # a restart is not a reason to declare workers lost
     workers = [WorkerProcess("--concurrency", "4", log_dir=tmp_path, url=url, env=env) for _ in range(3)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import psycopg
 import pytest
@@ -87,6 +88,63 @@ def test_bulk_with_one_bad_call_stores_nothing() -> None:
     with pytest.raises(InvalidTask, match="must be JSON"):
         tasks.echo.enqueue_many(calls)
     assert models.Task.objects.count() == 0
+
+
+def test_a_bad_call_late_in_a_bulk_inside_a_transaction_keeps_that_transaction_usable() -> None:
+    """Calls are encoded while the COPY streams: the 3,000th fails after rows were sent, yet none
+    stays and the caller's own work in the same transaction commits."""
+    calls = [((i,), {}) for i in range(3000)] + [((float("nan"),), {})] + [((1,), {})]
+    with transaction.atomic():
+        kept = tasks.echo.enqueue("mine")
+        with pytest.raises(InvalidTask, match="must be JSON"):
+            tasks.echo.enqueue_many(calls)
+        also_kept = tasks.echo.enqueue("mine too")
+    stored = sorted(models.Task.objects.values_list("id", flat=True))
+    assert stored == sorted([int(kept.id), int(also_kept.id)])
+
+
+def test_bulk_mixes_tasks_queues_and_deferral_and_keeps_its_order(raw_conn: psycopg.Connection) -> None:
+    later = timezone.now() + dt.timedelta(hours=1)
+    calls = [
+        (tasks.echo, (1,), {}),
+        (tasks.send_email.using(priority=7), ("a@example.com",), {}),
+        (tasks.echo.using(run_after=later), (3,), {}),
+    ]
+    backend = tasks.echo.get_backend()
+    results = backend.enqueue_many(calls)
+    rows = {row.id: row for row in models.Task.objects.all()}
+    stored = [rows[int(result.id)] for result in results]
+    assert [(row.queue_name, row.priority, row.args) for row in stored] == [
+        ("default", 0, [1]),
+        ("emails", 7, ["a@example.com"]),
+        ("default", 0, [3]),
+    ]
+    assert stored[2].run_after == later
+    assert stored[0].run_after == stored[0].enqueued_at == results[0].enqueued_at
+    assert [int(result.id) for result in results] == sorted(int(result.id) for result in results)
+
+
+def test_enqueue_is_prepared_once_on_the_callers_connection() -> None:
+    from django.db import connection
+
+    for i in range(3):
+        tasks.echo.enqueue(i)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [text for (text,) in cursor.fetchall()]
+    assert sum("INSERT INTO queueapp_task" in text for text in prepared) == 1
+
+
+def test_prepared_statements_can_be_turned_off_for_poolers_that_cannot_keep_them(settings: Any) -> None:
+    from django.db import connection
+
+    settings.TASKQUEUE = {**settings.TASKQUEUE, "PREPARED_STATEMENTS": False}
+    connection.close()
+    results = [tasks.echo.enqueue(i) for i in range(3)] + tasks.echo.enqueue_many([((9,), {})])
+    assert models.Task.objects.filter(id__in=[int(result.id) for result in results]).count() == 4
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (0,)
 
 
 def test_enqueue_stores_task_defaults() -> None:

@@ -42,7 +42,7 @@ def test_settings_refuse_to_start_without_a_secret_key_unless_debug() -> None:
 def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
     assert {
         "enqueue_task",
-        "enqueue_tasks",
+        "copy_tasks",
         "claim_tasks",
         "finish_tasks",
         "fail_task",
@@ -54,6 +54,16 @@ def test_every_query_is_named_once_and_store_uses_only_known_names() -> None:
     store_source = "".join(path.read_text() for path in (ROOT / "queueapp" / "store").glob("*.py"))
     for name in QUERIES:
         assert f'QUERIES["{name}"]' in store_source, f"query {name} is never used"
+
+
+@pytest.mark.django_db
+def test_the_sequence_bulk_enqueue_draws_ids_from_is_the_id_columns() -> None:
+    from django.db import connection
+
+    assert "nextval('queueapp_task_id_seq')" in QUERIES["reserve_task_ids"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence('queueapp_task', 'id')")
+        assert cursor.fetchone() == ("public.queueapp_task_id_seq",)
 
 
 def test_dev_database_names_what_to_install_when_no_server_binaries_are_found(tmp_path: Path) -> None:

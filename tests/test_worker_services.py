@@ -149,6 +149,20 @@ def test_a_round_records_successes_and_claims_for_the_free_slots_at_once() -> No
         producer.close()
 
 
+def test_a_round_without_prepared_statements_for_poolers_that_cannot_keep_them() -> None:
+    tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"], prepare=False)
+    try:
+        _, rows = round_(producer, 10)
+        statuses, _ = round_(producer, 10, [store.Success(row.id, row.attempts, "null") for row in rows])
+        assert set(statuses.values()) == {"SUCCESSFUL"}
+        assert producer.session.conn is not None
+        assert producer.session.conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        producer.close()
+
+
 def round_(
     producer: Producer, limit: int, successes: list[store.Success] | None = None
 ) -> tuple[dict[int, str], list[store.TaskRow]]:

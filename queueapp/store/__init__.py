@@ -25,6 +25,7 @@ from queueapp.store.reports import (
 )
 from queueapp.store.rows import (
     NOTIFY_CHANNEL,
+    Inserted,
     NewTask,
     TaskRow,
     encode_arguments,
@@ -56,6 +57,7 @@ from queueapp.store.workers import (
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "Inserted",
     "NewTask",
     "ReapOutcome",
     "Success",

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.conf import settings
@@ -17,13 +17,15 @@ from queueapp import exceptions
 NOTIFY_CHANNEL = "taskqueue"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class NewTask:
-    """A task about to be inserted; args and kwargs already encoded as JSON text."""
+    """A task about to be inserted: its arguments as given, and as the JSON text to store."""
 
     task_path: str
     queue_name: str
     priority: int
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
     args_json: str
     kwargs_json: str
     run_after: datetime | None
@@ -59,6 +61,14 @@ class TaskRow:
 _JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
 
 
+class Inserted(NamedTuple):
+    """What the database chose for a task it has just inserted."""
+
+    id: int
+    run_after: datetime
+    enqueued_at: datetime
+
+
 _ROW_FIELDS = TaskRow.__slots__
 
 
@@ -71,10 +81,21 @@ def _to_row(values: Sequence[Any]) -> TaskRow:
     return TaskRow(**data)
 
 
+def _other_types(value: Any) -> Any:
+    # What json.dumps cannot encode itself, django.tasks' normalize_json may (other Mappings and
+    # Sequences, UTF-8 bytes); anything else is a TypeError. Plain JSON types never get here, so
+    # the common case stays in the C encoder.
+    return normalize_json(value)
+
+
+_ENCODER = json.JSONEncoder(default=_other_types, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
 def _to_json(value: Any) -> str:
     """Compact JSON that PostgreSQL's jsonb accepts: no NaN/Infinity, no lone surrogates, no NUL."""
-    text = json.dumps(normalize_json(value), allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    text.encode()  # UnicodeEncodeError for a lone surrogate, which jsonb refuses
+    text = _ENCODER.encode(value)
+    if not text.isascii():
+        text.encode()  # UnicodeEncodeError for a lone surrogate, which jsonb refuses
     if "\\u0000" in text and _has_nul(value):
         raise ValueError("strings cannot contain the NUL character (\\u0000), which jsonb refuses")
     return text
@@ -93,12 +114,14 @@ def _has_nul(value: Any) -> bool:
 def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, str]:
     """Encode args and kwargs as JSON text, or raise a clear InvalidTask."""
     try:
-        args_json, kwargs_json = _to_json(list(args)), _to_json(kwargs)
+        # No arguments or no keyword arguments is common enough to skip the encoder for.
+        args_json = _to_json(list(args)) if args else "[]"
+        kwargs_json = _to_json(kwargs) if kwargs else "{}"
     except (TypeError, ValueError) as exc:
         raise exceptions.ArgumentsNotJSON(
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
         ) from exc
-    size = len(args_json.encode()) + len(kwargs_json.encode())
+    size = _utf8_length(args_json) + _utf8_length(kwargs_json)
     limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
     if size > limit:
         raise exceptions.ArgumentsTooLarge(
@@ -106,6 +129,10 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
             "(TASKQUEUE['MAX_ARGS_BYTES']): pass a reference such as a primary key instead"
         )
     return args_json, kwargs_json
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def encode_return_value(value: Any) -> str:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.db import connections
+from django.db import connections, transaction
 
 from queueapp.sql import QUERIES
-from queueapp.store.rows import NewTask, TaskRow, _to_row
+from queueapp.store.cursors import prepared_cursor
+from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
 
 
@@ -29,39 +30,64 @@ def _params(new: NewTask) -> dict[str, Any]:
     }
 
 
-def _batch_row_json(new: NewTask) -> str:
-    # Splice the already-encoded arguments in rather than decode and encode them again.
-    head = json.dumps(
-        {
-            "task_path": new.task_path,
-            "queue_name": new.queue_name,
-            "priority": new.priority,
-            "run_after": new.run_after.isoformat() if new.run_after else None,
-            "max_attempts": new.max_attempts,
-            "timeout": new.timeout,
-        }
-    )
-    return f'{head[:-1]},"args":{new.args_json},"kwargs":{new.kwargs_json}}}'
-
-
-def enqueue_task(new: NewTask, *, using: str = "default") -> TaskRow:
+def enqueue_task(new: NewTask, *, using: str = "default") -> Inserted:
     """Insert one READY task and notify its queue, in the caller's transaction."""
-    with connections[using].cursor() as cursor:
+    with prepared_cursor(using) as cursor:
         cursor.execute(QUERIES["enqueue_task"], _params(new))
-        return _to_row(cursor.fetchone())
+        task_id, run_after, enqueued_at, _ = cursor.fetchone()
+    return Inserted(task_id, run_after, enqueued_at)
 
 
-def enqueue_tasks(batch: Sequence[NewTask], *, using: str = "default") -> list[TaskRow]:
-    """Insert a batch in one statement, then one notification per queue; rows in input order."""
-    if not batch:
+def enqueue_tasks[T](
+    count: int,
+    batch: Iterable[NewTask],
+    *,
+    each: Callable[[int, NewTask, Inserted], T],
+    using: str = "default",
+) -> list[T]:
+    """Insert count tasks by COPY, then one notification per queue; all or nothing.
+
+    batch is consumed while the COPY streams, so the database inserts the rows already sent while
+    Python prepares the next ones; each(index, new, inserted) is called for every row likewise,
+    and what it returns is returned in input order. An error part-way (the database's, or one
+    raised by batch itself, say for arguments that are not JSON) stores nothing of the batch and,
+    by a savepoint, leaves a caller's transaction usable.
+    """
+    if count == 0:
         return []
-    rows_json = "[" + ",".join(_batch_row_json(new) for new in batch) + "]"
-    queues = sorted({new.queue_name for new in batch})
-    with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["enqueue_tasks"], {"rows": rows_json})
-        rows = sorted((_to_row(values) for values in cursor.fetchall()), key=lambda row: row.id)
-        cursor.execute(QUERIES["notify_queues"], {"queues": queues})
-    return rows
+    made = []
+    queues = set()
+    with transaction.atomic(using=using), prepared_cursor(using) as cursor:
+        cursor.execute(QUERIES["reserve_task_ids"], {"n": count})
+        now, ids = cursor.fetchone()
+        with cursor.cursor.copy(QUERIES["copy_tasks"]) as copy:
+            for index, (task_id, new) in enumerate(zip(ids, batch, strict=True)):
+                copy.write_row(_copy_row(task_id, new, now))
+                queues.add(new.queue_name)
+                made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
+        cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
+    return made
+
+
+def _copy_row(task_id: int, new: NewTask, now: datetime) -> tuple[Any, ...]:
+    # In copy_tasks' column order: a READY task that has never run.
+    return (
+        task_id,
+        new.task_path,
+        new.queue_name,
+        new.priority,
+        "READY",
+        new.args_json,
+        new.kwargs_json,
+        new.run_after or now,
+        now,
+        0,
+        new.max_attempts,
+        new.timeout,
+        "{}",
+        "[]",
+        False,
+    )
 
 
 def claim_tasks(
