@@ -46,7 +46,7 @@ lint: $(VENV)/.requirements-dev
 	$(VENV)/bin/mypy queueapp workers taskqueue_project
 
 bench: $(VENV)/.requirements-dev
-	$(DEVDB) with-temp -- sh -c '$(PY) bench/claim_explain.py && $(PY) bench/drain.py && $(PY) bench/latency.py && $(PY) bench/http_submit.py && $(PY) bench/console_1m.py'
+	$(DEVDB) with-temp -- sh -c '$(PY) bench/suite.py --profile && $(PY) bench/http_submit.py && $(PY) bench/console_1m.py'
 
 clean-db:
 	-$(DEVDB) stop .pgdata

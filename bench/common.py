@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,3 +66,46 @@ def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One line of the suite's table: a figure, its ceiling from the same run, the ratio, the target."""
+
+    what: str
+    figure: str
+    ceiling: str
+    ratio: str
+    target: str
+    met: bool
+
+
+def rate_figure(
+    what: str, ours: float, ceiling: float, ceiling_label: str, *, at_least: float | None
+) -> Figure:
+    """A throughput (tasks/s) against its ceiling: met when ours/ceiling >= at_least (if any)."""
+    ratio = ours / ceiling
+    return Figure(
+        what,
+        f"{ours:,.0f} tasks/s",
+        f"{ceiling:,.0f} tasks/s ({ceiling_label})",
+        f"{ratio:.0%}",
+        f">= {at_least:.0%}" if at_least is not None else "-",
+        at_least is None or ratio >= at_least,
+    )
+
+
+def clear_tasks() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE queueapp_task")
+
+
+def wait_for(condition: Callable[[], object], *, timeout: float, what: str) -> None:
+    """Poll condition until it is true; exit with what was awaited after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            sys.exit(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)

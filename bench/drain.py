@@ -1,104 +1,119 @@
-"""Drain N no-op tasks with P worker processes; the count is verified in the table.
+"""Drain N no-op tasks with 1 and 2 worker processes, next to pgbench's claim-100 ceiling.
 
-    DATABASE_URL=... .venv/bin/python bench/drain.py [N] [P] [CONCURRENCY]     (make bench runs it)
-
-Baseline in the same run: a minimal psycopg loop that claims 100 rows with the same SKIP LOCKED
-claim and marks them done, on the same machine and database: the ratio is what to compare.
+The ceiling is pgbench (-M prepared) running the worker's own claim statement for 100 rows and then
+marking them done, two commits per 100 tasks, with 2 and with 4 clients; the faster counts. Every
+drain is verified in the database: N rows, all SUCCESSFUL. Rates are taken while busy, from the
+first start to the last finish by the database clock (start-up of the processes excluded).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
+import tempfile
+from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import ROOT, Figure, clear_tasks, rate_figure, worker_env
 
-from bench.common import ROOT, scratch_database, worker_env
+RUNWORKER = [sys.executable, "manage.py", "runworker"]
+PGBENCH_WORKER = "00000000-0000-0000-0000-00000000b001"
 
 
 def fill(n: int) -> None:
     from bench import tasks
 
-    for start in range(0, n, 5000):
-        tasks.noop.enqueue_many([((), {})] * min(5000, n - start))
+    for start in range(0, n, 20_000):
+        tasks.noop.enqueue_many([((), {})] * min(20_000, n - start))
 
 
-def drain_with_workers(url: str, n: int, processes: int, concurrency: int) -> tuple[float, float]:
-    """(wall seconds including start-up, seconds from first start to last finish by the DB clock)."""
+def verified_rate(n: int) -> float:
+    """Tasks/s from first start to last finish, after checking all n succeeded; empties the table."""
     from django.db import connection
 
-    fill(n)
-    started = time.monotonic()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "runworker",
-            "--burst",
-            "--processes",
-            str(processes),
-            "--concurrency",
-            str(concurrency),
-        ],
-        cwd=ROOT,
-        env=worker_env(url),
-        capture_output=True,
-        text=True,
-    )
-    wall = time.monotonic() - started
-    if proc.returncode != 0:
-        sys.exit(f"runworker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'), count(*),"
             " extract(epoch FROM max(finished_at) - min(started_at)) FROM queueapp_task"
         )
         done, total, busy = cursor.fetchone()
-        cursor.execute("TRUNCATE queueapp_task")
+    clear_tasks()
     if done != n or total != n:
         sys.exit(f"drain lost work: {done} of {n} SUCCESSFUL ({total} rows)")
-    return wall, float(busy)
+    return n / float(busy)
 
 
-def drain_raw(url: str, n: int) -> float:
-    """The same claim shape from a bare psycopg loop: claim 100, mark them done, commit."""
-    import psycopg
-
+def drain_with_workers(n: int, processes: int, concurrency: int) -> float:
     fill(n)
-    started = time.monotonic()
-    with psycopg.connect(url, autocommit=True) as conn:
-        while True:
-            rows = conn.execute(
-                "WITH picked AS (SELECT id FROM queueapp_task WHERE status = 'READY' AND run_after <= now()"
-                " ORDER BY priority DESC, run_after, id LIMIT 100 FOR UPDATE SKIP LOCKED)"
-                " UPDATE queueapp_task t SET status = 'SUCCESSFUL', finished_at = now(),"
-                " attempts = t.attempts + 1 FROM picked WHERE t.id = picked.id RETURNING t.id"
-            ).fetchall()
-            if not rows:
-                break
-    elapsed = time.monotonic() - started
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE queueapp_task")
-    return elapsed
+    proc = subprocess.run(
+        [*RUNWORKER, "--burst", "--processes", str(processes), "--concurrency", str(concurrency)],
+        cwd=ROOT,
+        env=worker_env(os.environ["DATABASE_URL"]),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"runworker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return verified_rate(n)
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
-    processes = int(sys.argv[2]) if len(sys.argv) > 2 else 2
-    concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    with scratch_database("taskqueue_bench_drain") as url:
-        raw = drain_raw(url, n)
-        print(f"baseline  raw psycopg claim-100 loop: {n / raw:,.0f} tasks/s ({raw:.2f} s)")
-        for p in sorted({1, processes}):
-            wall, busy = drain_with_workers(url, n, p, concurrency)
-            print(
-                f"runworker --processes {p} --concurrency {concurrency}: {n / busy:,.0f} tasks/s while busy"
-                f" ({busy:.2f} s, {wall:.2f} s with start-up), {n:,} verified SUCCESSFUL;"
-                f" {n / busy / (n / raw):.1%} of the baseline"
+def pgbench_script() -> str:
+    """The worker's claim (LIMIT 100, its ids only) then one UPDATE marking those 100 done."""
+    from queueapp.sql import QUERIES
+
+    claim = QUERIES["claim_tasks"]
+    claim = claim[: claim.index("RETURNING")] + "RETURNING t.id"
+    claim = re.sub(r"--[^\n]*\n", "", claim)
+    claim = (
+        claim.replace("%(queues)s", "'{default}'")
+        .replace("%(worker_id)s", f"'{PGBENCH_WORKER}'")
+        .replace("%(limit)s", "100")
+    )
+    claim = " ".join(claim.split())
+    return (
+        f"WITH claimed AS ({claim}) SELECT string_agg(id::text, ',') AS ids FROM claimed\n\\gset\n"
+        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now()"
+        " WHERE id = ANY(string_to_array(:ids, ',')::bigint[]) AND status = 'RUNNING';\n"
+    )
+
+
+def pgbench(n: int, clients: int) -> float:
+    from queueapp import models
+
+    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    models.Worker.objects.get_or_create(
+        id=PGBENCH_WORKER,
+        defaults={"hostname": "pgbench", "pid": 0, "queues": ["default"], "concurrency": 100},
+    )
+    fill(n)
+    url = urlsplit(os.environ["DATABASE_URL"])
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+        script.write(pgbench_script())
+        script.flush()
+        command = [binary, "-n", "-M", "prepared", "-c", str(clients), "-j", str(clients)]
+        command += ["-t", str(n // 100 // clients), "-f", script.name, "-h", url.hostname or "127.0.0.1"]
+        command += ["-p", str(url.port or 5432), "-U", url.username or "postgres", url.path.lstrip("/")]
+        proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"pgbench failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return verified_rate(n)
+
+
+def figures(n: int = 20_000, concurrency: int = 32) -> list[Figure]:
+    ceiling, clients = max((pgbench(n, clients), clients) for clients in (2, 4))
+    label = f"pgbench claim-100 + done, {clients} clients"
+    rows = []
+    for processes in (1, 2):
+        rate = drain_with_workers(n, processes, concurrency)
+        rows.append(
+            rate_figure(
+                f"drain {n:,} no-ops, {processes} process(es) x {concurrency} threads",
+                rate,
+                ceiling,
+                label,
+                at_least=0.15 if processes == 2 else None,
             )
-
-
-if __name__ == "__main__":
-    main()
+        )
+    return rows

@@ -1,0 +1,109 @@
+"""Enqueue through django.tasks next to its raw ceiling from a minimal psycopg loop.
+
+One per transaction: `task.enqueue()` in autocommit, against the same INSERT + NOTIFY + COMMIT
+from psycopg (prepared, autocommit: one round trip, as little client work as there can be).
+Bulk: `task.enqueue_many()` of 20,000 tasks, against a COPY of the same rows (prepared beforehand)
+followed by the NOTIFY and the COMMIT. Both sides alternate round by round, so that a slow moment
+of this shared machine falls on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import statistics
+import time
+
+import psycopg
+
+from bench.common import Figure, clear_tasks, rate_figure
+
+COPY = (
+    "COPY queueapp_task (task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,"
+    " attempts, max_attempts, timeout, worker_ids, errors, cancel_requested) FROM STDIN"
+)
+
+
+def one_per_transaction(rounds: int = 8, per_round: int = 250) -> Figure:
+    from bench import tasks
+    from queueapp.sql import QUERIES
+
+    params = {
+        "task_path": tasks.noop.module_path,
+        "queue_name": "default",
+        "priority": 0,
+        "args": "[1]",
+        "kwargs": "{}",
+        "run_after": None,
+        "max_attempts": 3,
+        "timeout": None,
+    }
+    ours = raw = 0.0
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, prepare_threshold=0) as conn:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(per_round):
+                conn.execute(QUERIES["enqueue_task"], params).fetchone()
+            raw += time.perf_counter() - started
+            started = time.perf_counter()
+            for _ in range(per_round):
+                tasks.noop.enqueue(1)
+            ours += time.perf_counter() - started
+    clear_tasks()
+    n = rounds * per_round
+    return rate_figure(
+        "enqueue, one per transaction (`task.enqueue()`)",
+        n / ours,
+        n / raw,
+        "psycopg INSERT + NOTIFY + COMMIT, prepared",
+        at_least=0.80,
+    )
+
+
+def bulk(n: int = 20_000, rounds: int = 3) -> Figure:
+    from bench import tasks
+
+    ours, raw = [], []
+    calls = [((i,), {}) for i in range(n)]
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        for _ in range(rounds):
+            now = dt.datetime.now(dt.UTC)
+            rows = [
+                (
+                    tasks.noop.module_path,
+                    "default",
+                    0,
+                    "READY",
+                    f"[{i}]",
+                    "{}",
+                    now,
+                    now,
+                    0,
+                    3,
+                    None,
+                    "{}",
+                    "[]",
+                    False,
+                )
+                for i in range(n)
+            ]
+            started = time.perf_counter()
+            with conn.cursor().copy(COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute("SELECT pg_notify('taskqueue', 'default')")
+            conn.commit()
+            raw.append(time.perf_counter() - started)
+            clear_tasks()
+            started = time.perf_counter()
+            results = tasks.noop.enqueue_many(calls)
+            ours.append(time.perf_counter() - started)
+            assert len(results) == n
+            clear_tasks()
+    return rate_figure(
+        f"bulk enqueue of {n:,} (`task.enqueue_many()`)",
+        n / statistics.median(ours),
+        n / statistics.median(raw),
+        "COPY of the same rows + NOTIFY + COMMIT",
+        at_least=0.50,
+    )
