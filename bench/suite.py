@@ -12,6 +12,7 @@ into docs/profiles/ (a flame graph and the hottest functions).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -20,6 +21,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from django.db import DatabaseError
 
 from bench.common import ROOT, Figure, scratch_database
 
@@ -36,6 +39,16 @@ def table(figures: list[Figure]) -> str:
             f"| {f.what} | {f.figure} | {f.ceiling} | {f.ratio} | {f.target} | {'yes' if f.met else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+def settle() -> None:
+    """Start each step from a clean table and no pending writes, so no step pays for the last."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("VACUUM ANALYZE queueapp_task")
+        with contextlib.suppress(DatabaseError):  # PostgreSQL 15 wants superuser or pg_checkpoint
+            cursor.execute("CHECKPOINT")
 
 
 def environment() -> str:
@@ -70,15 +83,16 @@ def main() -> None:
         from bench import claim_cost, drain, enqueue, latency, memory, profile_worker
 
         steps = [
+            ("pickup latency", latency.figures),
             ("enqueue, one per transaction", lambda: [enqueue.one_per_transaction()]),
             ("bulk enqueue", lambda: [enqueue.bulk()]),
             ("drain", drain.figures),
-            ("pickup latency", latency.figures),
             ("worker memory", memory.figures),
             ("claim cost", claim_cost.figures),
         ]
         figures: list[Figure] = []
         for name, step in steps:
+            settle()
             print(f"... {name}", flush=True)
             for figure in step():
                 print(f"    {figure.what}: {figure.figure} vs {figure.ceiling}: {figure.ratio}", flush=True)

@@ -124,6 +124,21 @@ def test_bulk_mixes_tasks_queues_and_deferral_and_keeps_its_order(raw_conn: psyc
     assert [int(result.id) for result in results] == sorted(int(result.id) for result in results)
 
 
+def test_bulk_stores_text_that_copy_must_escape_exactly_as_given() -> None:
+    """enqueue_many formats COPY's text itself: backslashes, tabs, newlines, quotes, non-ASCII."""
+    tricky = ["back\\slash", "tab\there", "new\nline\r", 'quote " and \\N', "naïve 東京 \u2028", "\\\\N"]
+    later = timezone.now() + dt.timedelta(minutes=5)
+    results = tasks.echo.using(run_after=later).enqueue_many([((text,), {"k": text}) for text in tricky])
+    for text, result in zip(tricky, results, strict=True):
+        row = models.Task.objects.get(id=int(result.id))
+        assert (row.args, row.kwargs, row.run_after) == ([text], {"k": text}, later)
+        assert tasks.echo.get_result(result.id).args == [text]
+    timed = tasks.sleep_then_return.using(timeout=2.5, max_attempts=4).enqueue_many([((0.1,), {})])
+    row = models.Task.objects.get(id=int(timed[0].id))
+    assert (row.timeout, row.max_attempts, row.attempts, row.status) == (2.5, 4, 0, "READY")
+    assert (row.worker_ids, row.errors, row.cancel_requested) == ([], [], False)
+
+
 def test_enqueue_is_prepared_once_on_the_callers_connection() -> None:
     from django.db import connection
 
