@@ -12,7 +12,6 @@ into docs/profiles/ (a flame graph and the hottest functions).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import platform
@@ -21,8 +20,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from django.db import DatabaseError
 
 from bench.common import ROOT, Figure, scratch_database
 
@@ -42,13 +39,11 @@ def table(figures: list[Figure]) -> str:
 
 
 def settle() -> None:
-    """Start each step from a clean table and no pending writes, so no step pays for the last."""
+    """Start each step from a vacuumed table, so that no step pays for the dead rows of the last."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE queueapp_task")
-        with contextlib.suppress(DatabaseError):  # PostgreSQL 15 wants superuser or pg_checkpoint
-            cursor.execute("CHECKPOINT")
 
 
 def environment() -> str:

@@ -139,6 +139,28 @@ def test_bulk_stores_text_that_copy_must_escape_exactly_as_given() -> None:
     assert (row.worker_ids, row.errors, row.cancel_requested) == ([], [], False)
 
 
+def test_a_few_tasks_insert_row_by_row_and_ten_or_more_go_by_copy() -> None:
+    """A REST submission of one task must not pay COPY's set-up (ids, COPY, NOTIFY, a savepoint)."""
+    from django.db import connection
+
+    seen: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(
+            "insert" if "INSERT INTO queueapp_task" in sql else "ids" if "nextval" in sql else "other"
+        )
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        tasks.echo.enqueue_many([((i,), {}) for i in range(9)])
+        few = list(seen)
+        seen.clear()
+        tasks.echo.enqueue_many([((i,), {}) for i in range(10)])
+    assert few == ["insert"] * 9
+    assert seen == ["ids", "other"]  # then the COPY itself, then one NOTIFY per queue
+    assert models.Task.objects.count() == 19
+
+
 def test_enqueue_is_prepared_once_on_the_callers_connection() -> None:
     from django.db import connection
 

@@ -60,6 +60,32 @@ def test_one_worker_with_concurrency_1_runs_strictly_by_priority(
     assert executed == [args[0] for args in expected]
 
 
+def test_a_success_the_database_refuses_fails_alone_and_the_rest_of_its_round_is_recorded(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    """Successes are recorded a round at a time; when the database refuses one (here a CHECK the
+    test adds, in life a trigger or a value jsonb cannot hold), the round's others still succeed
+    and that one fails with the database's error."""
+    raw_conn.execute(
+        "ALTER TABLE queueapp_task ADD CONSTRAINT test_refuse"
+        ' CHECK (NOT return_value @> \'{"args": ["refuse"]}\')'
+    )
+    try:
+        refused = tasks.echo.using(max_attempts=1).enqueue("refuse")
+        fine = tasks.echo.enqueue_many([((i,), {}) for i in range(40)])
+        worker = workers("--concurrency", "16", "--burst")
+        assert worker.wait(60) == 0, worker.output()
+        assert "round_refused" in worker.log_path.read_text()
+        row = models.Task.objects.get(id=int(refused.id))
+        assert row.status == "FAILED"
+        assert row.errors[0]["exception_class_path"] == "django.db.utils.IntegrityError"
+        assert "test_refuse" in row.errors[0]["message"]
+        succeeded = models.Task.objects.filter(id__in=[int(r.id) for r in fine], status="SUCCESSFUL")
+        assert succeeded.count() == 40
+    finally:
+        raw_conn.execute("ALTER TABLE queueapp_task DROP CONSTRAINT test_refuse")
+
+
 def listener_pids(raw_conn: psycopg.Connection) -> list[int]:
     rows = raw_conn.execute(
         "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"

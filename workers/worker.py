@@ -189,16 +189,15 @@ class Worker:
             logger.warning("round_refused error=%s: recording %s successes one by one", exc, len(successes))
             for attempt in attempts:
                 self.executor.record_alone(attempt)
-            done = {}, []
-        if done is None:  # the database is away: try again next round
+            done = self.producer.run_once(limit)  # the claim that round did not make
+        if done is None:  # the database is away: what is not recorded yet goes in the next round
             with self.lock:
-                self.succeeded[:0] = attempts
+                self.succeeded[:0] = [attempt for attempt in attempts if attempt.outcome is None]
+                self.forget([attempt for attempt in attempts if attempt.outcome is not None])
             return 0
         statuses, rows = done
         with self.lock:
-            for attempt in attempts:
-                del self.held[attempt.row.id]
-            self.done_count += len(attempts)
+            self.forget(attempts)
             for row in rows:
                 self.held[row.id] = row
         for row in rows:
@@ -207,6 +206,12 @@ class Worker:
             if attempt.outcome is None:
                 self.executor.complete(attempt, statuses.get(attempt.row.id))
         return len(rows)
+
+    def forget(self, attempts: list[Attempt]) -> None:
+        """Recorded attempts free their slots (call with the lock held)."""
+        for attempt in attempts:
+            del self.held[attempt.row.id]
+        self.done_count += len(attempts)
 
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
