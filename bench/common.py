@@ -109,3 +109,34 @@ def wait_for(condition: Callable[[], object], *, timeout: float, what: str) -> N
         if time.monotonic() > deadline:
             sys.exit(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.1)
+
+
+def scalar(sql: str) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return int(cursor.fetchone()[0])
+
+
+def wait_listening(processes: int) -> None:
+    """Until that many worker processes LISTEN on this database (started up and registered)."""
+    wait_for(
+        lambda: (
+            scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
+                " AND datname = current_database() AND query = 'LISTEN taskqueue'"
+            )
+            >= processes
+        ),
+        timeout=60,
+        what=f"{processes} worker process(es) to LISTEN",
+    )
+
+
+def wait_succeeded(n: int, timeout: float = 600) -> None:
+    wait_for(
+        lambda: scalar("SELECT count(*) FROM queueapp_task WHERE status = 'SUCCESSFUL'") >= n,
+        timeout=timeout,
+        what=f"{n:,} tasks to succeed",
+    )

@@ -1,9 +1,11 @@
 """Drain N no-op tasks with 1 and 2 worker processes, next to pgbench's claim-100 ceiling.
 
+The workers are started first and wait, idle and LISTENing; then the N tasks are committed in one
+transaction, and the drain is timed from the first start to the last finish by the database clock.
+
 The ceiling is pgbench (-M prepared) running the worker's own claim statement for 100 rows and then
 marking them done, two commits per 100 tasks, with 2 and with 4 clients; the faster counts. Every
-drain is verified in the database: N rows, all SUCCESSFUL. Rates are taken while busy, from the
-first start to the last finish by the database clock (start-up of the processes excluded).
+drain is verified in the database: N rows, all SUCCESSFUL.
 """
 
 from __future__ import annotations
@@ -11,22 +13,27 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from urllib.parse import urlsplit
 
-from bench.common import ROOT, Figure, clear_tasks, rate_figure, worker_env
+from bench.common import ROOT, Figure, clear_tasks, rate_figure, wait_listening, wait_succeeded, worker_env
 
 RUNWORKER = [sys.executable, "manage.py", "runworker"]
 PGBENCH_WORKER = "00000000-0000-0000-0000-00000000b001"
 
 
 def fill(n: int) -> None:
+    """n no-op tasks, committed at once."""
+    from django.db import transaction
+
     from bench import tasks
 
-    for start in range(0, n, 20_000):
-        tasks.noop.enqueue_many([((), {})] * min(20_000, n - start))
+    with transaction.atomic():
+        for start in range(0, n, 20_000):
+            tasks.noop.enqueue_many([((), {})] * min(20_000, n - start))
 
 
 def verified_rate(n: int) -> float:
@@ -46,16 +53,20 @@ def verified_rate(n: int) -> float:
 
 
 def drain_with_workers(n: int, processes: int, concurrency: int) -> float:
-    fill(n)
-    proc = subprocess.run(
-        [*RUNWORKER, "--burst", "--processes", str(processes), "--concurrency", str(concurrency)],
+    """Workers started and idle first, then n tasks committed at once: no process starts late."""
+    worker = subprocess.Popen(
+        [*RUNWORKER, "--processes", str(processes), "--concurrency", str(concurrency)],
         cwd=ROOT,
         env=worker_env(os.environ["DATABASE_URL"]),
-        capture_output=True,
-        text=True,
     )
-    if proc.returncode != 0:
-        sys.exit(f"runworker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    try:
+        wait_listening(processes)
+        fill(n)
+        wait_succeeded(n)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        if worker.wait(60) != 0:
+            sys.exit(f"runworker exited {worker.returncode}")
     return verified_rate(n)
 
 

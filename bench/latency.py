@@ -14,7 +14,7 @@ import time
 
 import psycopg
 
-from bench.common import ROOT, Figure, clear_tasks, percentile, wait_for, worker_env
+from bench.common import ROOT, Figure, clear_tasks, percentile, wait_listening, wait_succeeded, worker_env
 from bench.drain import RUNWORKER
 
 
@@ -43,14 +43,6 @@ def notify_round_trips(count: int, rate: float) -> list[float]:
     return [(arrivals[key] - sent[key]) * 1000 for key in sent if key in arrivals]
 
 
-def count(sql: str) -> int:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return int(cursor.fetchone()[0])
-
-
 def pickup(count_: int, rate: float, processes: int) -> list[float]:
     from django.db import connection
 
@@ -62,26 +54,12 @@ def pickup(count_: int, rate: float, processes: int) -> list[float]:
         env=worker_env(os.environ["DATABASE_URL"]),
     )
     try:
-        wait_for(
-            lambda: (
-                count(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
-                    " AND datname = current_database() AND query = 'LISTEN taskqueue'"
-                )
-                >= processes
-            ),
-            timeout=60,
-            what="the workers to LISTEN",
-        )
+        wait_listening(processes)
         time.sleep(1)  # past the workers' first poll: from now on only NOTIFY wakes them
         for _ in range(count_):
             tasks.noop.enqueue()
             time.sleep(1 / rate)
-        wait_for(
-            lambda: count("SELECT count(*) FROM queueapp_task WHERE status <> 'SUCCESSFUL'") == 0,
-            timeout=60,
-            what="every task to succeed",
-        )
+        wait_succeeded(count_, timeout=60)
         with connection.cursor() as cursor:
             cursor.execute("SELECT extract(epoch FROM started_at - enqueued_at) * 1000 FROM queueapp_task")
             latencies = [float(row[0]) for row in cursor.fetchall()]

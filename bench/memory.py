@@ -12,9 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bench.common import ROOT, Figure, clear_tasks, wait_for, worker_env
+from bench.common import ROOT, Figure, clear_tasks, wait_listening, wait_succeeded, worker_env
 from bench.drain import RUNWORKER, fill
-from bench.latency import count
 
 
 def rss_kib(pid: int) -> int:
@@ -31,21 +30,10 @@ def figures(n: int = 200_000, concurrency: int = 32) -> list[Figure]:
         env=worker_env(os.environ["DATABASE_URL"]),
     )
     try:
-        wait_for(
-            lambda: count(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
-                " AND datname = current_database() AND query = 'LISTEN taskqueue'"
-            ),
-            timeout=60,
-            what="the worker to LISTEN",
-        )
+        wait_listening(1)
         start = rss_kib(worker.pid)
         fill(n)
-        wait_for(
-            lambda: count("SELECT count(*) FROM queueapp_task WHERE status = 'SUCCESSFUL'") == n,
-            timeout=600,
-            what=f"{n:,} tasks to succeed",
-        )
+        wait_succeeded(n)
         after = rss_kib(worker.pid)
     finally:
         worker.send_signal(signal.SIGTERM)
