@@ -89,7 +89,7 @@ def rate_figure(
         what,
         f"{ours:,.0f} tasks/s",
         f"{ceiling:,.0f} tasks/s ({ceiling_label})",
-        f"{ratio:.0%}",
+        f"{ratio:.1%}",
         f">= {at_least:.0%}" if at_least is not None else "-",
         at_least is None or ratio >= at_least,
     )

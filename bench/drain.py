@@ -20,6 +20,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 from bench.common import ROOT, Figure, clear_tasks, rate_figure, wait_listening, wait_succeeded, worker_env
+from taskqueue_project.devdb import find_bindir
 
 RUNWORKER = [sys.executable, "manage.py", "runworker"]
 PGBENCH_WORKER = "00000000-0000-0000-0000-00000000b001"
@@ -93,7 +94,7 @@ def pgbench_script() -> str:
 def pgbench(n: int, clients: int) -> float:
     from queueapp import models
 
-    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    binary = shutil.which("pgbench") or str(find_bindir() / "pgbench")  # beside initdb
     models.Worker.objects.get_or_create(
         id=PGBENCH_WORKER,
         defaults={"hostname": "pgbench", "pid": 0, "queues": ["default"], "concurrency": 100},
