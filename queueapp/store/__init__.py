@@ -1,4 +1,5 @@
-"""The only place that runs queue SQL (queueapp/sql/queries.sql), on Django's connections.
+"""The only place that runs queue SQL (queueapp/sql/queries.sql): on Django's connections, and for
+a worker's rounds on a psycopg connection of the worker's own (store.WorkerSession).
 
 Enqueue runs on the caller's connection and so in the caller's transaction. Every write a worker
 makes after its claim is fenced by (worker_id, attempt) and returns None/False when the task was
