@@ -280,3 +280,36 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         assert sum("unnest" in text for text in prepared) == 1
     finally:
         producer.close()
+
+
+def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_successes_known() -> None:
+    """A round's COMMIT can go through while its answer is lost (the server restarting, the network
+    cut). Its claims would stay RUNNING under a live worker that never heard of them, which no
+    reaper takes back; its successes would be sent again and look taken away."""
+    from workers.config import WorkerConfig
+    from workers.worker import Worker
+
+    tasks.add.enqueue_many(((i, i), {}) for i in range(6))
+    worker = Worker(WorkerConfig.from_settings(concurrency=2))
+    worker.register()
+    try:
+        assert worker.round(claim=True) == 2
+        first, second = (worker.inbox.get_nowait() for _ in range(2))
+        done = worker.executor.run(first)
+        assert done.success is not None
+        worker.succeeded.append(done)
+
+        # The lost round: it records `first` and claims one more, then its answer never arrives.
+        assert worker.producer.session.round([done.success], 1) is not None
+        worker.uncertain = True
+
+        assert worker.round(claim=True) == 1  # reconciles first, then a normal round
+        assert done.outcome == "SUCCESSFUL"
+        assert not worker.uncertain
+        running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id)
+        assert sorted(running.values_list("id", flat=True)) == sorted(worker.held)
+        assert second.id in worker.held
+        assert models.Task.objects.get(id=first.id).status == "SUCCESSFUL"
+        assert set(models.Task.objects.filter(status="READY").values_list("attempts", flat=True)) == {0}
+    finally:
+        worker.producer.close()

@@ -44,5 +44,16 @@ class Producer:
                 metrics.PICKUP_LATENCY.observe(max((row.started_at - row.run_after).total_seconds(), 0.0))
         return statuses, rows
 
+    def reconcile(
+        self, held: Sequence[int], successes: Sequence[store.Success]
+    ) -> tuple[list[int], dict[int, str]] | None:
+        """WorkerSession.reconcile, or None when the database is still away."""
+        try:
+            return self.session.reconcile(held, successes)
+        except db.CONNECTION_ERRORS as exc:
+            logger.warning("reconcile_failed error=%s", exc)
+            self.session.close()
+            return None
+
     def close(self) -> None:
         self.session.close()

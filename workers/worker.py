@@ -74,6 +74,8 @@ class Worker:
         """Claimed and not yet recorded: waiting in the inbox, running, or succeeded (below)."""
         self.succeeded: list[Attempt] = []
         """Run to success, to be recorded by the next round."""
+        self.uncertain = False
+        """A round failed for want of the database: it may have committed all the same."""
         self.done_count = 0
         self.services_stop = threading.Event()
         self.listener = Listener(
@@ -175,6 +177,8 @@ class Worker:
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
         tasks were claimed."""
+        if self.uncertain and not self.reconcile():
+            return 0
         with self.lock:
             attempts, self.succeeded = self.succeeded, []
             limit = self.free_slots(recording=len(attempts)) if claim else 0
@@ -191,6 +195,7 @@ class Worker:
                 self.executor.record_alone(attempt)
             done = self.producer.run_once(limit)  # the claim that round did not make
         if done is None:  # the database is away: what is not recorded yet goes in the next round
+            self.uncertain = True
             with self.lock:
                 self.succeeded[:0] = [attempt for attempt in attempts if attempt.outcome is None]
                 self.forget([attempt for attempt in attempts if attempt.outcome is not None])
@@ -206,6 +211,33 @@ class Worker:
             if attempt.outcome is None:
                 self.executor.complete(attempt, statuses.get(attempt.row.id))
         return len(rows)
+
+    def reconcile(self) -> bool:
+        """After a failed round, before the next: that round's COMMIT may have gone through with only
+        its answer lost. Its claims (RUNNING under this worker, unknown here) are released; its
+        successes that were recorded are reported as such, not sent again. False if still away."""
+        with self.lock:
+            held = list(self.held)
+            pending = list(self.succeeded)
+        found = self.producer.reconcile(held, [attempt.success for attempt in pending if attempt.success])
+        if found is None:
+            return False
+        released, statuses = found
+        recorded = [attempt for attempt in pending if attempt.row.id in statuses]
+        with self.lock:
+            self.succeeded = [attempt for attempt in self.succeeded if attempt.row.id not in statuses]
+            self.forget(recorded)
+        for attempt in recorded:
+            self.executor.complete(attempt, statuses[attempt.row.id])
+        if released or recorded:
+            logger.warning(
+                "round_reconciled worker=%s released=%s recorded=%s: the failed round had committed",
+                self.id,
+                len(released),
+                len(recorded),
+            )
+        self.uncertain = False
+        return True
 
     def forget(self, attempts: list[Attempt]) -> None:
         """Recorded attempts free their slots (call with the lock held)."""

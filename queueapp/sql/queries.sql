@@ -61,6 +61,25 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.status, t.args, t.kwarg
           t.enqueued_at, t.started_at, t.finished_at, t.attempts, t.max_attempts, t.worker_id,
           t.worker_ids, t.errors, t.return_value, t.cancel_requested, t.timeout;
 
+-- release_unknown_claims --
+-- After a round whose outcome is unknown (the connection broke before its COMMIT's answer came
+-- back) the claim in it may have committed: tasks RUNNING under this worker that it does not hold
+-- in memory were claimed by that round and never started. They go back to READY, the attempt not
+-- counted, as at shutdown. Nothing else claims for this worker, so nothing else is in that set.
+UPDATE queueapp_task t
+SET status = 'READY', worker_id = NULL, attempts = t.attempts - 1, started_at = NULL,
+    worker_ids = t.worker_ids[1:cardinality(t.worker_ids) - 1]
+WHERE t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND NOT (t.id = ANY(%(held)s::bigint[]))
+RETURNING t.id;
+
+-- recorded_successes --
+-- The same uncertainty for the successes sent in that round: those this attempt already recorded.
+-- Only this worker's own finish sets SUCCESSFUL or CANCELLED under its id and attempt.
+SELECT t.id, t.status
+FROM queueapp_task t
+JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt) ON t.id = r.id
+WHERE t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt AND t.status IN ('SUCCESSFUL', 'CANCELLED');
+
 -- finish_tasks --
 -- Fenced, for a whole batch: one row per (id, attempt, return value) that still belongs to this
 -- worker and attempt; a task taken away meanwhile matches nothing and is left out of RETURNING.

@@ -97,6 +97,26 @@ class WorkerSession:
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(claim.fetchall()) if claim else []
 
+    def reconcile(
+        self, held: Sequence[int], successes: Sequence[Success]
+    ) -> tuple[list[int], dict[int, str]]:
+        """After a round whose outcome is unknown: release the claims this worker does not hold (ids
+        returned) and say which successes that round recorded after all (status by task id)."""
+        if self.conn is None:
+            self.conn = self.connect()
+        conn = self.conn
+        recorded = None
+        with conn.pipeline(), conn.transaction():
+            released = conn.execute(
+                QUERIES["release_unknown_claims"], {"worker_id": self.worker_id, "held": list(held)}
+            )
+            if successes:
+                params = finish_params(self.worker_id, successes)
+                del params["return_values"]
+                recorded = conn.execute(QUERIES["recorded_successes"], params)
+        statuses = {task_id: status for task_id, status in recorded.fetchall()} if recorded else {}
+        return [task_id for (task_id,) in released.fetchall()], statuses
+
     def close(self) -> None:
         """Drop the connection (after an error that may have broken it); the next round reconnects."""
         if self.conn is not None:
