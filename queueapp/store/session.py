@@ -32,11 +32,18 @@ class Success:
     return_value_json: str
 
 
-def finish_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, Any]:
+def attempt_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, Any]:
+    """Which tasks and attempts, for the fenced statements about successes."""
     return {
         "worker_id": worker_id,
         "ids": [success.task_id for success in successes],
         "attempts": [success.attempt for success in successes],
+    }
+
+
+def finish_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, Any]:
+    return {
+        **attempt_params(worker_id, successes),
         "return_values": [success.return_value_json for success in successes],
     }
 
@@ -111,8 +118,7 @@ class WorkerSession:
                 QUERIES["release_unknown_claims"], {"worker_id": self.worker_id, "held": list(held)}
             )
             if successes:
-                params = finish_params(self.worker_id, successes)
-                del params["return_values"]
+                params = attempt_params(self.worker_id, successes)
                 recorded = conn.execute(QUERIES["recorded_successes"], params)
         statuses = {task_id: status for task_id, status in recorded.fetchall()} if recorded else {}
         return [task_id for (task_id,) in released.fetchall()], statuses
