@@ -21,8 +21,10 @@ def _octet_length(field: str) -> Func:
 
 
 class TaskStatus(models.TextChoices):
+    SCHEDULED = "SCHEDULED", "Scheduled"
+    """Not due yet: deferred, or waiting for a retry (run_after is later). The stager makes it READY."""
     READY = "READY", "Ready"
-    """Waiting to run: new, or waiting for a retry (then run_after is later)."""
+    """Due: the claim takes READY tasks by priority, then run_after, then id."""
     RUNNING = "RUNNING", "Running"
     """Claimed by a worker, which holds it through the fenced worker_id and attempt."""
     SUCCESSFUL = "SUCCESSFUL", "Successful"
@@ -33,7 +35,10 @@ class TaskStatus(models.TextChoices):
     """Terminal: cancelled before it could finish. django.tasks sees it as FAILED."""
 
 
+LIVE_STATUSES = (TaskStatus.SCHEDULED, TaskStatus.READY, TaskStatus.RUNNING)
+"""Statuses of tasks that can still run: they live in queueapp_task_live."""
 TERMINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED)
+"""Statuses of finished tasks: they live in queueapp_task_history, partitioned by finished_at."""
 
 
 class WorkerState(models.TextChoices):
@@ -72,8 +77,9 @@ class Worker(models.Model):
         return f"{self.hostname}:{self.pid} ({self.id})"
 
 
-class Task(models.Model):
-    """One enqueued call of a django.tasks Task and everything that happened to it."""
+class TaskColumns(models.Model):
+    """The columns of a task, the same in the live table, the history table and the view over both
+    (a finished task moves from one table to the other as it is, so its id never changes)."""
 
     id = models.BigAutoField(primary_key=True)
     task_path = models.CharField(max_length=255)
@@ -86,17 +92,11 @@ class Task(models.Model):
     """Earliest start; the enqueue time unless deferred or waiting for a retry."""
     enqueued_at = models.DateTimeField(db_default=models.functions.Now())
     started_at = models.DateTimeField(null=True, blank=True)
-    """Start of the latest attempt."""
+    """Start of the latest attempt (the time it was claimed)."""
     finished_at = models.DateTimeField(null=True, blank=True)
     attempts = models.IntegerField(default=0)
     """Attempts started so far; the claim increments it, so it fences every later write."""
     max_attempts = models.IntegerField(default=3)
-    # No full index on worker_id: every claim and finish writes it; task_running_worker_idx
-    # (partial, RUNNING only) serves the reaper and the workers page.
-    worker = models.ForeignKey(
-        Worker, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_index=False
-    )
-    """The worker running the current attempt (None unless RUNNING)."""
     worker_ids = ArrayField(models.UUIDField(), default=list, blank=True)
     """Every worker that started an attempt, in order (django.tasks' TaskResult.worker_ids)."""
     errors = models.JSONField(default=list, blank=True)
@@ -108,64 +108,130 @@ class Task(models.Model):
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
 
     class Meta:
-        permissions = [
-            ("retry_task", "Can retry failed or cancelled tasks"),
-            ("cancel_task", "Can cancel tasks"),
-            ("reprioritize_task", "Can change the priority of waiting tasks"),
-        ]
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.task_path} #{self.id}"
+
+
+class LiveTask(TaskColumns):
+    """A task that can still run (SCHEDULED, READY, RUNNING): the lean table of the hot path.
+
+    Every index here is paid by every enqueue, claim and finish, so it has only those of the claim,
+    the stager, the reaper and back pressure. A task leaves it, for TaskHistory, in the statement
+    that records its end.
+    """
+
+    # No foreign key constraint: every claim writes worker_id, and the constraint's trigger would
+    # read and KEY SHARE-lock the worker's row for each claimed task. The claim checks instead that
+    # its worker is ALIVE, once per statement. No full index either: task_live_running_idx
+    # (partial, RUNNING only) serves the reaper and the workers page.
+    worker = models.ForeignKey(
+        Worker,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="live_tasks",
+    )
+    """The worker running the current attempt (None unless RUNNING)."""
+
+    class Meta:
+        db_table = "queueapp_task_live"
         indexes = [
             # The claim: WHERE status = 'READY' ORDER BY priority DESC, run_after, id. The claim
-            # reads it in order and stops after LIMIT rows; queue_name and run_after are checked
-            # on the way (a queue_name column first would need a sort once several queues are asked).
+            # reads it in order and stops after LIMIT rows; queue_name is checked on the way (a
+            # queue_name column first would need a sort once several queues are asked). Only due
+            # tasks are READY, so deferred ones never lie in the claim's path.
             models.Index(
                 models.F("priority").desc(),
                 "run_after",
                 "id",
-                name="task_claim_idx",
+                name="task_live_claim_idx",
                 condition=Q(status="READY"),
             ),
+            # The stager: SCHEDULED tasks by the time they become due.
+            models.Index(fields=["run_after"], name="task_live_due_idx", condition=Q(status="SCHEDULED")),
             # Back pressure counts one queue's READY tasks (up to its limit) without walking the others.
-            models.Index(fields=["queue_name"], name="task_ready_queue_idx", condition=Q(status="READY")),
-            # The console's and the API's filters, newest first (each scans one index backwards).
-            models.Index(fields=["status", "id"], name="task_status_id_idx"),
-            models.Index(fields=["queue_name", "id"], name="task_queue_id_idx"),
-            models.Index(fields=["task_path", "id"], name="task_path_id_idx"),
-            # Throughput and latency over recent minutes (API stats, console, metrics); it covers what
-            # the per-minute charts read, so they count from the index alone.
             models.Index(
-                fields=["finished_at"],
-                name="task_finished_idx",
-                condition=Q(finished_at__isnull=False),
-                include=["status", "attempts", "started_at", "run_after"],
+                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status="READY")
             ),
-            # The reaper: RUNNING tasks of a lost worker.
-            models.Index(fields=["worker"], name="task_running_worker_idx", condition=Q(status="RUNNING")),
+            # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
+            models.Index(fields=["worker"], name="task_live_running_idx", condition=Q(status="RUNNING")),
         ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(priority__gte=TASK_MIN_PRIORITY, priority__lte=TASK_MAX_PRIORITY),
-                name="task_priority_range",
+                name="task_live_priority_range",
             ),
-            models.CheckConstraint(condition=Q(status__in=TaskStatus.values), name="task_status_known"),
-            models.CheckConstraint(condition=Q(attempts__gte=0), name="task_attempts_non_negative"),
-            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="task_max_attempts_positive"),
+            models.CheckConstraint(condition=Q(status__in=LIVE_STATUSES), name="task_live_status_live"),
+            models.CheckConstraint(condition=Q(attempts__gte=0), name="task_live_attempts_non_negative"),
+            models.CheckConstraint(condition=Q(max_attempts__gte=1), name="task_live_max_attempts_positive"),
             models.CheckConstraint(
-                condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_timeout_positive"
+                condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_live_timeout_positive"
             ),
             models.CheckConstraint(
                 condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
-                name="task_running_has_worker",
+                name="task_live_running_has_worker",
             ),
             models.CheckConstraint(
                 condition=LessThanOrEqual(
                     _octet_length("args") + _octet_length("kwargs"), ARGS_HARD_LIMIT_BYTES
                 ),
-                name="task_args_size_cap",
+                name="task_live_args_size_cap",
             ),
         ]
 
-    def __str__(self) -> str:
-        return f"{self.task_path} #{self.id}"
+
+class TaskHistory(TaskColumns):
+    """A finished task (SUCCESSFUL, FAILED, CANCELLED). The table is range-partitioned by
+    finished_at, one partition a day, so that retention drops partitions instead of deleting rows;
+    its migration creates it (Django cannot declare partitions) and store.history keeps the
+    partitions ahead. Indexes (per partition): id, (status, id), (queue_name, id), (task_path, id),
+    and finished_at covering the charts' columns."""
+
+    worker = models.ForeignKey(
+        Worker,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="+",
+    )
+    """The worker that ran the last attempt."""
+
+    class Meta:
+        # Managed so that Django's test flush empties it; migration 0002 creates it (partitioned,
+        # which Django cannot declare) with its indexes, so there are none here to keep apart.
+        db_table = "queueapp_task_history"
+
+
+class Task(TaskColumns):
+    """Every task, live or finished: a read-only view (UNION ALL of both tables) for the console,
+    the API and get_result. Each task is in exactly one of the tables at any moment, because it
+    moves in one statement. Writes go through queueapp.store."""
+
+    worker = models.ForeignKey(
+        Worker,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="tasks",
+    )
+    """The worker running the current attempt, or that ran the last one."""
+
+    class Meta:
+        managed = False
+        db_table = "queueapp_task"
+        permissions = [
+            ("retry_task", "Can retry failed or cancelled tasks"),
+            ("cancel_task", "Can cancel tasks"),
+            ("reprioritize_task", "Can change the priority of waiting tasks"),
+        ]
 
 
 class ApiKey(models.Model):

@@ -2,21 +2,29 @@
 -- Times always come from the database's now(), never from a worker's clock.
 -- Every write a worker makes after its claim is fenced on (status, worker_id, attempts): when a
 -- reaper or a cancel took the task away, the write matches zero rows and changes nothing.
+--
+-- Tasks that can still run (SCHEDULED, READY, RUNNING) live in queueapp_task_live, which carries
+-- only the indexes of the claim, the stager, the reaper and back pressure. A task that ends moves to
+-- queueapp_task_history (partitioned by finished_at) in the statement that records its end: a
+-- DELETE ... RETURNING from live feeding an INSERT into history, so that no snapshot sees it twice
+-- or not at all. A concurrent statement that meets the deleted row (READ COMMITTED) skips it, as it
+-- would skip a row whose status no longer matches. The view queueapp_task shows both, for reads.
 
 -- enqueue_task --
 -- The INSERT and its NOTIFY run in the caller's transaction: a rollback enqueues nothing, a
 -- commit wakes a listening worker. PostgreSQL folds identical notifications (same channel and
--- payload) within one transaction, so a loop of enqueues still sends one per queue. A deferred
--- task wakes nobody: the workers' polling picks it up when it is due.
+-- payload) within one transaction, so a loop of enqueues still sends one per queue. A task due
+-- later is SCHEDULED and wakes nobody: the stager makes it READY (and notifies) when it is due.
 WITH inserted AS (
-  INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs, run_after,
-                             enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
-  VALUES (%(task_path)s, %(queue_name)s, %(priority)s, 'READY', %(args)s::jsonb, %(kwargs)s::jsonb,
-          coalesce(%(run_after)s::timestamptz, now()), now(), 0, %(max_attempts)s, %(timeout)s::float8,
-          '{}', '[]', false)
-  RETURNING id, run_after, enqueued_at, queue_name
+  INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
+                                  enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
+  SELECT %(task_path)s, %(queue_name)s, %(priority)s,
+         CASE WHEN due.run_after > now() THEN 'SCHEDULED' ELSE 'READY' END, %(args)s::jsonb, %(kwargs)s::jsonb,
+         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false
+  FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
+  RETURNING id, run_after, enqueued_at, queue_name, status
 )
-SELECT id, run_after, enqueued_at, CASE WHEN run_after <= now() THEN pg_notify('taskqueue', queue_name) END
+SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
 FROM inserted;
 
 -- reserve_task_ids --
@@ -29,9 +37,10 @@ SELECT now(), array(SELECT nextval('queueapp_task_id_seq') FROM generate_series(
 
 -- copy_tasks --
 -- Bulk enqueue, step 2, in the same transaction: the rows themselves, by COPY (no parsing of a
--- VALUES list or a JSON array). The caller sends one notification per queue afterwards.
-COPY queueapp_task (id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
-                    attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
+-- VALUES list or a JSON array); store sets each row's status (SCHEDULED when due after the
+-- transaction's now()). The caller then notifies each queue that got a READY task.
+COPY queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
+                         attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
 FROM STDIN;
 
 -- notify_queues --
@@ -42,9 +51,10 @@ SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 -- The CTE is an optimisation fence: as `id IN (SELECT ... LIMIT ... FOR UPDATE)` PostgreSQL may
 -- run the subquery more than once and claim more than LIMIT rows. SKIP LOCKED lets concurrent
 -- claimers pass each other's locked rows instead of queueing behind them. The ORDER BY matches
--- task_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows.
+-- task_live_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows;
+-- only due tasks are READY, so no deferred entry lies in its path (run_after <= now() is a guard).
 WITH picked AS (
-  SELECT id FROM queueapp_task
+  SELECT id FROM queueapp_task_live
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
     -- A worker already marked LOST (a zombie back from a pause) claims nothing.
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
@@ -52,7 +62,7 @@ WITH picked AS (
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
 )
-UPDATE queueapp_task t
+UPDATE queueapp_task_live t
 SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, started_at = now(),
     worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
 FROM picked
@@ -66,62 +76,109 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.status, t.args, t.kwarg
 -- back) the claim in it may have committed: tasks RUNNING under this worker that it does not hold
 -- in memory were claimed by that round and never started. They go back to READY, the attempt not
 -- counted, as at shutdown. Nothing else claims for this worker, so nothing else is in that set.
-UPDATE queueapp_task t
+UPDATE queueapp_task_live t
 SET status = 'READY', worker_id = NULL, attempts = t.attempts - 1, started_at = NULL,
     worker_ids = t.worker_ids[1:cardinality(t.worker_ids) - 1]
 WHERE t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND NOT (t.id = ANY(%(held)s::bigint[]))
 RETURNING t.id;
 
 -- recorded_successes --
--- The same uncertainty for the successes sent in that round: those this attempt already recorded.
--- Only this worker's own finish sets SUCCESSFUL or CANCELLED under its id and attempt.
+-- The same uncertainty for the successes sent in that round: those this attempt already recorded
+-- (moved to history under this worker and attempt). Only this worker's own finish does that.
 SELECT t.id, t.status
-FROM queueapp_task t
+FROM queueapp_task_history t
 JOIN unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt) ON t.id = r.id
 WHERE t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt AND t.status IN ('SUCCESSFUL', 'CANCELLED');
 
 -- finish_tasks --
--- Fenced, for a whole batch: one row per (id, attempt, return value) that still belongs to this
--- worker and attempt; a task taken away meanwhile matches nothing and is left out of RETURNING.
--- A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
-UPDATE queueapp_task t
-SET status = CASE WHEN t.cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
-    return_value = CASE WHEN t.cancel_requested THEN NULL ELSE r.return_value::jsonb END,
-    finished_at = now()
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(return_values)s::text[]) AS r(id, attempt, return_value)
-WHERE t.id = r.id AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt
-RETURNING t.id, t.status;
+-- Fenced, for a whole batch: every (id, attempt, return value) that still belongs to this worker
+-- and attempt moves to history; a task taken away meanwhile matches nothing and is left out of
+-- RETURNING. A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
+WITH done AS (
+  DELETE FROM queueapp_task_live t
+  USING unnest(%(ids)s::bigint[], %(attempts)s::int[], %(return_values)s::text[]) AS r(id, attempt, return_value)
+  WHERE t.id = r.id AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt
+  RETURNING t.*, r.return_value AS result
+)
+INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
+                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
+                                   errors, return_value, timeout, cancel_requested, worker_id)
+SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
+       args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids, errors,
+       CASE WHEN cancel_requested THEN NULL ELSE result::jsonb END, timeout, cancel_requested, worker_id
+FROM done
+RETURNING id, status;
 
 -- fail_task --
--- Fenced. Appends the attempt's error, then: CANCELLED if a cancel was requested, READY again
--- after an exponential backoff with jitter (from the database clock) while attempts remain,
--- else FAILED. The retry condition is spelled out in each CASE because every SET expression
--- must see the row as it was before this UPDATE.
-UPDATE queueapp_task
-SET errors = errors || jsonb_build_array(%(error)s::jsonb),
-    status = CASE WHEN cancel_requested THEN 'CANCELLED'
-                  WHEN attempts < max_attempts THEN 'READY'
-                  ELSE 'FAILED' END,
-    run_after = CASE WHEN NOT cancel_requested AND attempts < max_attempts
-                     THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
-                              %(backoff_base)s::float8 * power(2, attempts - 1)) * (0.5 + random() / 2))
-                     ELSE run_after END,
-    finished_at = CASE WHEN NOT cancel_requested AND attempts < max_attempts THEN NULL ELSE now() END,
-    worker_id = CASE WHEN NOT cancel_requested AND attempts < max_attempts THEN NULL ELSE worker_id END
-WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
-RETURNING status, run_after;
+-- Fenced. Appends the attempt's error, then: SCHEDULED for a retry after an exponential backoff
+-- with jitter (from the database clock) while attempts remain, else the task ends in history,
+-- FAILED, or CANCELLED if a cancel was requested. The row is locked first (a cancel or the reaper
+-- waits, or is waited for and re-read), and which branch it takes is decided once, from that row.
+WITH failed AS (
+  SELECT id, NOT cancel_requested AND attempts < max_attempts AS retry,
+         jsonb_build_array(%(error)s::jsonb) AS error
+  FROM queueapp_task_live
+  WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
+  FOR UPDATE
+),
+retried AS (
+  UPDATE queueapp_task_live t
+  SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
+      run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
+                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+  FROM failed
+  WHERE t.id = failed.id AND failed.retry
+  RETURNING t.status, t.run_after
+),
+ended AS (
+  DELETE FROM queueapp_task_live t USING failed WHERE t.id = failed.id AND NOT failed.retry
+  RETURNING t.*, failed.error
+),
+moved AS (
+  INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
+                                     enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
+                                     errors, return_value, timeout, cancel_requested, worker_id)
+  SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
+         args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
+         errors || error, NULL, timeout, cancel_requested, worker_id
+  FROM ended
+  RETURNING status, run_after
+)
+SELECT status, run_after FROM retried
+UNION ALL
+SELECT status, run_after FROM moved;
 
 -- cancel_task --
--- READY is cancelled at once; RUNNING gets a request that the task can poll and that stops its
--- result from being recorded as SUCCESSFUL. Terminal tasks are left alone (no row returned).
-UPDATE queueapp_task
-SET status = CASE WHEN status = 'READY' THEN 'CANCELLED' ELSE status END,
-    finished_at = CASE WHEN status = 'READY' THEN now() ELSE finished_at END,
-    cancel_requested = true
-WHERE id = %(id)s AND status IN ('READY', 'RUNNING')
-RETURNING status;
+-- SCHEDULED and READY tasks end at once (CANCELLED, in history); a RUNNING one gets a request that
+-- the task can poll and that stops its result from being recorded as SUCCESSFUL. Finished tasks
+-- are not in the live table: no row comes back.
+WITH target AS (
+  SELECT id, status = 'RUNNING' AS running FROM queueapp_task_live WHERE id = %(id)s FOR UPDATE
+),
+requested AS (
+  UPDATE queueapp_task_live t SET cancel_requested = true
+  FROM target WHERE t.id = target.id AND target.running
+  RETURNING t.status
+),
+ended AS (
+  DELETE FROM queueapp_task_live t USING target WHERE t.id = target.id AND NOT target.running
+  RETURNING t.*
+),
+moved AS (
+  INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
+                                     enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
+                                     errors, return_value, timeout, cancel_requested, worker_id)
+  SELECT id, task_path, queue_name, priority, 'CANCELLED', args, kwargs, run_after, enqueued_at, started_at,
+         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id
+  FROM ended
+  RETURNING status
+)
+SELECT status FROM requested
+UNION ALL
+SELECT status FROM moved;
 
 -- get_task --
+-- Through the view: the live table's primary key, then each history partition's id index.
 SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
        started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
        return_value, cancel_requested, timeout
@@ -134,7 +191,7 @@ SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
 -- release_tasks --
 -- Shutdown: hand back tasks that were claimed but never started. The attempt was not used, so
 -- attempts and worker_ids go back to what they were. Fenced like every worker write.
-UPDATE queueapp_task t
+UPDATE queueapp_task_live t
 SET status = 'READY', worker_id = NULL, attempts = t.attempts - 1, started_at = NULL,
     worker_ids = t.worker_ids[1:cardinality(t.worker_ids) - 1]
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[]) AS r(id, attempt)
@@ -162,12 +219,13 @@ RETURNING state;
 -- One reaper at a time across the cluster (a transaction-scoped advisory lock; a reaper that does
 -- not get it does nothing). Marks workers LOST whose heartbeat is older than stale_after seconds,
 -- or that are named (a supervisor that saw its child die), then takes back every RUNNING task of
--- a LOST worker: READY after a backoff while attempts remain (the lost attempt counts, so a task
--- that kills its worker cannot do it forever), else FAILED, CANCELLED if a cancel was requested.
+-- a LOST worker: SCHEDULED after a backoff while attempts remain (the lost attempt counts, so a
+-- task that kills its worker cannot do it forever), else it ends in history, FAILED, or CANCELLED
+-- if a cancel was requested.
 -- Tasks are joined to workers LOST before this statement too: a claim that committed while the
 -- worker was being marked LOST is picked up by the next run.
--- Each task UPDATE re-checks status = 'RUNNING' on the latest row version (READ COMMITTED), so a
--- task that finished an instant earlier stays SUCCESSFUL or FAILED.
+-- `taken` locks each task on its latest row version (READ COMMITTED): a task that finished an
+-- instant earlier has left the live table and is skipped, so it stays SUCCESSFUL or FAILED.
 WITH reaper AS MATERIALIZED (
   SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.reaper')) AS locked
 ),
@@ -185,30 +243,41 @@ orphaned AS (
   SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
 ),
 taken AS (
-  UPDATE queueapp_task t
-  SET status = CASE WHEN t.cancel_requested THEN 'CANCELLED'
-                    WHEN t.attempts < t.max_attempts THEN 'READY'
-                    ELSE 'FAILED' END,
-      run_after = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts
-                       THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
-                                %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
-                       ELSE t.run_after END,
-      finished_at = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts THEN NULL ELSE now() END,
-      worker_id = CASE WHEN NOT t.cancel_requested AND t.attempts < t.max_attempts THEN NULL ELSE t.worker_id END,
-      errors = t.errors || jsonb_build_array(jsonb_build_object(
-        'exception_class_path', 'queueapp.exceptions.WorkerLost',
-        'message', 'worker ' || t.worker_id || ' was lost (no heartbeat, or its process died) during attempt '
-                   || t.attempts,
-        'traceback', '', 'attempt', t.attempts, 'worker_id', t.worker_id))
-  FROM orphaned
-  WHERE t.worker_id = orphaned.id AND t.status = 'RUNNING'
-  RETURNING t.status
+  SELECT t.id, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
+         jsonb_build_array(jsonb_build_object(
+           'exception_class_path', 'queueapp.exceptions.WorkerLost',
+           'message', 'worker ' || t.worker_id || ' was lost (no heartbeat, or its process died) during attempt '
+                      || t.attempts,
+           'traceback', '', 'attempt', t.attempts, 'worker_id', t.worker_id)) AS error
+  FROM queueapp_task_live t
+  WHERE t.status = 'RUNNING' AND t.worker_id IN (SELECT id FROM orphaned)
+  FOR UPDATE OF t
+),
+requeued AS (
+  UPDATE queueapp_task_live t
+  SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
+      run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
+                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+  FROM taken
+  WHERE t.id = taken.id AND taken.retry
+  RETURNING t.id
+),
+ended AS (
+  DELETE FROM queueapp_task_live t USING taken WHERE t.id = taken.id AND NOT taken.retry
+  RETURNING t.*, taken.error
+),
+moved AS (
+  INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
+                                     enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
+                                     errors, return_value, timeout, cancel_requested, worker_id)
+  SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
+         args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
+         errors || error, NULL, timeout, cancel_requested, worker_id
+  FROM ended
+  RETURNING id
 )
-SELECT (SELECT locked FROM reaper),
-       (SELECT count(*) FROM lost),
-       count(*) FILTER (WHERE status = 'READY'),
-       count(*) FILTER (WHERE status IN ('FAILED', 'CANCELLED'))
-FROM taken;
+SELECT (SELECT locked FROM reaper), (SELECT count(*) FROM lost), (SELECT count(*) FROM requeued),
+       (SELECT count(*) FROM moved);
 
 -- preview_reap --
 -- What reap_workers would do now, changing nothing (reap_stale --dry-run).
@@ -223,36 +292,46 @@ SELECT (SELECT count(*) FROM queueapp_worker
           AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)),
        count(*) FILTER (WHERE NOT t.cancel_requested AND t.attempts < t.max_attempts),
        count(*) FILTER (WHERE t.cancel_requested OR t.attempts >= t.max_attempts)
-FROM queueapp_task t JOIN stale ON t.worker_id = stale.id
+FROM queueapp_task_live t JOIN stale ON t.worker_id = stale.id
 WHERE t.status = 'RUNNING';
 
 -- timed_out_tasks --
 -- RUNNING tasks of the given workers past their own timeout (the supervisor kills their process).
 SELECT id, worker_id, attempts, timeout
-FROM queueapp_task
+FROM queueapp_task_live
 WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL
   AND started_at + make_interval(secs => timeout) < now();
 
 -- retry_task --
--- FAILED or CANCELLED back to READY with a fresh budget of attempts. attempts only ever grows (it
--- fences workers), so the budget is added on top of it. Two concurrent retries: the second waits
--- for the first's row lock, sees READY, and matches nothing: one new run.
-UPDATE queueapp_task
-SET status = 'READY', run_after = now(), started_at = NULL, finished_at = NULL, worker_id = NULL,
-    cancel_requested = false, return_value = NULL, max_attempts = attempts + %(budget)s
-WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
-RETURNING status;
+-- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same
+-- id (its result id stays valid) with its errors kept and a fresh budget of attempts. attempts
+-- only ever grows (it fences workers), so the budget is added on top of it. Two concurrent
+-- retries: the second waits for the first's row lock, finds the row gone, and matches nothing.
+WITH back AS (
+  DELETE FROM queueapp_task_history WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+  RETURNING *
+),
+ready AS (
+  INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
+                                  enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
+                                  errors, return_value, timeout, cancel_requested, worker_id)
+  SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL
+  FROM back
+  RETURNING status, queue_name
+)
+SELECT status, pg_notify('taskqueue', queue_name) FROM ready;
 
 -- set_priority --
-UPDATE queueapp_task SET priority = %(priority)s
-WHERE id = %(id)s AND status = 'READY'
+UPDATE queueapp_task_live SET priority = %(priority)s
+WHERE id = %(id)s AND status IN ('SCHEDULED', 'READY')
 RETURNING id;
 
 -- count_ready --
 -- READY tasks of one queue, counted up to cap only: back pressure needs "above the limit or not",
 -- and must stay cheap when the queue is huge.
 SELECT count(*) FROM (
-  SELECT 1 FROM queueapp_task WHERE status = 'READY' AND queue_name = %(queue)s LIMIT %(cap)s
+  SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = %(queue)s LIMIT %(cap)s
 ) AS capped;
 
 -- claim_idempotency_key --
@@ -276,7 +355,7 @@ SELECT now();
 -- Seconds from due to start of the latest 2,000 first attempts finished since a moment
 -- (task_finished_idx, newest first): a sample, so a busy window costs no more than a quiet one.
 SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s), percentile_cont(0.95) WITHIN GROUP (ORDER BY s)
-FROM (SELECT extract(epoch FROM started_at - run_after) AS s FROM queueapp_task
+FROM (SELECT extract(epoch FROM started_at - run_after) AS s FROM queueapp_task_history
       WHERE finished_at >= %(since)s AND attempts = 1 AND started_at IS NOT NULL
       ORDER BY finished_at DESC LIMIT 2000) AS recent;
 
@@ -294,13 +373,13 @@ FROM minutes
 CROSS JOIN LATERAL (
   SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL') AS successful,
          count(*) FILTER (WHERE status = 'FAILED') AS failed
-  FROM queueapp_task
+  FROM queueapp_task_history
   WHERE finished_at >= minutes.minute AND finished_at < minutes.minute + interval '1 minute'
 ) AS counted
 CROSS JOIN LATERAL (
   SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY wait) AS p50,
          percentile_cont(0.95) WITHIN GROUP (ORDER BY wait) AS p95
-  FROM (SELECT extract(epoch FROM started_at - run_after) AS wait FROM queueapp_task
+  FROM (SELECT extract(epoch FROM started_at - run_after) AS wait FROM queueapp_task_history
         WHERE finished_at >= minutes.minute AND finished_at < minutes.minute + interval '1 minute'
           AND attempts = 1 AND started_at IS NOT NULL
         ORDER BY finished_at DESC LIMIT 500) AS latest
@@ -308,33 +387,79 @@ CROSS JOIN LATERAL (
 ORDER BY minute;
 
 -- queue_overview --
--- Per queue and status: how many, and for READY the wait of the oldest due task.
-SELECT queue_name, status, count(*),
-       extract(epoch FROM now() - min(run_after) FILTER (WHERE run_after <= now()))
-FROM queueapp_task
+-- Per queue and live status: how many, and for READY the wait of the oldest (READY tasks are due).
+-- Finished tasks are counted per minute by finished_per_minute: counting all of history would
+-- read every retained row.
+SELECT queue_name, status, count(*), extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'READY'))
+FROM queueapp_task_live
 GROUP BY queue_name, status
 ORDER BY queue_name, status;
 
--- estimated_rows --
--- The planner's row estimate of a table (kept by autovacuum/ANALYZE): instant, never exact.
-SELECT reltuples::bigint FROM pg_class WHERE oid = %(table)s::regclass;
-
 -- purge_finished --
--- Retention: delete up to batch finished tasks (of the given terminal statuses) that finished before
--- the cutoff, oldest first, through task_finished_idx. Small batches keep locks and WAL bursts short.
+-- Retention inside partitions that are not wholly past the cutoff (and in the default partition,
+-- and for a subset of statuses): delete up to batch finished tasks that finished before the cutoff,
+-- oldest first, through task_history_finished_idx. Small batches keep locks and WAL bursts short.
+-- Whole partitions past the cutoff are dropped instead (drop_history_partition).
 WITH doomed AS (
-  SELECT id FROM queueapp_task
+  SELECT id, finished_at FROM queueapp_task_history
   WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8)
     AND status = ANY(%(statuses)s::text[])
   ORDER BY finished_at
   LIMIT %(batch)s
-  FOR UPDATE SKIP LOCKED
 )
-DELETE FROM queueapp_task t USING doomed WHERE t.id = doomed.id;
+DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.finished_at = doomed.finished_at;
 
 -- count_purgeable --
-SELECT count(*) FROM queueapp_task
+SELECT count(*) FROM queueapp_task_history
 WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8) AND status = ANY(%(statuses)s::text[]);
+
+-- history_partitions --
+-- The history's partitions by name (store.history names them queueapp_task_history_pYYYYMMDD, for
+-- the UTC day they start), with their row estimates.
+SELECT c.relname, greatest(c.reltuples, 0)::bigint
+FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'queueapp_task_history'::regclass
+ORDER BY c.relname;
+
+-- lock_partitions --
+-- One session at a time changes the partitions (workers and cron may all try): the others skip.
+-- lock_timeout: attaching or dropping a partition waits for the table's lock, and every INSERT
+-- into history would queue behind that wait; a partition is made days ahead, so giving up after a
+-- moment and trying at the next run is safe.
+SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.partitions')), set_config('lock_timeout', '2s', true);
+
+-- create_history_partition --
+-- A table like history (columns, defaults, the status check), then attached: ATTACH takes a
+-- SHARE UPDATE EXCLUSIVE lock on history, which INSERTs pass (CREATE TABLE ... PARTITION OF would
+-- take an ACCESS EXCLUSIVE one). ATTACH builds the partition's indexes (it is empty: at once).
+CREATE TABLE {partition} (LIKE queueapp_task_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE queueapp_task_history ATTACH PARTITION {partition} FOR VALUES FROM (%(start)s) TO (%(end)s);
+
+-- drop_history_partition --
+-- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum.
+DROP TABLE {partition};
+
+-- stage_tasks --
+-- The stager: SCHEDULED tasks that are due become READY, oldest due first, and each queue that got
+-- one is notified. SKIP LOCKED: stagers in several workers share the work instead of waiting.
+WITH due AS (
+  SELECT id FROM queueapp_task_live
+  WHERE status = 'SCHEDULED' AND run_after <= now()
+  ORDER BY run_after
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+),
+staged AS (
+  UPDATE queueapp_task_live t SET status = 'READY' FROM due WHERE t.id = due.id RETURNING t.queue_name
+)
+SELECT queue_name, count(*), pg_notify('taskqueue', queue_name) FROM staged GROUP BY queue_name;
+
+-- estimated_tasks --
+-- The planner's row estimates (kept by autovacuum/ANALYZE) of the live table and every history
+-- partition: the console's unfiltered count, instant, never exact.
+SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_class c
+WHERE c.oid = 'queueapp_task_live'::regclass
+   OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = 'queueapp_task_history'::regclass);
 
 -- purge_idempotency_keys --
 DELETE FROM queueapp_idempotency WHERE created_at < now() - make_interval(secs => %(older_than)s::float8);

@@ -8,18 +8,24 @@ taken away. Callers import the package: `from queueapp import store; store.claim
 
 from __future__ import annotations
 
+from queueapp.store.history import (
+    Dropped,
+    count_purgeable,
+    drop_history_partitions,
+    ensure_history_partitions,
+    history_partitions,
+    purge_finished,
+)
 from queueapp.store.maintenance import (
     claim_idempotency_key,
-    count_purgeable,
     get_idempotency_key,
-    purge_finished,
     purge_idempotency_keys,
     set_idempotency_tasks,
 )
 from queueapp.store.reports import (
     count_ready,
     database_now,
-    estimated_rows,
+    estimated_tasks,
     finished_per_minute,
     pickup_latency,
     queue_overview,
@@ -45,6 +51,7 @@ from queueapp.store.tasks import (
     release_tasks,
     retry_task,
     set_priority,
+    stage_tasks,
 )
 from queueapp.store.workers import (
     ReapOutcome,
@@ -58,6 +65,7 @@ from queueapp.store.workers import (
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "Dropped",
     "Inserted",
     "NewTask",
     "ReapOutcome",
@@ -71,16 +79,19 @@ __all__ = [
     "count_purgeable",
     "count_ready",
     "database_now",
+    "drop_history_partitions",
     "encode_arguments",
     "encode_return_value",
     "enqueue_task",
     "enqueue_tasks",
-    "estimated_rows",
+    "ensure_history_partitions",
+    "estimated_tasks",
     "fail_task",
     "finish_task",
     "finished_per_minute",
     "get_idempotency_key",
     "get_task",
+    "history_partitions",
     "is_cancel_requested",
     "pickup_latency",
     "preview_reap",
@@ -94,5 +105,6 @@ __all__ = [
     "set_idempotency_tasks",
     "set_priority",
     "set_worker_state",
+    "stage_tasks",
     "timed_out_tasks",
 ]

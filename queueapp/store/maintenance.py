@@ -1,4 +1,4 @@
-"""Idempotency-Keys of the REST API, and retention."""
+"""Idempotency-Keys of the REST API, and their retention."""
 
 from __future__ import annotations
 
@@ -33,21 +33,6 @@ def get_idempotency_key(*, api_key_id: int, key: str, using: str = "default") ->
 def set_idempotency_tasks(idempotency_id: int, task_ids: Sequence[int], *, using: str = "default") -> None:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["set_idempotency_tasks"], {"id": idempotency_id, "task_ids": list(task_ids)})
-
-
-def purge_finished(*, older_than: float, statuses: Sequence[str], batch: int, using: str = "default") -> int:
-    """Delete one batch of finished tasks older than older_than seconds; returns how many."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["purge_finished"], {"older_than": older_than, "statuses": list(statuses), "batch": batch}
-        )
-        return int(cursor.rowcount)
-
-
-def count_purgeable(*, older_than: float, statuses: Sequence[str], using: str = "default") -> int:
-    with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["count_purgeable"], {"older_than": older_than, "statuses": list(statuses)})
-        return int(cursor.fetchone()[0])
 
 
 def purge_idempotency_keys(*, older_than: float, using: str = "default") -> int:

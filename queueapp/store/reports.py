@@ -43,7 +43,7 @@ def finished_per_minute(
 
 
 def queue_overview(*, using: str = "default") -> dict[str, dict[str, Any]]:
-    """{queue: {"counts": {status: n}, "oldest_ready_seconds": float | None}}."""
+    """{queue: {"counts": {live status: n}, "oldest_ready_seconds": float | None}}."""
     overview: dict[str, dict[str, Any]] = {}
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["queue_overview"])
@@ -55,7 +55,8 @@ def queue_overview(*, using: str = "default") -> dict[str, dict[str, Any]]:
     return overview
 
 
-def estimated_rows(table: str, *, using: str = "default") -> int:
+def estimated_tasks(*, using: str = "default") -> int:
+    """About how many tasks there are, live and finished (the planner's estimates)."""
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["estimated_rows"], {"table": table})
+        cursor.execute(QUERIES["estimated_tasks"])
         return max(int(cursor.fetchone()[0]), 0)

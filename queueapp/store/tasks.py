@@ -64,7 +64,7 @@ def enqueue_tasks[T](
     if count < _COPY_FROM:
         return _insert_each(list(batch), each, using)
     made = []
-    queues = set()
+    queues = set()  # those that get a READY task: SCHEDULED ones wake nobody
     lines: list[str] = []
     with transaction.atomic(using=using), prepared_cursor(using) as cursor:
         cursor.execute(QUERIES["reserve_task_ids"], {"n": count})
@@ -72,14 +72,17 @@ def enqueue_tasks[T](
         now_text = now.isoformat()
         with cursor.cursor.copy(QUERIES["copy_tasks"]) as copy:
             for index, (task_id, new) in enumerate(zip(ids, batch, strict=True)):
-                lines.append(_copy_line(task_id, new, now_text))
+                due = new.run_after is None or new.run_after <= now
+                lines.append(_copy_line(task_id, new, now_text, due))
                 if len(lines) == _LINES_PER_WRITE:
                     copy.write("".join(lines))
                     lines.clear()
-                queues.add(new.queue_name)
+                if due:
+                    queues.add(new.queue_name)
                 made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
             copy.write("".join(lines))
-        cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
+        if queues:
+            cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
     return made
 
 
@@ -108,13 +111,14 @@ def _json_text(text: str) -> str:
     return text.replace("\\", "\\\\")
 
 
-def _copy_line(task_id: int, new: NewTask, now_text: str) -> str:
+def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     """One row of copy_tasks, formatted here: cheaper than a formatter's per-value adaptation.
-    A READY task that has never run."""
+    A task that has never run: READY if due, else SCHEDULED."""
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
+    status = "READY" if due else "SCHEDULED"
     return (
-        f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\tREADY\t"
+        f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
         f"{_json_text(new.args_json)}\t{_json_text(new.kwargs_json)}\t"
         f"{run_after}\t{now_text}\t0\t{int(new.max_attempts)}\t{timeout}\t{{}}\t[]\tf\n"
     )
@@ -174,7 +178,7 @@ def fail_task(
 
 
 def cancel_task(task_id: int, *, using: str = "default") -> str | None:
-    """Cancel a READY task at once or request cancellation of a RUNNING one.
+    """Cancel a SCHEDULED or READY task at once or request cancellation of a RUNNING one.
 
     Returns the status after the call (CANCELLED or RUNNING), None if the task was unknown or
     already finished.
@@ -218,14 +222,22 @@ def release_tasks(
 
 
 def retry_task(task_id: int, *, budget: int, using: str = "default") -> bool:
-    """FAILED or CANCELLED back to READY with `budget` more attempts; False if not in those states."""
+    """FAILED or CANCELLED back to the live table, READY, with `budget` more attempts; False if not
+    in those states."""
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["retry_task"], {"id": task_id, "budget": budget})
         return cursor.fetchone() is not None
 
 
 def set_priority(task_id: int, priority: int, *, using: str = "default") -> bool:
-    """Change a READY task's priority; False when it is not READY (any more)."""
+    """Change a waiting (SCHEDULED or READY) task's priority; False when it is not waiting (any more)."""
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["set_priority"], {"id": task_id, "priority": priority})
         return cursor.fetchone() is not None
+
+
+def stage_tasks(*, limit: int, using: str = "default") -> dict[str, int]:
+    """Make up to limit due SCHEDULED tasks READY and notify their queues: {queue: tasks staged}."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["stage_tasks"], {"limit": limit})
+        return {queue: count for queue, count, _ in cursor.fetchall()}
