@@ -119,6 +119,9 @@ TASKQUEUE = {
     # When set, /metrics wants `Authorization: Bearer <token>`.
     "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
+    # Seconds between the stager's runs in each worker: a deferred task or a retry becomes READY at
+    # most about this long after it is due.
+    "STAGE_INTERVAL": env.float("TASKQUEUE_STAGE_INTERVAL", default=1.0),
     # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
     # once per connection). Behind PgBouncer in transaction mode that needs PgBouncer 1.21 or later
     # with max_prepared_statements set; otherwise turn it off.

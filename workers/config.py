@@ -29,6 +29,9 @@ class WorkerConfig:
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0
     reap_interval: float = 15.0
+    stage_interval: float = 1.0
+    """Seconds between runs of the stager, which makes due SCHEDULED tasks READY: a deferred task
+    or a retry starts at most about this long after it is due."""
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     worker_id: UUID = field(default_factory=uuid4)
@@ -50,6 +53,7 @@ class WorkerConfig:
             "heartbeat_interval": float(conf.get("HEARTBEAT_INTERVAL", 5.0)),
             "stale_after": stale_after,
             "reap_interval": float(conf.get("REAP_INTERVAL", stale_after / 2)),
+            "stage_interval": float(conf.get("STAGE_INTERVAL", 1.0)),
             "backoff_base": backend.backoff_base,
             "backoff_max": backend.backoff_max,
         }
@@ -70,6 +74,10 @@ class WorkerConfig:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ValueError(f"--max-tasks must be at least 1, not {self.max_tasks}")
+        if not self.stage_interval > 0:
+            raise ValueError(
+                f"TASKQUEUE STAGE_INTERVAL must be more than 0 seconds, not {self.stage_interval}"
+            )
         if not self.poll_interval > 0:
             raise ValueError(f"--poll-interval must be more than 0 seconds, not {self.poll_interval}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:

@@ -186,7 +186,7 @@ class Executor:
                 row.attempts,
             )
             return "dropped"
-        return "retry" if status == "READY" else status
+        return "retry" if status in ("SCHEDULED", "READY") else status
 
     def write(self, write: Any) -> Any:
         """Run a fenced write, retrying while the database is unreachable (until a hard stop)."""

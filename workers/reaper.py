@@ -1,8 +1,10 @@
-"""Reaper: marks workers whose heartbeat stopped as LOST and takes their tasks back."""
+"""Reaper: marks workers whose heartbeat stopped as LOST and takes their tasks back; and, once an hour,
+makes sure the history has its partitions for the days ahead."""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -10,6 +12,9 @@ from queueapp import store
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
+
+PARTITIONS_EVERY = 3600.0
+"""Seconds between checks of the history's partitions (they are made a week ahead)."""
 
 
 class Reaper:
@@ -19,6 +24,7 @@ class Reaper:
         self.stale_after = stale_after
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.partitions_checked: float | None = None
 
     def run_once(self, worker_ids: Sequence[UUID] = ()) -> store.ReapOutcome | None:
         """One guarded reap; worker_ids are reaped whatever their heartbeat (their process died)."""
@@ -33,6 +39,7 @@ class Reaper:
             logger.warning("reap_failed error=%s", exc)
             db.reset_connection()
             return None
+        self.keep_partitions()
         metrics.REAPED.labels("requeued").inc(outcome.tasks_requeued)
         metrics.REAPED.labels("failed").inc(outcome.tasks_failed)
         if outcome.workers_lost or outcome.tasks_requeued or outcome.tasks_failed:
@@ -43,3 +50,15 @@ class Reaper:
                 outcome.tasks_failed,
             )
         return outcome
+
+    def keep_partitions(self) -> None:
+        now = time.monotonic()
+        if self.partitions_checked is not None and now - self.partitions_checked < PARTITIONS_EVERY:
+            return
+        try:
+            store.ensure_history_partitions()
+        except db.CONNECTION_ERRORS as exc:
+            logger.warning("history_partitions_failed error=%s", exc)
+            db.reset_connection()
+            return
+        self.partitions_checked = now

@@ -9,7 +9,7 @@ Shutdown: the first SIGTERM/SIGINT stops claiming, hands back tasks claimed but 
 running ones finish within the grace period, marks the worker STOPPED and exits 0. A second signal
 (or the grace running out) takes the running tasks back through the failure path, attempt counted,
 and exits 1. A worker that finds itself marked LOST exits 2; one whose heartbeat or listener thread
-died exits 3.
+died exits 3. The stager (due SCHEDULED tasks to READY) runs in a thread of its own too.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from workers.listener import Listener
 from workers.producer import Producer
 from workers.reaper import Reaper
 from workers.services import ServiceThread
+from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Worker:
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
+        self.stager = Stager()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -106,6 +108,12 @@ class Worker:
             ServiceThread(
                 self.reaper,
                 interval=self.config.reap_interval,
+                stop=self.services_stop,
+                on_crash=self.service_died,
+            ),
+            ServiceThread(
+                self.stager,
+                interval=self.config.stage_interval,
                 stop=self.services_stop,
                 on_crash=self.service_died,
             ),

@@ -37,6 +37,7 @@ class Command(BaseCommand):
                 stale_after=stale_after, backoff_base=backend.backoff_base, backoff_max=backend.backoff_max
             )
             verb = "marked"
+            store.ensure_history_partitions()
             if not outcome.ran:
                 self.stdout.write("another reaper is running; nothing done")
                 return

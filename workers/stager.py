@@ -1,0 +1,39 @@
+"""Stager: SCHEDULED tasks that have come due become READY, and their queues are notified.
+
+Deferred tasks and tasks waiting for a retry stay out of the claim's index until then, so a million
+of them cost the claim nothing. Every worker runs one; they share the work (SKIP LOCKED), and the
+notification wakes whichever worker listens on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from queueapp import store
+from workers import db
+
+logger = logging.getLogger(__name__)
+
+
+class Stager:
+    name = "stager"
+
+    def __init__(self, *, batch: int = 1000) -> None:
+        self.batch = batch
+
+    def run_once(self) -> int | None:
+        """Stage everything due, a batch per transaction; how many tasks, or None if the database is away."""
+        total = 0
+        try:
+            while True:
+                staged = sum(store.stage_tasks(limit=self.batch).values())
+                total += staged
+                if staged < self.batch:
+                    break
+        except db.CONNECTION_ERRORS as exc:
+            logger.warning("stage_failed error=%s", exc)
+            db.reset_connection()
+            return None
+        if total:
+            logger.debug("staged tasks=%s", total)
+        return total
