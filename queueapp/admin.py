@@ -161,14 +161,14 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         )
         _report(self, request, "Retried", done, skipped)
 
-    @admin.action(description="Cancel (READY at once, RUNNING by request)", permissions=["cancel"])
+    @admin.action(description="Cancel (waiting at once, RUNNING by request)", permissions=["cancel"])
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[models.Task]) -> None:
         done, skipped = _each(
             queryset, lambda t: None if _backend().cancel(str(t.id)) else "already finished"
         )
         _report(self, request, "Cancelled", done, skipped)
 
-    @admin.action(description="Set priority (READY tasks) to the value above", permissions=["reprioritize"])
+    @admin.action(description="Set priority (waiting tasks) to the value above", permissions=["reprioritize"])
     def set_priority(self, request: HttpRequest, queryset: QuerySet[models.Task]) -> None:
         try:
             priority = TaskActionForm.base_fields["priority"].clean(request.POST.get("priority"))
@@ -177,7 +177,9 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         if priority is None or not -100 <= priority <= 100:
             self.message_user(request, "Give a priority from -100 to 100 next to the action.", messages.ERROR)
             return
-        done, skipped = _each(queryset, lambda t: None if store.set_priority(t.id, priority) else "not READY")
+        done, skipped = _each(
+            queryset, lambda t: None if store.set_priority(t.id, priority) else "not SCHEDULED or READY"
+        )
         _report(self, request, f"Set priority {priority} on", done, skipped)
 
     @admin.display(description="task")

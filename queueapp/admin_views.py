@@ -14,11 +14,12 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from queueapp import reads, store
+from queueapp import models, reads, store
 
 COUNT_CAP = 10_000
 
 STATUS_COLOURS = {
+    "SCHEDULED": "#7c3aed",
     "READY": "#2563eb",
     "RUNNING": "#d97706",
     "SUCCESSFUL": "#16a34a",
@@ -42,8 +43,8 @@ class CappedCountPaginator(Paginator[Any]):
     @cached_property
     def count(self) -> int:
         query: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        if not query.query.where:
-            estimate = store.estimated_rows(query.model._meta.db_table)
+        if not query.query.where and query.model is models.Task:
+            estimate = store.estimated_tasks()
             if estimate > COUNT_CAP:
                 return estimate
         return query.order_by()[: COUNT_CAP + 1].count()

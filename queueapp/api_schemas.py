@@ -128,7 +128,10 @@ class TaskOut(Schema):
     task: str = Field(description="The HTTP name when the task has one, else its dotted path.")
     queue: str
     priority: int
-    status: str = Field(description="READY, RUNNING, SUCCESSFUL, FAILED or CANCELLED")
+    status: str = Field(
+        description="SCHEDULED (due later: deferred or waiting for a retry), READY, RUNNING, "
+        "SUCCESSFUL, FAILED or CANCELLED"
+    )
     attempts: int
     max_attempts: int
     args: list[JsonValue]
@@ -174,14 +177,16 @@ class WorkersOut(Schema):
 class HealthOut(Schema):
     database: str
     live_workers: int
-    pending: dict[str, int] = Field(description="READY and RUNNING counts")
-    completed: dict[str, int] = Field(description="SUCCESSFUL, FAILED and CANCELLED counts")
+    pending: dict[str, int] = Field(description="SCHEDULED, READY and RUNNING counts")
+    completed: dict[str, int] = Field(
+        description="SUCCESSFUL, FAILED and CANCELLED counts of tasks finished in the last 5 minutes"
+    )
     oldest_ready_age_seconds: float | None
     timestamp: dt.datetime
 
 
 class StatsOut(Schema):
-    queues: dict[str, dict[str, int]]
+    queues: dict[str, dict[str, int]] = Field(description="live tasks (SCHEDULED, READY, RUNNING) by queue")
     throughput: dict[str, dict[str, int]] = Field(description="finished tasks by status over 1m, 5m and 15m")
     pickup_latency_seconds: dict[str, float | None] = Field(description="p50 and p95 over 15 minutes")
     timestamp: dt.datetime

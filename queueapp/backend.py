@@ -24,8 +24,10 @@ else:
     AnyTask = Task
     AnyResult = TaskResult
 
-# CANCELLED has no django.tasks word: it is a task that did not succeed.
+# SCHEDULED is a READY task that is not due yet; CANCELLED has no django.tasks word: it is a task
+# that did not succeed.
 _STATUS_FOR_DJANGO = {
+    "SCHEDULED": TaskResultStatus.READY,
     "READY": TaskResultStatus.READY,
     "RUNNING": TaskResultStatus.RUNNING,
     "SUCCESSFUL": TaskResultStatus.SUCCESSFUL,
@@ -71,7 +73,8 @@ class QueueTask(AnyTask):
 
 
 class PostgresBackend(BaseTaskBackend):
-    """Tasks are rows in queueapp_task, enqueued in the caller's transaction."""
+    """Tasks are rows of queueapp_task_live, enqueued in the caller's transaction; finished ones
+    move to queueapp_task_history, and get_result reads both."""
 
     task_class = QueueTask
     supports_defer = True
@@ -161,7 +164,7 @@ class PostgresBackend(BaseTaskBackend):
         return self.to_result(registry.get(row.task_path), row)
 
     def cancel(self, result_id: str) -> bool:
-        """Cancel a READY task at once, or ask a RUNNING one to stop.
+        """Cancel a waiting (SCHEDULED or READY) task at once, or ask a RUNNING one to stop.
 
         True when the task is now CANCELLED or has a cancel request; False when it had already
         finished. A running task learns of the request through ``queueapp.cancellation``.

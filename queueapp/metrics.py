@@ -23,12 +23,16 @@ class QueueCollector(Collector):
     """Queue depth, oldest READY age and workers, straight from PostgreSQL."""
 
     def collect(self) -> Iterator[Metric]:
-        tasks = GaugeMetricFamily("taskqueue_tasks", "Tasks by queue and status", labels=["queue", "status"])
+        tasks = GaugeMetricFamily(
+            "taskqueue_tasks",
+            "Live tasks by queue and status (SCHEDULED, READY, RUNNING)",
+            labels=["queue", "status"],
+        )
         oldest = GaugeMetricFamily(
             "taskqueue_oldest_ready_age_seconds", "Wait of the oldest due READY task", labels=["queue"]
         )
         for queue, entry in store.queue_overview().items():
-            for status in models.TaskStatus.values:
+            for status in models.LIVE_STATUSES:
                 tasks.add_metric([queue, status], entry["counts"].get(status, 0))
             oldest.add_metric([queue], entry["oldest_ready_seconds"] or 0.0)
         workers = GaugeMetricFamily(

@@ -1,6 +1,9 @@
 """Read-only views of the queue for the API and the console: lists, workers, health, statistics.
 
-These read through the ORM; every state change goes through store.
+These read through the ORM: lists through the view of every task (models.Task), counts of what is
+waiting or running from the live table only (models.LiveTask), throughput from history
+(models.TaskHistory) over a recent window, so that no read walks all of history. Every state change
+goes through store.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     """Workers, each with `running`: how many tasks it holds. A correlated count per worker reads
     task_running_worker_idx; a join with a filter would hash the whole task table."""
     running = (
-        models.Task.objects.filter(worker=OuterRef("pk"), status="RUNNING")
+        models.LiveTask.objects.filter(worker=OuterRef("pk"), status="RUNNING")
         .order_by()
         .values("worker")
         .annotate(n=Count("*"))
@@ -78,9 +81,9 @@ def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)
 
 
 def status_counts() -> dict[str, dict[str, int]]:
-    """{queue: {status: count}} over all tasks."""
+    """{queue: {status: count}} of live tasks (SCHEDULED, READY, RUNNING)."""
     counts: dict[str, dict[str, int]] = {}
-    for row in models.Task.objects.values("queue_name", "status").annotate(n=Count("id")).order_by():
+    for row in models.LiveTask.objects.values("queue_name", "status").annotate(n=Count("id")).order_by():
         counts.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
     return counts
 
@@ -88,7 +91,7 @@ def status_counts() -> dict[str, dict[str, int]]:
 def oldest_ready_age(now: dt.datetime) -> float | None:
     """Seconds the longest-waiting due READY task has waited past its run_after."""
     oldest = (
-        models.Task.objects.filter(status="READY", run_after__lte=Now())
+        models.LiveTask.objects.filter(status="READY", run_after__lte=Now())
         .order_by("run_after")
         .values_list("run_after", flat=True)
         .first()
@@ -100,7 +103,10 @@ def throughput(now: dt.datetime, minutes: int) -> dict[str, int]:
     """Tasks that reached SUCCESSFUL / FAILED / CANCELLED in the last `minutes` minutes."""
     since = now - dt.timedelta(minutes=minutes)
     rows = (
-        models.Task.objects.filter(finished_at__gte=since).values("status").annotate(n=Count("id")).order_by()
+        models.TaskHistory.objects.filter(finished_at__gte=since)
+        .values("status")
+        .annotate(n=Count("id"))
+        .order_by()
     )
     return {row["status"]: row["n"] for row in rows}
 
