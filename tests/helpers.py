@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ FAST_ENV = {
     "TASKQUEUE_STALE_AFTER": "2",
     "TASKQUEUE_BACKOFF_BASE": "0.05",
     "TASKQUEUE_BACKOFF_MAX": "0.2",
+    "TASKQUEUE_STAGE_INTERVAL": "0.1",
 }
 
 
@@ -171,3 +173,25 @@ class GunicornServer:
         self.process.terminate()
         self.process.wait(30)
         self.log.close()
+
+
+def end_task(task_id: int, status: str, **changes: object) -> None:
+    """Test set-up: move a live task to history as `status` (what a worker's last failure, a cancel
+    or a finish does), then set the given columns on it there."""
+    columns = (
+        "id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at, started_at, "
+        "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, "
+        "worker_id"
+    )
+    values = columns.replace("status,", "%(status)s,").replace("finished_at,", "now(),")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH moved AS (DELETE FROM queueapp_task_live WHERE id = %(id)s RETURNING *) "
+            f"INSERT INTO queueapp_task_history ({columns}) SELECT {values} FROM moved",
+            {"id": task_id, "status": status},
+        )
+        assert cursor.rowcount == 1, f"task {task_id} is not live"
+        for column, value in changes.items():
+            if column in ("errors", "return_value"):
+                value = json.dumps(value)
+            cursor.execute(f"UPDATE queueapp_task_history SET {column} = %s WHERE id = %s", [value, task_id])

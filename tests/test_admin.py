@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from queueapp import apikeys, models, store
 from tests import tasks
 from tests.conftest import make_worker
+from tests.helpers import end_task
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -64,7 +65,7 @@ def test_the_task_list_never_counts_the_whole_table(admin_client: Client) -> Non
 def test_retry_reports_what_it_did_and_what_it_skipped(admin_client: Client) -> None:
     tasks.add.enqueue_many(((i, i), {}) for i in range(3))
     failed, ready, cancelled = models.Task.objects.order_by("id")
-    models.Task.objects.filter(id=failed.id).update(status="FAILED", attempts=3, max_attempts=3)
+    end_task(failed.id, "FAILED", attempts=3, max_attempts=3)
     store.cancel_task(cancelled.id)
 
     message = act(admin_client, "retry_tasks", [failed.id, ready.id, cancelled.id])
@@ -80,7 +81,7 @@ def test_cancel_and_set_priority_actions(admin_client: Client) -> None:
     assert act(admin_client, "cancel_tasks", [first.id]) == "Cancelled 1 task(s)."
     assert act(admin_client, "cancel_tasks", [first.id]) == "Cancelled 0 task(s); skipped 1 already finished"
     message = act(admin_client, "set_priority", [first.id, second.id], priority="42")
-    assert message == "Set priority 42 on 1 task(s); skipped 1 not READY"
+    assert message == "Set priority 42 on 1 task(s); skipped 1 not SCHEDULED or READY"
     assert models.Task.objects.get(id=second.id).priority == 42
     assert "Give a priority" in act(admin_client, "set_priority", [second.id], priority="500")
 
@@ -92,7 +93,7 @@ def test_actions_need_their_permission() -> None:
     client.force_login(staff)
     tasks.add.enqueue(1, 2)
     task = models.Task.objects.get()
-    models.Task.objects.filter(id=task.id).update(status="FAILED")
+    end_task(task.id, "FAILED")
 
     page = client.get("/admin/queueapp/task/")
     assert page.status_code == 200

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from queueapp import apikeys, models
-from tests.helpers import GunicornServer
+from tests.helpers import GunicornServer, end_task
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -67,7 +67,7 @@ def test_concurrent_retries_make_one_new_run(server: GunicornServer) -> None:
 
     key = apikeys.create_api_key("retries")[1]
     task_id = int(tasks.add.enqueue(1, 2).id)
-    models.Task.objects.filter(id=task_id).update(status="FAILED", attempts=3)
+    end_task(task_id, "FAILED", attempts=3)
     start = threading.Barrier(20)
     statuses: list[int] = []
 

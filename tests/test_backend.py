@@ -103,7 +103,7 @@ def test_result_of_another_task_is_a_mismatch() -> None:
 
 def test_unregistered_task_path_is_a_clear_error_and_nothing_is_imported() -> None:
     result = tasks.add.enqueue(1, 2)
-    models.Task.objects.filter(id=int(result.id)).update(task_path="os.system")
+    models.LiveTask.objects.filter(id=int(result.id)).update(task_path="os.system")
     with pytest.raises(exceptions.UnknownTaskPath, match=r"'os\.system' is not registered"):
         default_task_backend.get_result(result.id)
 

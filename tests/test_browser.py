@@ -16,7 +16,7 @@ from django.db import connections
 
 from queueapp import models
 from tests import tasks
-from tests.helpers import ROOT, GunicornServer, WorkerProcess, wait_for
+from tests.helpers import ROOT, GunicornServer, WorkerProcess, end_task, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -57,8 +57,9 @@ def test_operator_retries_a_failed_task_from_the_console(server: GunicornServer,
         tasks.add.enqueue(i, i)
     failed = models.Task.objects.order_by("id").first()
     assert failed is not None
-    models.Task.objects.filter(id=failed.id).update(
-        status="FAILED",
+    end_task(
+        failed.id,
+        "FAILED",
         attempts=3,
         max_attempts=3,
         errors=[

@@ -14,6 +14,7 @@ from queueapp import models, store
 from queueapp.sql import QUERIES
 from tests import tasks
 from tests.conftest import make_worker
+from workers.stager import Stager
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -92,11 +93,12 @@ def test_claims_come_out_by_priority_then_run_after_then_id(raw_conn: psycopg.Co
     high = tasks.add.using(priority=50).enqueue(4, 4)
     # Same priority, earlier run_after first; equal run_after, lower id first.
     raw_conn.execute(
-        "UPDATE queueapp_task SET run_after = now() - interval '10 minutes' WHERE id = ANY(%s)",
+        "UPDATE queueapp_task_live SET run_after = now() - interval '10 minutes' WHERE id = ANY(%s)",
         [[int(mid_early.id), int(mid_early_twin.id)]],
     )
     raw_conn.execute(
-        "UPDATE queueapp_task SET run_after = now() - interval '1 minute' WHERE id = %s", [int(mid_late.id)]
+        "UPDATE queueapp_task_live SET run_after = now() - interval '1 minute' WHERE id = %s",
+        [int(mid_late.id)],
     )
 
     worker = make_worker()
@@ -130,10 +132,16 @@ def test_deferred_task_is_not_claimed_before_its_run_after_on_the_database_clock
     worker = make_worker()
     assert store.claim_tasks(worker_id=worker.id, queues=["default"], limit=10) == []
 
+    assert Stager().run_once() == 0  # not due: it stays SCHEDULED, out of the claim's index
+    assert models.Task.objects.get(id=int(result.id)).status == "SCHEDULED"
+
     # Move the task's due time, not any clock: due one second ago by the database's now().
     raw_conn.execute(
-        "UPDATE queueapp_task SET run_after = now() - interval '1 second' WHERE id = %s", [int(result.id)]
+        "UPDATE queueapp_task_live SET run_after = now() - interval '1 second' WHERE id = %s",
+        [int(result.id)],
     )
+    assert store.claim_tasks(worker_id=worker.id, queues=["default"], limit=10) == []  # the stager's job
+    assert Stager().run_once() == 1
     assert [row.id for row in store.claim_tasks(worker_id=worker.id, queues=["default"], limit=10)] == [
         int(result.id)
     ]
@@ -151,9 +159,9 @@ def test_claim_sets_running_fields() -> None:
 
 def test_claim_plan_walks_the_partial_index_without_sorting(raw_conn: psycopg.Connection) -> None:
     tasks.add.enqueue_many(((i, i), {}) for i in range(5000))
-    raw_conn.execute("ANALYZE queueapp_task")
+    raw_conn.execute("ANALYZE queueapp_task_live")
     worker = make_worker()
     params = {"worker_id": worker.id, "queues": ["default"], "limit": 10}
     plan = "\n".join(row[0] for row in raw_conn.execute("EXPLAIN " + QUERIES["claim_tasks"], params))
-    assert "task_claim_idx" in plan, plan
+    assert "task_live_claim_idx" in plan, plan
     assert "Sort" not in plan, plan

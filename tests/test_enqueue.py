@@ -243,9 +243,9 @@ def test_function_that_is_not_module_level_is_rejected() -> None:
 
 def test_database_caps_argument_size_even_without_python_checks(raw_conn: psycopg.Connection) -> None:
     huge = '"' + "x" * (models.ARGS_HARD_LIMIT_BYTES + 1) + '"'
-    with pytest.raises(psycopg.errors.CheckViolation, match="task_args_size_cap"):
+    with pytest.raises(psycopg.errors.CheckViolation, match="task_live_args_size_cap"):
         raw_conn.execute(
-            "INSERT INTO queueapp_task (task_path, queue_name, priority, status, args, kwargs, attempts,"
+            "INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, attempts,"
             " max_attempts, worker_ids, errors, cancel_requested)"
             " VALUES ('x', 'default', 0, 'READY', jsonb_build_array(%s::text), '{}', 0, 1, '{}', '[]',"
             " false)",

@@ -10,6 +10,7 @@ import pytest
 from queueapp import models, store
 from tests import tasks
 from tests.conftest import make_worker
+from workers.stager import Stager
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +61,9 @@ def test_a_zombie_cannot_overwrite_the_attempt_that_replaced_it(raw_conn: psycop
     zombie, rescuer = make_worker(), make_worker()
     first = claim_one(zombie)
     # What the reaper does to a lost worker's task: READY again, attempt counted.
-    raw_conn.execute("UPDATE queueapp_task SET status = 'READY', worker_id = NULL WHERE id = %s", [first.id])
+    raw_conn.execute(
+        "UPDATE queueapp_task_live SET status = 'READY', worker_id = NULL WHERE id = %s", [first.id]
+    )
     second = claim_one(rescuer)
     assert (second.id, second.attempts, second.worker_ids) == (first.id, 2, [zombie.id, rescuer.id])
 
@@ -87,14 +90,15 @@ def test_failure_retries_with_backoff_on_the_database_clock_then_fails(raw_conn:
     status, run_after = store.fail_task(
         task_id=task_id, worker_id=worker.id, attempt=1, error=ERROR, backoff_base=10.0, backoff_max=3600.0
     ) or ("", None)
-    assert status == "READY"
+    assert status == "SCHEDULED"
     # Attempt 1 waits backoff_base * 2**0 = 10 s, jittered into [5 s, 10 s].
     assert before + dt.timedelta(seconds=4.9) <= run_after <= before + dt.timedelta(seconds=11)
     stored = snapshot(task_id)
     assert (stored["worker_id"], stored["finished_at"], stored["attempts"]) == (None, None, 1)
     assert store.claim_tasks(worker_id=worker.id, queues=["default"], limit=1) == []  # not due yet
 
-    raw_conn.execute("UPDATE queueapp_task SET run_after = now() WHERE id = %s", [task_id])
+    raw_conn.execute("UPDATE queueapp_task_live SET run_after = now() WHERE id = %s", [task_id])
+    assert Stager().run_once() == 1  # due: READY again
     row = claim_one(worker)
     assert row.attempts == 2
     assert (
@@ -112,7 +116,7 @@ def test_failure_retries_with_backoff_on_the_database_clock_then_fails(raw_conn:
 def test_backoff_is_capped(raw_conn: psycopg.Connection) -> None:
     result = tasks.add.using(max_attempts=50).enqueue(1, 2)
     worker = make_worker()
-    raw_conn.execute("UPDATE queueapp_task SET attempts = 40 WHERE id = %s", [int(result.id)])
+    raw_conn.execute("UPDATE queueapp_task_live SET attempts = 40 WHERE id = %s", [int(result.id)])
     row = claim_one(worker)
     before = raw_conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
     outcome = store.fail_task(

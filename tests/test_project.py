@@ -62,7 +62,7 @@ def test_the_sequence_bulk_enqueue_draws_ids_from_is_the_id_columns() -> None:
 
     assert "nextval('queueapp_task_id_seq')" in QUERIES["reserve_task_ids"]
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_get_serial_sequence('queueapp_task', 'id')")
+        cursor.execute("SELECT pg_get_serial_sequence('queueapp_task_live', 'id')")
         assert cursor.fetchone() == ("public.queueapp_task_id_seq",)
 
 

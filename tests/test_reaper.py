@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import threading
 import time
@@ -10,11 +11,13 @@ import uuid
 import psycopg
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from queueapp import models, store
 from tests import tasks
 from tests.conftest import make_worker
-from tests.helpers import run_manage
+from tests.helpers import end_task, run_manage
+from workers.stager import Stager
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +46,8 @@ def test_reap_requeues_a_lost_workers_tasks_and_fails_those_out_of_attempts(
     assert models.Worker.objects.get(id=worker.id).state == "LOST"
     assert models.Worker.objects.get(id=healthy.id).state == "ALIVE"
     requeued = models.Task.objects.get(id=int(keep.id))
-    assert (requeued.status, requeued.worker_id, requeued.attempts) == ("READY", None, 1)
+    # Back to waiting, after its backoff (here 0 s): the stager makes it READY when due.
+    assert (requeued.status, requeued.worker_id, requeued.attempts) == ("SCHEDULED", None, 1)
     failed = models.Task.objects.get(id=int(last_try.id))
     assert failed.status == "FAILED"
     assert "was lost" in failed.errors[0]["message"]
@@ -68,7 +72,7 @@ def test_running_tasks_left_on_an_already_lost_worker_are_reaped(raw_conn: psyco
     store.claim_tasks(worker_id=worker.id, queues=["default"], limit=1)
     raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST' WHERE id = %s", [worker.id])
     assert store.reap_workers(stale_after=30, **REAP).tasks_requeued == 1
-    assert models.Task.objects.get(id=int(result.id)).status == "READY"
+    assert models.Task.objects.get(id=int(result.id)).status == "SCHEDULED"
 
 
 def test_only_one_reaper_runs_at_a_time(raw_conn: psycopg.Connection) -> None:
@@ -97,7 +101,7 @@ def test_reap_stale_command_reports_and_dry_run_changes_nothing(raw_conn: psycop
     real = run_manage("reap_stale", "--stale-after", "60")
     assert real.returncode == 0, real.stderr
     assert "marked workers_lost=1 tasks_requeued=3 tasks_failed=0" in real.stdout
-    assert models.Task.objects.filter(status="READY").count() == 3
+    assert models.Task.objects.filter(status="SCHEDULED").count() == 3
 
     bad = run_manage("reap_stale", "--stale-after", "0")
     assert bad.returncode != 0
@@ -107,19 +111,24 @@ def test_reap_stale_command_reports_and_dry_run_changes_nothing(raw_conn: psycop
 def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
     raw_conn: psycopg.Connection,
 ) -> None:
-    # Every status change is recorded by a trigger, so a terminal -> READY transition cannot hide.
+    # Every move into history (a task ending) and out of it (a task reopened) is recorded by a
+    # trigger, so a task that ends twice, or ends and comes back, cannot hide.
     raw_conn.execute("CREATE TABLE IF NOT EXISTS test_transition (task_id bigint, old text, new text)")
     raw_conn.execute("TRUNCATE test_transition")
     raw_conn.execute(
         """
         CREATE OR REPLACE FUNCTION test_record_transition() RETURNS trigger AS $$
         BEGIN
-          INSERT INTO test_transition VALUES (NEW.id, OLD.status, NEW.status);
-          RETURN NEW;
+          IF TG_OP = 'INSERT' THEN
+            INSERT INTO test_transition VALUES (NEW.id, 'live', NEW.status);
+          ELSE
+            INSERT INTO test_transition VALUES (OLD.id, OLD.status, 'reopened');
+          END IF;
+          RETURN NULL;
         END $$ LANGUAGE plpgsql;
-        DROP TRIGGER IF EXISTS test_transition ON queueapp_task;
-        CREATE TRIGGER test_transition AFTER UPDATE OF status ON queueapp_task FOR EACH ROW
-          WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION test_record_transition();
+        DROP TRIGGER IF EXISTS test_transition ON queueapp_task_history;
+        CREATE TRIGGER test_transition AFTER INSERT OR DELETE ON queueapp_task_history FOR EACH ROW
+          EXECUTE FUNCTION test_record_transition();
         """
     )
     tasks.add.using(max_attempts=50).enqueue_many(((i, i), {}) for i in range(400))
@@ -131,6 +140,7 @@ def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
         try:
             while not stop.is_set():
                 reaped.append(store.reap_workers(stale_after=stale_after, **REAP))
+                Stager().run_once()  # retries and requeued tasks wait as SCHEDULED until due
         finally:
             connection.close()
 
@@ -181,43 +191,52 @@ def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
     stop.set()
     for thread in threads:
         thread.join(30)
-    raw_conn.execute("DROP TRIGGER test_transition ON queueapp_task")
+    raw_conn.execute("DROP TRIGGER test_transition ON queueapp_task_history")
 
-    reopened = raw_conn.execute(
-        "SELECT count(*) FROM test_transition WHERE old IN ('SUCCESSFUL', 'FAILED', 'CANCELLED')"
-    ).fetchone()
+    reopened = raw_conn.execute("SELECT count(*) FROM test_transition WHERE new = 'reopened'").fetchone()
     assert reopened == (0,)
+    ended_twice = raw_conn.execute(
+        "SELECT count(*) FROM (SELECT task_id FROM test_transition GROUP BY task_id HAVING count(*) > 1) AS t"
+    ).fetchone()
+    assert ended_twice == (0,)
+    assert raw_conn.execute("SELECT count(*), count(DISTINCT id) FROM queueapp_task").fetchone() == (400, 400)
     assert sum(outcome.tasks_requeued for outcome in reaped) > 0, "the reapers never raced a finish"
     assert sum(1 for outcome in reaped if not outcome.ran) > 0, "the reapers never overlapped"
     assert not models.Task.objects.exclude(status__in=["SUCCESSFUL", "FAILED"]).exists()
 
 
-def test_purge_tasks_deletes_only_old_finished_tasks_in_batches(raw_conn: psycopg.Connection) -> None:
+def test_purge_tasks_drops_old_days_and_deletes_the_rest_in_batches(raw_conn: psycopg.Connection) -> None:
     tasks.add.enqueue_many(((i, i), {}) for i in range(12))
     ids = list(models.Task.objects.order_by("id").values_list("id", flat=True))
     old_done, old_failed, new_done, waiting = ids[:5], ids[5:7], ids[7:9], ids[9:]
+    # A day 20 days back with a partition of its own (as the workers would have made it then); the
+    # failures of 30 days back land in the default partition (no partition for that day).
+    day = (timezone.now() - dt.timedelta(days=20)).astimezone(dt.UTC).date()
+    partition = store.history.partition_name(day)
     raw_conn.execute(
-        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now() - interval '20 days'"
-        " WHERE id = ANY(%s)",
-        [old_done],
+        f"CREATE TABLE IF NOT EXISTS {partition} PARTITION OF queueapp_task_history"
+        f" FOR VALUES FROM ('{day} 00:00+00') TO ('{day + dt.timedelta(days=1)} 00:00+00')"
     )
-    raw_conn.execute(
-        "UPDATE queueapp_task SET status = 'FAILED', finished_at = now() - interval '20 days'"
-        " WHERE id = ANY(%s)",
-        [old_failed],
-    )
-    raw_conn.execute(
-        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now() WHERE id = ANY(%s)", [new_done]
-    )
+    for task_id in old_done:
+        end_task(task_id, "SUCCESSFUL", finished_at=f"{day} 12:00+00")
+    for task_id in old_failed:
+        end_task(task_id, "FAILED", finished_at=timezone.now() - dt.timedelta(days=30))
+    for task_id in new_done:
+        end_task(task_id, "SUCCESSFUL")
 
     dry = run_manage("purge_tasks", "--older-than", "14d", "--dry-run")
     assert dry.stdout.strip() == "would delete tasks=7"
-    only_successful = run_manage(
-        "purge_tasks", "--older-than", "14d", "--status", "successful", "--batch", "2"
+    only_failed = run_manage("purge_tasks", "--older-than", "14d", "--status", "failed", "--batch", "1")
+    assert (
+        only_failed.stdout.strip()
+        == "dropped partitions=0 (about 0 tasks) deleted tasks=2 idempotency_keys=0"
     )
-    assert only_successful.stdout.strip() == "deleted tasks=5 idempotency_keys=0"
+    raw_conn.execute(f"ANALYZE {partition}")
     everything = run_manage("purge_tasks", "--older-than", "14d")
-    assert everything.stdout.strip() == "deleted tasks=2 idempotency_keys=0"
+    assert (
+        everything.stdout.strip() == "dropped partitions=1 (about 5 tasks) deleted tasks=0 idempotency_keys=0"
+    )
+    assert partition not in store.history_partitions()
     assert sorted(models.Task.objects.values_list("id", flat=True)) == sorted(new_done + waiting)
 
     refused = run_manage("purge_tasks", "--older-than", "14d", "--status", "READY")

@@ -67,7 +67,7 @@ def test_a_success_the_database_refuses_fails_alone_and_the_rest_of_its_round_is
     test adds, in life a trigger or a value jsonb cannot hold), the round's others still succeed
     and that one fails with the database's error."""
     raw_conn.execute(
-        "ALTER TABLE queueapp_task ADD CONSTRAINT test_refuse"
+        "ALTER TABLE queueapp_task_history ADD CONSTRAINT test_refuse"
         ' CHECK (NOT return_value @> \'{"args": ["refuse"]}\')'
     )
     try:
@@ -83,7 +83,7 @@ def test_a_success_the_database_refuses_fails_alone_and_the_rest_of_its_round_is
         succeeded = models.Task.objects.filter(id__in=[int(r.id) for r in fine], status="SUCCESSFUL")
         assert succeeded.count() == 40
     finally:
-        raw_conn.execute("ALTER TABLE queueapp_task DROP CONSTRAINT test_refuse")
+        raw_conn.execute("ALTER TABLE queueapp_task_history DROP CONSTRAINT test_refuse")
 
 
 def listener_pids(raw_conn: psycopg.Connection) -> list[int]:
@@ -216,7 +216,7 @@ def test_second_signal_stops_now_and_requeues_running_tasks_with_the_attempt_cou
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 1, worker.output()
     rows = list(models.Task.objects.all())
-    assert [row.status for row in rows] == ["READY", "READY"]
+    assert [row.status for row in rows] == ["SCHEDULED", "SCHEDULED"]  # after their backoff
     assert {row.attempts for row in rows} == {1}
     assert {row.errors[0]["exception_class_path"] for row in rows} == {
         "queueapp.exceptions.WorkerInterrupted"
