@@ -106,7 +106,7 @@ def clear_tasks() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE queueapp_task")
+        cursor.execute("TRUNCATE queueapp_task_live, queueapp_task_history")
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float, what: str) -> None:
@@ -143,7 +143,7 @@ def wait_listening(processes: int) -> None:
 
 def wait_succeeded(n: int, timeout: float = 600) -> None:
     wait_for(
-        lambda: scalar("SELECT count(*) FROM queueapp_task WHERE status = 'SUCCESSFUL'") >= n,
+        lambda: scalar("SELECT count(*) FROM queueapp_task_history WHERE status = 'SUCCESSFUL'") >= n,
         timeout=timeout,
         what=f"{n:,} tasks to succeed",
     )

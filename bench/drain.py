@@ -4,8 +4,8 @@ The workers are started first and wait, idle and LISTENing; then the N tasks are
 transaction, and the drain is timed from the first start to the last finish by the database clock.
 
 The ceiling is pgbench (-M prepared) running the worker's own claim statement for 100 rows and then
-marking them done, two commits per 100 tasks, with 2 and with 4 clients; the faster counts. Every
-drain is verified in the database: N rows, all SUCCESSFUL.
+its own finish statement for them (the move to history), two commits per 100 tasks, with 2 and with
+4 clients; the faster counts. Every drain is verified in the database: N rows, all SUCCESSFUL.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def verified_rate(n: int) -> float:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'), count(*),"
-            " extract(epoch FROM max(finished_at) - min(started_at)) FROM queueapp_task"
+            " extract(epoch FROM max(finished_at) - min(started_at)) FROM queueapp_task_history"
         )
         done, total, busy = cursor.fetchone()
     clear_tasks()
@@ -72,22 +72,30 @@ def drain_with_workers(n: int, processes: int, concurrency: int) -> float:
 
 
 def pgbench_script() -> str:
-    """The worker's claim (LIMIT 100, its ids only) then one UPDATE marking those 100 done."""
+    """The worker's claim (LIMIT 100, ids and attempts only) then its fenced finish of those 100."""
     from queueapp.sql import QUERIES
 
+    def inline(query: str) -> str:
+        query = re.sub(r"--[^\n]*\n", "", query)
+        query = (
+            query.replace("%(queues)s", "'{default}'")
+            .replace("%(worker_id)s", f"'{PGBENCH_WORKER}'")
+            .replace("%(limit)s", "100")
+            .replace("%(ids)s", "string_to_array(:ids, ',')")
+            .replace("%(attempts)s", "string_to_array(:attempts, ',')")
+            .replace(
+                "%(return_values)s",
+                "array_fill('null'::text, ARRAY[cardinality(string_to_array(:ids, ','))])",
+            )
+        )
+        return " ".join(query.split())
+
     claim = QUERIES["claim_tasks"]
-    claim = claim[: claim.index("RETURNING")] + "RETURNING t.id"
-    claim = re.sub(r"--[^\n]*\n", "", claim)
-    claim = (
-        claim.replace("%(queues)s", "'{default}'")
-        .replace("%(worker_id)s", f"'{PGBENCH_WORKER}'")
-        .replace("%(limit)s", "100")
-    )
-    claim = " ".join(claim.split())
+    claim = inline(claim[: claim.index("RETURNING")] + "RETURNING t.id, t.attempts")
     return (
-        f"WITH claimed AS ({claim}) SELECT string_agg(id::text, ',') AS ids FROM claimed\n\\gset\n"
-        "UPDATE queueapp_task SET status = 'SUCCESSFUL', finished_at = now()"
-        " WHERE id = ANY(string_to_array(:ids, ',')::bigint[]) AND status = 'RUNNING';\n"
+        f"WITH claimed AS ({claim}) SELECT string_agg(id::text, ',') AS ids,"
+        f" string_agg(attempts::text, ',') AS attempts FROM claimed\n\\gset\n"
+        f"{inline(QUERIES['finish_tasks'])};\n"
     )
 
 

@@ -20,7 +20,7 @@ import psycopg
 from bench.common import Figure, clear_tasks, rate_figure
 
 COPY = (
-    "COPY queueapp_task (task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,"
+    "COPY queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,"
     " attempts, max_attempts, timeout, worker_ids, errors, cancel_requested) FROM STDIN"
 )
 

@@ -43,7 +43,8 @@ def settle() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
-        cursor.execute("VACUUM ANALYZE queueapp_task")
+        cursor.execute("VACUUM ANALYZE queueapp_task_live")
+        cursor.execute("VACUUM ANALYZE queueapp_task_history")
 
 
 def environment() -> str:
