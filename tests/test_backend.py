@@ -7,25 +7,14 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.tasks import TaskResultStatus, default_task_backend, task_backends
+from django.tasks import TaskResultStatus, default_task_backend
 from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
 
-from queueapp import backend, exceptions, models, store
+from queueapp import exceptions, models, store
 from tests import tasks
 from tests.conftest import make_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def test_backend_declares_everything_it_supports() -> None:
-    pg = task_backends["default"]
-    assert isinstance(pg, backend.PostgresBackend)
-    assert (pg.supports_defer, pg.supports_async_task, pg.supports_get_result, pg.supports_priority) == (
-        True,
-        True,
-        True,
-        True,
-    )
 
 
 def test_get_result_round_trips_a_successful_task() -> None:
