@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -92,9 +93,12 @@ def test_result_of_another_task_is_a_mismatch() -> None:
 
 def test_unregistered_task_path_is_a_clear_error_and_nothing_is_imported() -> None:
     result = tasks.add.enqueue(1, 2)
-    models.Task.objects.filter(id=int(result.id)).update(task_path="os.system")
-    with pytest.raises(exceptions.UnknownTaskPath, match=r"'os\.system' is not registered"):
+    # A module nothing else loads, so an import by get_result would show in sys.modules.
+    models.Task.objects.filter(id=int(result.id)).update(task_path="antigravity.fly")
+    assert "antigravity" not in sys.modules
+    with pytest.raises(exceptions.UnknownTaskPath, match=r"'antigravity\.fly' is not registered"):
         default_task_backend.get_result(result.id)
+    assert "antigravity" not in sys.modules
 
 
 def test_async_enqueue_and_get_result() -> None:
