@@ -8,7 +8,6 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import transaction
-from django.tasks import task
 from django.tasks.exceptions import InvalidTask
 from django.test import override_settings
 from django.utils import timezone
@@ -232,13 +231,6 @@ def test_arguments_over_the_size_limit_are_rejected() -> None:
     with pytest.raises(exceptions.ArgumentsTooLarge, match="the limit is 1000"):
         tasks.echo.enqueue("x" * 1000)
     assert models.Task.objects.count() == 0
-
-
-def test_function_that_is_not_module_level_is_rejected() -> None:
-    with pytest.raises(InvalidTask, match="module level"):
-
-        @task
-        def inner() -> None: ...
 
 
 def test_database_caps_argument_size_even_without_python_checks(raw_conn: psycopg.Connection) -> None:
