@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,3 +88,78 @@ def test_concurrent_retries_make_one_new_run(server: GunicornServer) -> None:
     assert sorted(statuses) == [200] + [409] * 19
     row = models.Task.objects.get(id=task_id)
     assert (row.status, row.attempts, row.max_attempts) == ("READY", 3, 6)
+
+
+SLOW_CLIENTS = 20
+SLOW_FOR = 30.0
+"""Seconds the slow clients keep sending, at most."""
+HEALTH_DEADLINE = 1.0
+"""Seconds a health check may take, connection included."""
+
+
+def open_slow_body(port: int, key: str) -> socket.socket:
+    """A submission whose headers promise 1,000 bytes of body that then come a byte at a time."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(
+        b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {key}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    return sock
+
+
+def get_health(port: int, key: str, *, timeout: float) -> tuple[int, float]:
+    """GET /api/health on a new connection: its status and how many seconds it took in all."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/health", headers={"Authorization": f"Bearer {key}"})
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    return response.status, time.monotonic() - started
+
+
+def still_waiting(sock: socket.socket) -> bool:
+    """The server has neither answered nor closed: it is still reading this body."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def test_slow_request_bodies_do_not_take_the_api_down(server: GunicornServer) -> None:
+    """20 clients trickle their bodies for 30 s while /api/health is asked twice a second: every
+    answer is a 200 within a second. The server is the shipped web command (Dockerfile CMD)."""
+    key = apikeys.create_api_key("slow clients")[1]
+    for _ in range(10):  # every gunicorn worker has loaded the URLconf: cold starts are not timed
+        assert get_health(server.port, key, timeout=30)[0] == 200
+    slow = [open_slow_body(server.port, key) for _ in range(SLOW_CLIENTS)]
+    answers: list[tuple[int, float]] = []
+    failure = None
+    try:
+        end = time.monotonic() + SLOW_FOR
+        while (now := time.monotonic()) < end:
+            for sock in slow:
+                sock.sendall(b" ")
+            try:
+                answers.append(get_health(server.port, key, timeout=HEALTH_DEADLINE))
+            except OSError as exc:
+                failure = f"no answer within {HEALTH_DEADLINE} s after {len(answers)} answers: {exc!r}"
+                break
+            if answers[-1][0] != 200 or answers[-1][1] > HEALTH_DEADLINE:
+                break
+            time.sleep(max(0.0, now + 0.5 - time.monotonic()))  # pacing, not waiting for anything
+        waiting = sum(still_waiting(sock) for sock in slow)
+    finally:
+        for sock in slow:
+            sock.close()
+
+    assert failure is None, f"{failure}; log:\n{server.output()}"
+    late = [(status, took) for status, took in answers if status != 200 or took > HEALTH_DEADLINE]
+    assert not late, f"{len(late)} of {len(answers)} health checks failed: {late}"
+    assert len(answers) >= SLOW_FOR / 0.5 - 2
+    assert waiting == SLOW_CLIENTS, "the slow clients held the server for the whole test"
