@@ -13,4 +13,5 @@ RUN SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build python manage
     && useradd --system --uid 1000 taskqueue
 USER taskqueue
 EXPOSE 8000
-CMD ["gunicorn", "taskqueue_project.wsgi", "--bind", "0.0.0.0:8000", "--workers", "2"]
+# The web service (compose runs this too); its settings are in taskqueue_project/gunicorn_conf.py.
+CMD ["gunicorn", "--config", "python:taskqueue_project.gunicorn_conf", "taskqueue_project.wsgi"]

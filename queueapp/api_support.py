@@ -5,6 +5,7 @@ Every error is `{"error": "<code>", "detail": "<what was wrong>"}` with the stat
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable
 from typing import Any
@@ -58,7 +59,9 @@ class StrictJsonParser(Parser):
 class BodyLimits:
     """Middleware for /api/: JSON bodies only, no larger than TASKQUEUE["API_MAX_BODY_BYTES"].
 
-    Checked before anything reads the body, so an oversized request costs nothing and stores nothing.
+    A body with a Content-Length is checked before anything reads it, so an oversized request costs
+    nothing and stores nothing. A body without one (Transfer-Encoding: chunked) is counted while it
+    is read, and reading stops at the first byte past the limit.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -67,6 +70,10 @@ class BodyLimits:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(API_PREFIX) and request.method in ("POST", "PUT", "PATCH"):
             limit = settings.TASKQUEUE["API_MAX_BODY_BYTES"]
+            if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
+                refused = read_unannounced_body(request, limit)
+                if refused is not None:
+                    return refused
             try:
                 length = int(request.META.get("CONTENT_LENGTH") or 0)
             except ValueError:
@@ -77,6 +84,38 @@ class BodyLimits:
             if length and content_type != "application/json":
                 return error(415, "unsupported_media_type", f"send application/json, not {content_type!r}")
         return self.get_response(request)
+
+
+def read_unannounced_body(request: HttpRequest, limit: int) -> HttpResponse | None:
+    """Read a body sent without Content-Length (chunked) into the request, or refuse it.
+
+    Django reads only Content-Length bytes, so it would see such a body as empty. The server
+    decodes the chunks and says the input ends with the body (WSGI's wsgi.input_terminated, which
+    gunicorn sets); this reads at most limit + 1 bytes of it, then gives Django the body and its
+    length as if it had come with a Content-Length. None when the body was accepted.
+    """
+    if not request.META.get("wsgi.input_terminated"):
+        # Reading to the end of an input the server does not end could wait forever.
+        return error(411, "length_required", "send a Content-Length: this server cannot read chunked bodies")
+    stream = request.META["wsgi.input"]
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        try:
+            part = stream.read(min(64 * 1024, limit + 1 - size))
+        except Exception as exc:  # the server's own errors for a malformed chunk, or a lost client
+            return error(400, "unreadable_body", f"the chunked body could not be read: {exc}")
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        return error(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+    request.META["CONTENT_LENGTH"] = str(size)
+    # Django reads the body from _stream (a LimitedStream over the input, of length 0 here); after
+    # reading a body itself it puts a BytesIO there too.
+    request._stream = io.BytesIO(b"".join(parts))
+    return None
 
 
 def _validation_detail(exc: ValidationError) -> str:

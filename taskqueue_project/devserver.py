@@ -29,13 +29,14 @@ def main() -> int:
     if subprocess.call([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env) != 0:
         return 1
     commands = {
+        # The shipped settings (the Dockerfile's CMD), on loopback and with an access log.
         "web": [
             str(bindir / "gunicorn"),
+            "--config",
+            "python:taskqueue_project.gunicorn_conf",
             "taskqueue_project.wsgi",
             "--bind",
             "127.0.0.1:8000",
-            "--workers",
-            "2",
             "--access-logfile",
             "-",
         ],

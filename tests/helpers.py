@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -117,45 +118,50 @@ def run_manage(
     )
 
 
-class GunicornServer:
-    """The service under gunicorn on a free loopback port, against the test database."""
+def shipped_web_command() -> list[str]:
+    """The web service's command as shipped: the Dockerfile's CMD (compose's web service runs it)."""
+    found = re.search(r"^CMD (\[.*\])$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert found, "the Dockerfile has no CMD in exec (JSON) form"
+    command = json.loads(found.group(1))
+    assert isinstance(command, list)
+    return [str(arg) for arg in command]
 
-    def __init__(
-        self,
-        *,
-        log_dir: Path,
-        workers: int = 2,
-        threads: int = 8,
-        url: str | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
+
+def with_bind(command: list[str], address: str) -> list[str]:
+    """command listening on address instead: any --bind of its own replaced, the rest unchanged."""
+    out: list[str] = []
+    args = iter(command)
+    for arg in args:
+        if arg in ("-b", "--bind"):
+            next(args)
+        elif not arg.startswith("--bind="):
+            out.append(arg)
+    return [*out, "--bind", address]
+
+
+class GunicornServer:
+    """The web service exactly as shipped (shipped_web_command), on a free loopback port, against
+    the test database."""
+
+    def __init__(self, *, log_dir: Path, url: str | None = None, env: dict[str, str] | None = None) -> None:
         import socket
 
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        self.log = (log_dir / f"gunicorn-{self.port}.log").open("wb")
+        self.log_path = log_dir / f"gunicorn-{self.port}.log"
+        self.log = self.log_path.open("wb")
         env = {
             **os.environ,
             "DATABASE_URL": url or database_url(),
             "DJANGO_SETTINGS_MODULE": "tests.settings",
             **(env or {}),
         }
+        command = with_bind(shipped_web_command(), f"127.0.0.1:{self.port}")
+        assert command[0] == "gunicorn"
+        self.command = [str(Path(sys.executable).parent / "gunicorn"), *command[1:]]
         self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "gunicorn"),
-                "taskqueue_project.wsgi",
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(workers),
-                "--threads",
-                str(threads),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            self.command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
         wait_for(self.up, timeout=30, message="gunicorn to answer")
 
@@ -168,6 +174,10 @@ class GunicornServer:
             return conn.getresponse().status == 401
         except OSError:
             return False
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:
         self.process.terminate()

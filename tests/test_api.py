@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIRequest
+from django.http import HttpResponse
 from django.test import Client, override_settings
 
 from queueapp import apikeys, models, store
+from queueapp.api_support import BodyLimits
 from tests.conftest import make_worker
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -83,6 +88,35 @@ def test_oversized_body_gets_413_and_stores_nothing(client: Client) -> None:
 def test_body_limit_is_configurable(client: Client) -> None:
     assert post(client, "/api/tasks", {"task": "echo", "args": ["x" * 300]}).status_code == 413
     assert post(client, "/api/tasks", {"task": "echo", "args": ["x"]}).status_code == 201
+
+
+def chunked_request(body: bytes, *, terminated: bool, content_type: str = "application/json") -> WSGIRequest:
+    """POST /api/tasks as a WSGI server hands over a chunked body: no CONTENT_LENGTH, the chunks
+    decoded, and wsgi.input_terminated when the server ends the input with the body."""
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/api/tasks",
+        "SERVER_NAME": "testserver",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": terminated,
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_TYPE": content_type,
+    }
+    return WSGIRequest(environ)
+
+
+def test_a_chunked_body_is_counted_up_to_the_limit_and_needs_a_server_that_ends_it() -> None:
+    """Through gunicorn in tests/test_api_http.py; here the exact boundary, and a server that does
+    not end the input (reading it to its end could wait forever): 411."""
+    echo = BodyLimits(lambda request: HttpResponse(request.body))
+    limit = settings.TASKQUEUE["API_MAX_BODY_BYTES"]
+    assert echo(chunked_request(b'{"a": 1}', terminated=True)).content == b'{"a": 1}'
+    assert len(echo(chunked_request(b" " * limit, terminated=True)).content) == limit
+    assert echo(chunked_request(b" " * (limit + 1), terminated=True)).status_code == 413
+    assert echo(chunked_request(b"{}", terminated=False)).status_code == 411
+    assert echo(chunked_request(b"a=1", terminated=True, content_type="text/plain")).status_code == 415
 
 
 def test_a_key_scoped_to_one_task_gets_403_on_another() -> None:

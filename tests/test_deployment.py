@@ -15,6 +15,8 @@ import pytest
 import yaml
 from django.core.management import get_commands
 
+from tests.helpers import shipped_web_command
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 APP_SERVICES = ["migrate", "web", "worker", "reaper"]
@@ -36,8 +38,9 @@ def substitute(value: str, env: dict[str, str]) -> str:
 
 
 def commands(service: dict[str, Any]) -> list[list[str]]:
-    """The command lines a service runs, looking inside `sh -c` scripts."""
-    command = service["command"]
+    """The command lines a service runs (the image's CMD unless it has its own), looking inside
+    `sh -c` scripts."""
+    command = service.get("command", shipped_web_command())
     if command[:2] == ["sh", "-c"]:
         return [shlex.split(found) for found in re.findall(r"python manage\.py [\w-]+", command[2])]
     return [command]
@@ -48,7 +51,7 @@ def test_every_app_service_runs_a_command_that_exists() -> None:
     for name in APP_SERVICES:
         for argv in commands(COMPOSE["services"][name]):
             if argv[0] == "gunicorn":
-                app_module = argv[1].split(":")[0]
+                app_module = argv[-1].split(":")[0]
                 assert (ROOT / (app_module.replace(".", "/") + ".py")).exists(), f"{name}: {app_module}"
                 assert "gunicorn" in (ROOT / "requirements.txt").read_text()
             else:
@@ -92,3 +95,20 @@ def test_the_dockerfile_copies_every_package_the_service_imports() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for package in ("taskqueue_project", "queueapp", "workers", "manage.py", "requirements.txt"):
         assert re.search(rf"^COPY .*\b{re.escape(package)}\b", dockerfile, re.MULTILINE), package
+
+
+def test_the_web_runs_the_images_command_which_loads_the_shipped_gunicorn_settings() -> None:
+    """One command for the web, the Dockerfile's CMD, which tests run as it is (tests.helpers.
+    GunicornServer): compose must not carry a second copy that could drift from it."""
+    assert "command" not in COMPOSE["services"]["web"]
+    command = shipped_web_command()
+    assert command[0] == "gunicorn"
+    assert command[command.index("--config") + 1] == "python:taskqueue_project.gunicorn_conf"
+    assert not {"-b", "--bind", "-w", "--workers", "-k", "--worker-class"} & set(command), (
+        "settings belong in taskqueue_project/gunicorn_conf.py"
+    )
+    from taskqueue_project import gunicorn_conf
+
+    assert gunicorn_conf.worker_class == "gthread"
+    assert gunicorn_conf.bind == ["0.0.0.0:8000"]
+    assert "8000:8000" in COMPOSE["services"]["web"]["ports"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from queueapp import models
 from tests import tasks
-from tests.helpers import WorkerProcess, run_manage, wait_for
+from tests.helpers import FAST_ENV, WorkerProcess, child_pids, run_manage, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -331,3 +333,51 @@ def test_max_tasks_recycles_processes_under_the_supervisor(workers: Start) -> No
     )
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(30) == 0, supervisor.output()
+
+
+def running(pid: int) -> bool:
+    """Not exited: an orphan's new parent may be slow to reap it, so a zombie counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_children_of_a_sigkilled_supervisor_stop_and_hand_their_running_tasks_back(workers: Start) -> None:
+    """Nothing supervises the children any more (restarts, task timeouts): each notices at its
+    next heartbeat that its parent changed and stops as on SIGTERM. Running tasks get --grace to
+    finish; these outlast it, so they go back through the failure path, attempt counted."""
+    long = [tasks.sleep_then_return.enqueue(60) for _ in range(4)]
+    supervisor = workers("--processes", "2", "--concurrency", "2", "--grace", "1")
+    wait_for(lambda: count("RUNNING") == 4, timeout=30, message="4 tasks running on 2 children")
+    children = child_pids(supervisor.pid)
+    assert len(children) == 2
+    child_workers = set(models.Worker.objects.filter(pid__in=children).values_list("id", flat=True))
+    assert len(child_workers) == 2
+
+    supervisor.signal(signal.SIGKILL)
+    supervisor.wait(10)
+    # Noticed within a heartbeat, then --grace for the running tasks, then the shutdown writes.
+    deadline = float(FAST_ENV["TASKQUEUE_HEARTBEAT_INTERVAL"]) + 1 + 5
+    try:
+        wait_for(
+            lambda: not any(running(pid) for pid in children),
+            timeout=deadline,
+            message=f"both orphaned children to exit; log:\n{supervisor.output()}",
+        )
+    finally:
+        for pid in children:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    assert supervisor.output().count("supervisor_gone") == 2
+    assert set(models.Worker.objects.filter(id__in=child_workers).values_list("state", flat=True)) == {
+        "STOPPED"
+    }
+    rows = list(models.Task.objects.filter(id__in=[int(r.id) for r in long]))
+    assert [row.status for row in rows] == ["READY"] * 4
+    assert {row.attempts for row in rows} == {1}
+    assert {row.errors[0]["exception_class_path"] for row in rows} == {
+        "queueapp.exceptions.WorkerInterrupted"
+    }

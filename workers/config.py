@@ -1,8 +1,17 @@
-"""Worker settings: command-line options over settings.TASKQUEUE over defaults, checked once."""
+"""Worker settings: command-line options over settings.TASKQUEUE over defaults, checked once.
+
+The fields are the one list of runworker's options: a field with `option(...)` metadata is a flag
+(`max_tasks` is `--max-tasks`), parsed by `add_arguments`, read by `from_options` and passed on to
+a supervisor's children by `child_args`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID, uuid4
 
 from django.conf import settings
@@ -10,22 +19,68 @@ from django.tasks import task_backends
 
 from queueapp.backend import PostgresBackend
 
+_OPTION = "runworker_option"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a WorkerConfig field appears on runworker's command line."""
+
+    help: str
+    parse: Callable[[str], object] | None
+    """Turns the argument into the field's value; None makes an on/off flag."""
+    show: Callable[[Any], str]
+    """Turns the value back into an argument, for a supervisor's children."""
+    inherited: bool
+    """A supervisor passes it on to each child; otherwise the supervisor keeps it or sets it per child."""
+
+
+def option(
+    help: str,
+    *,
+    parse: Callable[[str], object] | None = None,
+    show: Callable[[Any], str] = str,
+    inherited: bool = True,
+) -> dict[str, Option]:
+    """Field metadata that makes the field a runworker option."""
+    return {_OPTION: Option(help, parse, show, inherited)}
+
+
+def parse_queues(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
-    queues: tuple[str, ...]
-    concurrency: int = 4
-    """Tasks run at once by one process (threads)."""
-    processes: int = 1
-    """Worker processes under a supervisor that restarts them; 1 runs in this process."""
-    burst: bool = False
-    """Exit 0 once nothing is ready to run."""
-    max_tasks: int | None = None
-    """Exit 0 after this many tasks, so a supervisor starts a fresh process."""
-    poll_interval: float = 2.0
-    """Seconds between polls when no notification comes (jittered); NOTIFY wakes at once."""
-    grace: float = 30.0
-    """Seconds running tasks get to finish after SIGTERM/SIGINT."""
+    queues: tuple[str, ...] = field(
+        metadata=option(
+            "Comma-separated queues (default: all the backend's).", parse=parse_queues, show=",".join
+        )
+    )
+    concurrency: int = field(
+        default=4, metadata=option("Tasks run at once per process (threads).", parse=int)
+    )
+    processes: int = field(
+        default=1,
+        metadata=option(
+            "Worker processes under a supervisor that restarts them; 1 runs in this process.",
+            parse=int,
+            inherited=False,
+        ),
+    )
+    burst: bool = field(default=False, metadata=option("Exit 0 once nothing is ready to run."))
+    max_tasks: int | None = field(
+        default=None,
+        metadata=option("Exit 0 after N tasks (a supervisor starts a fresh process).", parse=int),
+    )
+    poll_interval: float = field(
+        default=2.0,
+        metadata=option("Seconds between polls when no NOTIFY comes (jittered).", parse=float),
+    )
+    grace: float = field(
+        default=30.0,
+        metadata=option("Seconds running tasks get to finish after SIGTERM/SIGINT.", parse=float),
+    )
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0
     reap_interval: float = 15.0
@@ -34,11 +89,69 @@ class WorkerConfig:
     or a retry starts at most about this long after it is due."""
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
-    worker_id: UUID = field(default_factory=uuid4)
-    metrics_port: int | None = None
-    """Serve this process's (or, under --processes, all children's) Prometheus metrics on this port."""
-    parent_pid: int | None = None
-    """Set for a supervisor's child: the child stops if its supervisor goes away."""
+    worker_id: UUID = field(
+        default_factory=uuid4,
+        metadata=option("Set by the supervisor for each child.", parse=UUID, inherited=False),
+    )
+    metrics_port: int | None = field(
+        default=None,
+        metadata=option(
+            "Serve Prometheus metrics on this port (under --processes, all children's together).",
+            parse=int,
+            inherited=False,
+        ),
+    )
+    parent_pid: int | None = field(
+        default=None,
+        metadata=option(
+            "Set by the supervisor for each child: the child stops if its supervisor goes away.",
+            parse=int,
+            inherited=False,
+        ),
+    )
+
+    @classmethod
+    def options(cls) -> Iterator[tuple[str, Option]]:
+        """(field name, Option) for each field that is a runworker option, in declaration order."""
+        for f in dataclasses.fields(cls):
+            if _OPTION in f.metadata:
+                yield f.name, f.metadata[_OPTION]
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One flag per option field; unset flags are None, so settings and defaults apply."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, opt in cls.options():
+            default = defaults[name]
+            shown = "" if default in (dataclasses.MISSING, None, False) else f" Default: {default}."
+            if opt.parse is None:
+                parser.add_argument(flag(name), action="store_true", default=None, help=opt.help + shown)
+            else:
+                parser.add_argument(flag(name), type=opt.parse, help=opt.help + shown)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, object]) -> WorkerConfig:
+        """From parsed command-line options (runworker's), over settings and defaults."""
+        return cls.from_settings(**{name: options.get(name) for name, _ in cls.options()})
+
+    def child_args(self, **per_child: object) -> list[str]:
+        """runworker's arguments for a supervisor's child: this config's inherited options, then
+        per_child (worker_id, parent_pid)."""
+        values: dict[str, object] = {
+            name: getattr(self, name) for name, opt in self.options() if opt.inherited
+        }
+        options = dict(self.options())
+        unknown = sorted(set(per_child) - set(options))
+        if unknown:
+            raise TypeError(f"not runworker options: {', '.join(unknown)}")
+        values.update(per_child)
+        args: list[str] = []
+        for name, value in values.items():
+            opt = options[name]
+            if value is None or value is False:
+                continue
+            args += [flag(name)] if opt.parse is None else [flag(name), opt.show(value)]
+        return args
 
     @classmethod
     def from_settings(cls, **options: object) -> WorkerConfig:
@@ -89,3 +202,8 @@ class WorkerConfig:
                 f"TASKQUEUE HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be above 0 and below "
                 f"STALE_AFTER ({self.stale_after})"
             )
+
+
+def flag(name: str) -> str:
+    """The command-line flag of an option field: max_tasks is --max-tasks."""
+    return "--" + name.replace("_", "-")

@@ -35,6 +35,7 @@ class Heartbeat:
         if self.parent_pid is not None and os.getppid() != self.parent_pid and self.on_orphaned:
             logger.error("supervisor_gone worker=%s parent_pid=%s: stopping", self.worker_id, self.parent_pid)
             self.on_orphaned()
+            self.on_orphaned = None  # once: the worker keeps beating while it drains
         try:
             alive = store.beat_worker(self.worker_id)
         except db.CONNECTION_ERRORS as exc:

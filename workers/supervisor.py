@@ -44,10 +44,8 @@ class Child:
 class Supervisor:
     name = "supervisor"
 
-    def __init__(self, config: WorkerConfig, child_args: list[str], *, check_interval: float = 0.5) -> None:
+    def __init__(self, config: WorkerConfig, *, check_interval: float = 0.5) -> None:
         self.config = config
-        self.child_args = child_args
-        """runworker's own options for each child (without --processes)."""
         self.check_interval = check_interval
         self.children: list[Child] = []
         self.stopping = threading.Event()
@@ -80,17 +78,8 @@ class Supervisor:
 
     def spawn(self) -> Child:
         worker_id = uuid4()
-        cmd = [
-            sys.executable,
-            "-m",
-            "django",
-            "runworker",
-            *self.child_args,
-            "--worker-id",
-            str(worker_id),
-            "--parent-pid",
-            str(os.getpid()),
-        ]
+        args = self.config.child_args(worker_id=worker_id, parent_pid=os.getpid())
+        cmd = [sys.executable, "-m", "django", "runworker", *args]
         # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which forwards
         # it once (a child that saw it twice would take it as "stop now").
         process = subprocess.Popen(cmd, env=self.child_env, process_group=0)
