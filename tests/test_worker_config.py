@@ -20,6 +20,7 @@ def parse(*argv: str) -> WorkerConfig:
 TYPED: dict[str, tuple[list[str], object]] = {
     "queues": (["--queues", "emails, reports"], ("emails", "reports")),
     "concurrency": (["--concurrency", "3"], 3),
+    "prefetch": (["--prefetch", "0"], 0),
     "processes": (["--processes", "2"], 2),
     "burst": (["--burst"], True),
     "max_tasks": (["--max-tasks", "7"], 7),
@@ -38,7 +39,8 @@ def test_every_option_field_is_a_flag_that_reaches_the_config() -> None:
         name: value for name, (_, value) in TYPED.items()
     }
     defaults = parse()
-    assert (defaults.parent_pid, defaults.burst, defaults.concurrency) == (None, False, 4)
+    assert (defaults.parent_pid, defaults.burst, defaults.concurrency) == (None, False, 8)
+    assert (defaults.prefetch, defaults.claim_ahead) == (None, 8)  # as many as threads, while short
 
 
 def test_a_child_is_started_with_its_supervisors_config_and_its_own_id_and_parent() -> None:

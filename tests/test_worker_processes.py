@@ -376,7 +376,7 @@ def test_children_of_a_sigkilled_supervisor_stop_and_hand_their_running_tasks_ba
         "STOPPED"
     }
     rows = list(models.Task.objects.filter(id__in=[int(r.id) for r in long]))
-    assert [row.status for row in rows] == ["READY"] * 4
+    assert {row.status for row in rows} <= {"SCHEDULED", "READY"}  # waiting again (staged once due)
     assert {row.attempts for row in rows} == {1}
     assert {row.errors[0]["exception_class_path"] for row in rows} == {
         "queueapp.exceptions.WorkerInterrupted"

@@ -13,6 +13,7 @@ from django.tasks.signals import task_finished, task_started
 from queueapp import models, store
 from tests import tasks
 from tests.conftest import conninfo, make_worker
+from tests.helpers import wait_for
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
 from workers.listener import Listener
@@ -312,4 +313,35 @@ def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_suc
         assert models.Task.objects.get(id=first.id).status == "SUCCESSFUL"
         assert set(models.Task.objects.filter(status="READY").values_list("attempts", flat=True)) == {0}
     finally:
+        worker.producer.close()
+
+
+@pytest.mark.parametrize(
+    ("task_args", "claims_ahead"),
+    [((0.0, "quick"), True), ((0.15, "slow"), False)],
+    ids=["short tasks are claimed ahead", "long tasks are not"],
+)
+def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
+    task_args: tuple[float, str], claims_ahead: bool
+) -> None:
+    """Concurrency 2, prefetch 3: the first round claims 2 (run times unknown yet); once those ran,
+    the next claims up to 2 + 3 when they were short, and only the 2 free threads when they were not."""
+    from workers.config import WorkerConfig
+    from workers.worker import Worker
+
+    tasks.sleep_then_return.enqueue_many([(task_args, {})] * 20)
+    worker = Worker(WorkerConfig.from_settings(concurrency=2, prefetch=3))
+    worker.register()
+    for thread in worker.threads:
+        thread.start()
+    try:
+        assert worker.round(claim=True) == 2
+        wait_for(lambda: len(worker.succeeded) == 2, timeout=10, message="the first two tasks to run")
+        claimed = worker.round(claim=True)
+        assert claimed == (5 if claims_ahead else 2)
+        running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id).count()
+        assert running == claimed  # claimed ahead or not, every one is held RUNNING under this worker
+    finally:
+        for _ in worker.threads:
+            worker.inbox.put(None)
         worker.producer.close()

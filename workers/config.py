@@ -58,7 +58,16 @@ class WorkerConfig:
         )
     )
     concurrency: int = field(
-        default=4, metadata=option("Tasks run at once per process (threads).", parse=int)
+        default=8, metadata=option("Tasks run at once per process (threads).", parse=int)
+    )
+    prefetch: int | None = field(
+        default=None,
+        metadata=option(
+            "Tasks a process claims ahead of its free threads while tasks are short (their average run"
+            " under 100 ms), so that a thread never waits for a round; 0 turns it off."
+            " Default: --concurrency.",
+            parse=int,
+        ),
     )
     processes: int = field(
         default=1,
@@ -109,6 +118,11 @@ class WorkerConfig:
             inherited=False,
         ),
     )
+
+    @property
+    def claim_ahead(self) -> int:
+        """Tasks claimed ahead of free threads while tasks are short."""
+        return self.concurrency if self.prefetch is None else self.prefetch
 
     @classmethod
     def options(cls) -> Iterator[tuple[str, Option]]:
@@ -185,6 +199,8 @@ class WorkerConfig:
         for name in ("concurrency", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ValueError(f"--prefetch must be 0 or more, not {self.prefetch}")
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ValueError(f"--max-tasks must be at least 1, not {self.max_tasks}")
         if not self.stage_interval > 0:

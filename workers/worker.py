@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INTERRUPTED, EXIT_LOST, EXIT_SERVICE_DIED = 0, 1, 2, 3
 
+CLAIM_AHEAD_UNDER = 0.1
+"""Seconds: tasks whose average run is shorter are claimed ahead of free threads."""
+
 
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
@@ -78,6 +81,8 @@ class Worker:
         self.uncertain = False
         """A round failed for want of the database: it may have committed all the same."""
         self.done_count = 0
+        self.average_run: float | None = None
+        """Moving average of task run times (seconds): tasks are claimed ahead only while it is short."""
         self.services_stop = threading.Event()
         self.listener = Listener(
             db.listen_conninfo(), queues=config.queues, wake=self.wake, stop=self.services_stop
@@ -277,12 +282,16 @@ class Worker:
     def run_tasks(self) -> None:
         """A pool thread: run claimed rows from the inbox until handed None."""
         while (row := self.inbox.get()) is not None:
+            started = time.monotonic()
             try:
                 attempt = self.executor.run(row)
             except Exception:
                 logger.exception("executor_crashed id=%s: the reaper will requeue the task", row.id)
                 attempt = None
+            ran = time.monotonic() - started
             with self.lock:
+                average = self.average_run
+                self.average_run = ran if average is None else average + (ran - average) * 0.1
                 if attempt is not None and attempt.success is not None:
                     self.succeeded.append(attempt)
                 else:  # recorded already (a failure), or lost to a bug
@@ -291,9 +300,19 @@ class Worker:
             self.wake.set()
 
     def free_slots(self, *, recording: int = 0) -> int:
-        """Slots free once `recording` succeeded tasks are recorded (call with the lock held)."""
+        """Slots free once `recording` succeeded tasks are recorded (call with the lock held).
+
+        While tasks are short, the worker also claims up to `claim_ahead` tasks beyond its threads:
+        they wait in the inbox (RUNNING under this worker, fenced like the others, handed back at
+        shutdown, requeued by the reaper if the worker dies) so that a thread that finishes finds its
+        next task at once instead of waiting a round trip. Long tasks get no claims ahead: a task
+        never waits behind one that runs for minutes while another worker is idle.
+        """
         held = len(self.held) - recording
-        free = self.config.concurrency - held
+        slots = self.config.concurrency
+        if self.average_run is not None and self.average_run < CLAIM_AHEAD_UNDER:
+            slots += self.config.claim_ahead
+        free = slots - held
         if self.config.max_tasks is not None:  # never claim past --max-tasks
             free = min(free, self.config.max_tasks - (self.done_count + recording) - held)
         return max(free, 0)
