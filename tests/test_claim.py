@@ -165,3 +165,32 @@ def test_claim_plan_walks_the_partial_index_without_sorting(raw_conn: psycopg.Co
     plan = "\n".join(row[0] for row in raw_conn.execute("EXPLAIN " + QUERIES["claim_tasks"], params))
     assert "task_live_claim_idx" in plan, plan
     assert "Sort" not in plan, plan
+
+
+def test_without_statistics_the_worker_claim_still_walks_the_claim_index(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """A burst into a table that was never analyzed (a new installation, or just after a TRUNCATE):
+    the planner would read every READY task of the queue and sort them, per claim. The worker's
+    round sets claim_plan first; with it the claim walks the claim index in order and stops after
+    LIMIT rows."""
+    tasks.add.enqueue_many(((i, i), {}) for i in range(40_000))
+    # Set-up: the catalog as it is before any ANALYZE (earlier tests' statistics would hide it).
+    raw_conn.execute("DELETE FROM pg_statistic WHERE starelid = 'queueapp_task_live'::regclass")
+    raw_conn.execute(
+        "UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid = 'queueapp_task_live'::regclass"
+    )
+    worker = make_worker()
+    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10}
+
+    def plan(*settings: str) -> str:
+        with raw_conn.transaction(force_rollback=True):
+            for setting in settings:
+                raw_conn.execute(setting)
+            return "\n".join(row[0] for row in raw_conn.execute("EXPLAIN " + QUERIES["claim_tasks"], params))
+
+    trap = plan()
+    assert "Sort" in trap, trap  # the trap, without the setting
+    with_setting = plan(QUERIES["claim_plan"])
+    assert "task_live_claim_idx" in with_setting, with_setting
+    assert "Sort" not in with_setting, with_setting

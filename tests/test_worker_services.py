@@ -237,9 +237,10 @@ def test_an_error_message_jsonb_cannot_hold_is_still_recorded() -> None:
 
 
 def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
-    """Counts, not times: a round is one claim for all free slots plus one fenced finish for every
-    success since the last round, both prepared on the server; a failure is one statement, written
-    by the task's thread. A change that adds a query per task shows here first."""
+    """Counts, not times: a round is one claim for all free slots (after the SET LOCAL that keeps its
+    plan on the claim index) plus one fenced finish for every success since the last round, both
+    prepared on the server; a failure is one statement, written by the task's thread. A change that
+    adds a query per task shows here first."""
     from django.db import connection
 
     tasks.add.enqueue_many(((i, i), {}) for i in range(5))
@@ -263,7 +264,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         producer.session.conn = producer.session.connect()
         producer.session.conn.cursor_factory = Counting
         _, rows = round_(producer, 10)
-        assert len(round_statements) == 1
+        assert len(round_statements) == 2  # the plan setting, the claim
         with connection.execute_wrapper(count):
             attempts = [executor.run(row) for row in rows]
         successes = [attempt.success for attempt in attempts if attempt.success]
@@ -273,7 +274,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         assert more == []
         assert list(statuses.values()) == ["SUCCESSFUL"] * 5
         assert [attempt.outcome for attempt in attempts if not attempt.success] == ["retry"]
-        assert len(round_statements) == 1 + 2  # second round: one finish for five, one claim
+        assert len(round_statements) == 2 + 3  # second round: one finish for five, setting, claim
         assert len(task_thread_statements) == 1  # the failure
         listed = producer.session.conn.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [text for (text,) in listed]
@@ -318,14 +319,15 @@ def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_suc
 
 @pytest.mark.parametrize(
     ("task_args", "claims_ahead"),
-    [((0.0, "quick"), True), ((0.15, "slow"), False)],
+    [((0.0, "quick"), True), ((0.3, "slow"), False)],
     ids=["short tasks are claimed ahead", "long tasks are not"],
 )
 def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
     task_args: tuple[float, str], claims_ahead: bool
 ) -> None:
     """Concurrency 2, prefetch 3: the first round claims 2 (run times unknown yet); once those ran,
-    the next claims up to 2 + 3 when they were short, and only the 2 free threads when they were not."""
+    the next claims up to 2 + 3 when they were short, and only the 2 free threads when they ran
+    longer than the threads could get through in CLAIM_AHEAD_WINDOW."""
     from workers.config import WorkerConfig
     from workers.worker import Worker
 

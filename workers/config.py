@@ -63,9 +63,9 @@ class WorkerConfig:
     prefetch: int | None = field(
         default=None,
         metadata=option(
-            "Tasks a process claims ahead of its free threads while tasks are short (their average run"
-            " under 100 ms), so that a thread never waits for a round; 0 turns it off."
-            " Default: --concurrency.",
+            "Most tasks a process claims ahead of its free threads: as many as its threads run in 0.1 s"
+            " on average (none for tasks that run longer), so a thread never waits for a round and a"
+            " claimed task waits about 0.1 s at worst; 0 turns it off. Default: 8 x --concurrency.",
             parse=int,
         ),
     )
@@ -120,9 +120,9 @@ class WorkerConfig:
     )
 
     @property
-    def claim_ahead(self) -> int:
-        """Tasks claimed ahead of free threads while tasks are short."""
-        return self.concurrency if self.prefetch is None else self.prefetch
+    def prefetch_max(self) -> int:
+        """At most this many tasks are claimed ahead of free threads."""
+        return 8 * self.concurrency if self.prefetch is None else self.prefetch
 
     @classmethod
     def options(cls) -> Iterator[tuple[str, Option]]:

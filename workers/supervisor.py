@@ -1,5 +1,9 @@
 """Supervisor for `runworker --processes N`: N worker processes, restarted when they die.
 
+Children are forked from the supervisor, which has loaded Django (they start at once); with
+--metrics-port they are started as fresh processes instead, since prometheus_client's multiprocess
+mode must be chosen before the metrics are made.
+
 It also enforces task timeouts, which threads cannot: a child running a task past its timeout is
 killed, the task fails through the normal retry path, the child's other tasks are requeued as
 "worker lost", and a fresh child takes its place. A child that dies on its own is reaped at once
@@ -8,6 +12,7 @@ by the supervisor (its tasks do not wait for the heartbeat to go stale).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +32,7 @@ from queueapp import exceptions, store
 from workers import db
 from workers.config import WorkerConfig
 from workers.executor import fail_attempt
+from workers.forked import ForkedWorker
 from workers.reaper import Reaper
 
 logger = logging.getLogger(__name__)
@@ -35,7 +41,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Child:
     worker_id: UUID
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedWorker
     started: float = field(default_factory=time.monotonic)
     handled: bool = False
     """Its exit was seen and dealt with (reaped, replaced) before shutdown."""
@@ -78,11 +84,18 @@ class Supervisor:
 
     def spawn(self) -> Child:
         worker_id = uuid4()
-        args = self.config.child_args(worker_id=worker_id, parent_pid=os.getpid())
-        cmd = [sys.executable, "-m", "django", "runworker", *args]
-        # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which forwards
-        # it once (a child that saw it twice would take it as "stop now").
-        process = subprocess.Popen(cmd, env=self.child_env, process_group=0)
+        process: subprocess.Popen[bytes] | ForkedWorker
+        if self.config.metrics_port is None:
+            child = dataclasses.replace(
+                self.config, processes=1, worker_id=worker_id, parent_pid=os.getpid(), metrics_port=None
+            )
+            process = ForkedWorker(child)
+        else:
+            args = self.config.child_args(worker_id=worker_id, parent_pid=os.getpid())
+            cmd = [sys.executable, "-m", "django", "runworker", *args]
+            # A process group of its own: a terminal's Ctrl+C reaches only the supervisor, which
+            # forwards it once (a child that saw it twice would take it as "stop now").
+            process = subprocess.Popen(cmd, env=self.child_env, process_group=0)
         logger.info("child_started pid=%s worker=%s", process.pid, worker_id)
         if self.stopping.is_set():  # a signal arrived while it was starting
             process.send_signal(signal.SIGTERM)

@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INTERRUPTED, EXIT_LOST, EXIT_SERVICE_DIED = 0, 1, 2, 3
 
-CLAIM_AHEAD_UNDER = 0.1
-"""Seconds: tasks whose average run is shorter are claimed ahead of free threads."""
+CLAIM_AHEAD_WINDOW = 0.1
+"""Seconds of work a worker claims ahead of its threads: as many tasks as they run in that time on
+average (at most --prefetch), so that a task waits in the worker about this long at worst."""
 
 
 class Worker:
@@ -302,20 +303,25 @@ class Worker:
     def free_slots(self, *, recording: int = 0) -> int:
         """Slots free once `recording` succeeded tasks are recorded (call with the lock held).
 
-        While tasks are short, the worker also claims up to `claim_ahead` tasks beyond its threads:
-        they wait in the inbox (RUNNING under this worker, fenced like the others, handed back at
+        While tasks are short, the worker also claims tasks beyond its threads (claim_ahead): they
+        wait in the inbox (RUNNING under this worker, fenced like the others, handed back at
         shutdown, requeued by the reaper if the worker dies) so that a thread that finishes finds its
-        next task at once instead of waiting a round trip. Long tasks get no claims ahead: a task
-        never waits behind one that runs for minutes while another worker is idle.
+        next task at once instead of waiting a round trip, and a round carries more tasks.
         """
         held = len(self.held) - recording
-        slots = self.config.concurrency
-        if self.average_run is not None and self.average_run < CLAIM_AHEAD_UNDER:
-            slots += self.config.claim_ahead
-        free = slots - held
+        free = self.config.concurrency + self.claim_ahead() - held
         if self.config.max_tasks is not None:  # never claim past --max-tasks
             free = min(free, self.config.max_tasks - (self.done_count + recording) - held)
         return max(free, 0)
+
+    def claim_ahead(self) -> int:
+        """Tasks to claim beyond the threads: what they run in CLAIM_AHEAD_WINDOW on average, at most
+        --prefetch; none until a task has run (its length is unknown), none for long tasks, so a
+        task never waits behind one that runs for minutes while another worker is idle."""
+        if not self.average_run:
+            return 0
+        ahead = int(self.config.concurrency * CLAIM_AHEAD_WINDOW / self.average_run)
+        return min(ahead, self.config.prefetch_max)
 
     def idle(self) -> bool:
         with self.lock:

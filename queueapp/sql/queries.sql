@@ -67,9 +67,20 @@ SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, st
     worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
 FROM picked
 WHERE t.id = picked.id
-RETURNING t.id, t.task_path, t.queue_name, t.priority, t.status, t.args, t.kwargs, t.run_after,
-          t.enqueued_at, t.started_at, t.finished_at, t.attempts, t.max_attempts, t.worker_id,
-          t.worker_ids, t.errors, t.return_value, t.cancel_requested, t.timeout;
+-- Only what can differ between claimed tasks comes back (status, worker, result are known).
+RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
+          t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout;
+
+-- claim_plan --
+-- Before the claim, in its transaction. Planner trap: without statistics (a table just filled by a
+-- burst, before autovacuum's ANALYZE) or with stale ones (a queue that is usually empty), the planner
+-- takes the claim for a few rows and reads every READY task of the queue through
+-- task_live_ready_queue_idx, then sorts them: each claim then costs as much as the backlog (measured:
+-- 850 tasks/s with 40,000 waiting, 3,000 with none). With sorting priced out, the only plan left is
+-- the claim index read in order, which stops after LIMIT rows whatever the statistics say. LOCAL:
+-- it ends with the transaction, so it holds behind a pooler too, and it is in force when the claim
+-- is planned (custom plans) and when its generic plan is built and cached.
+SET LOCAL enable_sort = off;
 
 -- release_unknown_claims --
 -- After a round whose outcome is unknown (the connection broke before its COMMIT's answer came

@@ -11,6 +11,7 @@ values themselves.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
-from queueapp.store.rows import TaskRow, _to_row
+from queueapp.store.rows import TaskRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,56 @@ def claim_params(worker_id: UUID, queues: Sequence[str], limit: int) -> dict[str
     return {"worker_id": worker_id, "queues": list(queues), "limit": limit}
 
 
-def claimed_rows(values: Sequence[Sequence[Any]]) -> list[TaskRow]:
-    """UPDATE ... RETURNING gives no order: hand tasks out in claim order."""
-    rows = [_to_row(row) for row in values]
+def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskRow]:
+    """The claim's rows (RUNNING under worker_id), in claim order: UPDATE ... RETURNING gives none."""
+    rows = [
+        TaskRow(
+            id=task_id,
+            task_path=task_path,
+            queue_name=queue_name,
+            priority=priority,
+            status="RUNNING",
+            args=_json(args),
+            kwargs=_json(kwargs),
+            run_after=run_after,
+            enqueued_at=enqueued_at,
+            started_at=started_at,
+            finished_at=None,
+            attempts=attempts,
+            max_attempts=max_attempts,
+            worker_id=worker_id,
+            worker_ids=worker_ids,
+            errors=_json(errors),
+            return_value=None,
+            cancel_requested=cancel_requested,
+            timeout=timeout,
+        )
+        for (
+            task_id,
+            task_path,
+            queue_name,
+            priority,
+            args,
+            kwargs,
+            run_after,
+            enqueued_at,
+            started_at,
+            attempts,
+            max_attempts,
+            worker_ids,
+            errors,
+            cancel_requested,
+            timeout,
+        ) in values
+    ]
     rows.sort(key=lambda row: (-row.priority, row.run_after, row.id))
     return rows
+
+
+def _json(value: Any) -> Any:
+    # Django's connections load jsonb as text; the worker's own connection, with psycopg's loaders,
+    # as Python values already.
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class WorkerSession:
@@ -72,9 +118,11 @@ class WorkerSession:
         self.conn: psycopg.Connection[Any] | None = None
 
     def connect(self) -> psycopg.Connection[Any]:
-        # Django's parameters and type adapters (jsonb as text, times in Django's zone), but a plain
-        # server-binding cursor so that statements can be prepared.
+        # Django's connection parameters, but psycopg's own type adapters (C loaders for times and
+        # JSON, where Django's are Python: a tenth of a round's time went there) and a plain
+        # server-binding cursor so that statements can be prepared. Times come back in UTC.
         params = connections[self.using].get_connection_params()
+        params.pop("context", None)
         params.update(
             cursor_factory=psycopg.Cursor,
             prepare_threshold=0 if self.prepare else None,
@@ -100,9 +148,10 @@ class WorkerSession:
             if successes:
                 finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
             if limit > 0:
+                conn.execute(QUERIES["claim_plan"], prepare=False)
                 claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
-        return statuses, claimed_rows(claim.fetchall()) if claim else []
+        return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
 
     def reconcile(
         self, held: Sequence[int], successes: Sequence[Success]

@@ -132,7 +132,7 @@ def claim_tasks(
         return []
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit))
-        return claimed_rows(cursor.fetchall())
+        return claimed_rows(worker_id, cursor.fetchall())
 
 
 def finish_task(
