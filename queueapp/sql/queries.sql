@@ -105,18 +105,24 @@ WHERE t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt AND t.status 
 -- Fenced, for a whole batch: every (id, attempt, return value) that still belongs to this worker
 -- and attempt moves to history; a task taken away meanwhile matches nothing and is left out of
 -- RETURNING. A cancel requested while the task ran wins: it is recorded CANCELLED, never SUCCESSFUL.
+-- Planner trap: joined to unnest(ids, attempts, return values), the generic plan drives from the
+-- worker's RUNNING tasks and runs the unnest again for each of them (a batch of 100 made 10,000
+-- rows and took 5 ms); each task's attempt and return value are looked up by its position in the
+-- arrays instead, in C, with no join to plan.
 WITH done AS (
   DELETE FROM queueapp_task_live t
-  USING unnest(%(ids)s::bigint[], %(attempts)s::int[], %(return_values)s::text[]) AS r(id, attempt, return_value)
-  WHERE t.id = r.id AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt
-  RETURNING t.*, r.return_value AS result
+  WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid
+    AND t.attempts = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], t.id)]
+  RETURNING t.*
 )
 INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                    enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
                                    errors, return_value, timeout, cancel_requested, worker_id)
 SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
        args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids, errors,
-       CASE WHEN cancel_requested THEN NULL ELSE result::jsonb END, timeout, cancel_requested, worker_id
+       CASE WHEN cancel_requested THEN NULL
+            ELSE ((%(return_values)s::text[])[array_position(%(ids)s::bigint[], id)])::jsonb END,
+       timeout, cancel_requested, worker_id
 FROM done
 RETURNING id, status;
 
