@@ -376,6 +376,13 @@ FROM (SELECT extract(epoch FROM started_at - run_after) AS s FROM queueapp_task_
       WHERE finished_at >= %(since)s AND attempts = 1 AND started_at IS NOT NULL
       ORDER BY finished_at DESC LIMIT 2000) AS recent;
 
+-- report_plan --
+-- Before a report that reads history, in its transaction. Planner trap: the per-minute report's
+-- estimate (a thousand rows from generate_series, each a lateral scan of every partition) passes
+-- jit_above_cost, and compiling it took 1.3 s of the overview's 2 s at 10,000,000 finished tasks,
+-- for a query that then runs in 50 ms. LOCAL: the caller's own queries keep their setting.
+SET LOCAL jit = off;
+
 -- finished_per_minute --
 -- The console's charts, one row per minute of the window: tasks that succeeded and tasks that
 -- failed for good (an index-only count over task_finished_idx, which covers these columns), and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db import connections
+from django.db import connections, transaction
 
 from queueapp.sql import QUERIES
 
@@ -37,7 +37,8 @@ def finished_per_minute(
     *, since: datetime, using: str = "default"
 ) -> list[tuple[datetime, int, int, float | None, float | None]]:
     """(minute, successful, failed, latency p50, latency p95) for each minute with finished tasks."""
-    with connections[using].cursor() as cursor:
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["report_plan"])
         cursor.execute(QUERIES["finished_per_minute"], {"since": since})
         return [(m, ok, bad, p50, p95) for m, ok, bad, p50, p95 in cursor.fetchall()]
 
