@@ -46,9 +46,11 @@ def drain_rate(url: str, n: int = 20_000) -> float:
 
 
 def claim_ms(conn: psycopg.Connection, params: dict[str, object]) -> float:
+    """One claim of 10 as a worker's round makes it (its plan setting first), rolled back."""
     from queueapp.sql import QUERIES
 
     with conn.transaction(force_rollback=True):
+        conn.execute(QUERIES["claim_plan"])
         started = time.perf_counter()
         conn.execute(QUERIES["claim_tasks"], params).fetchall()
         return (time.perf_counter() - started) * 1000
@@ -128,6 +130,8 @@ def run(url: str, tasks: object, rate: float, opts: argparse.Namespace) -> list[
         last = time.monotonic()
         claims: list[float] = []
         while time.monotonic() - begin < length:
+            # The probe's worker beats like a live one: a reaped (LOST) worker's claim reads nothing.
+            conn.execute("UPDATE queueapp_worker SET last_heartbeat_at = now() WHERE id = %s", [worker_id])
             claims.append(claim_ms(conn, params))
             time.sleep(0.25)
             if time.monotonic() - last < 10:
