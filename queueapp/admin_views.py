@@ -92,6 +92,14 @@ def minute_series(rows: list[tuple[dt.datetime, float]], now: dt.datetime) -> li
     ]
 
 
+def queues_with_last_hour(now: dt.datetime) -> dict[str, dict[str, Any]]:
+    """Per queue: live tasks by status, the oldest READY's wait, and tasks finished in the last hour."""
+    queues = store.queue_overview()
+    for queue, finished in store.finished_by_queue(since=now - dt.timedelta(hours=1)).items():
+        queues.setdefault(queue, {"counts": {}, "oldest_ready_seconds": None})["finished"] = finished
+    return dict(sorted(queues.items()))
+
+
 def overview(request: HttpRequest, admin_context: dict[str, Any]) -> HttpResponse:
     now = store.database_now()
     per_minute = store.finished_per_minute(since=now - dt.timedelta(hours=1))
@@ -106,7 +114,7 @@ def overview(request: HttpRequest, admin_context: dict[str, Any]) -> HttpRespons
         **admin_context,
         "title": "Queue overview",
         "now": now,
-        "queues": store.queue_overview(),
+        "queues": queues_with_last_hour(now),
         "latency": reads.pickup_latency(now),
         "charts": [
             ("Finished successfully per minute", svg_bars(done, colour=STATUS_COLOURS["SUCCESSFUL"])),

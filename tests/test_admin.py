@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
@@ -9,6 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from queueapp import apikeys, models, store
 from tests import tasks
@@ -121,3 +123,20 @@ def test_api_keys_are_shown_once_on_creation_and_revoked_by_action(admin_client:
 
     admin_client.post("/admin/queueapp/apikey/", {"action": "revoke", "_selected_action": [str(row.id)]})
     assert apikeys.authenticate(key.group(0)) is None
+
+
+def test_the_overview_counts_live_tasks_and_the_last_hours_finished_ones_per_queue(
+    admin_client: Client,
+) -> None:
+    waiting = tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    tasks.add.using(run_after=timezone.now() + dt.timedelta(hours=1)).enqueue(9, 9)
+    end_task(int(waiting[0].id), "FAILED")
+    end_task(int(waiting[1].id), "SUCCESSFUL")
+    tasks.send_email.enqueue("a@example.com")
+    store.cancel_task(int(tasks.send_email.enqueue("b@example.com").id))
+
+    queues = admin_client.get("/admin/queueapp/task/overview/").context["queues"]
+
+    assert queues["default"]["counts"] == {"READY": 1, "SCHEDULED": 1}
+    assert queues["default"]["finished"] == {"FAILED": 1, "SUCCESSFUL": 1}
+    assert (queues["emails"]["counts"], queues["emails"]["finished"]) == ({"READY": 1}, {"CANCELLED": 1})

@@ -72,13 +72,14 @@ CREATE TABLE queueapp_task_history (
 ) PARTITION BY RANGE (finished_at);
 CREATE TABLE queueapp_task_history_default PARTITION OF queueapp_task_history DEFAULT;
 -- By id: get_result, the task page, the API. Newest first per filter: the console and the API list.
--- By finished_at, covering what the per-minute charts and latency read (index-only).
+-- By finished_at, covering what the per-minute charts, latency and the overview's per-queue counts
+-- of the last hour read (index-only).
 CREATE INDEX task_history_id_idx ON queueapp_task_history (id);
 CREATE INDEX task_history_status_idx ON queueapp_task_history (status, id);
 CREATE INDEX task_history_queue_idx ON queueapp_task_history (queue_name, id);
 CREATE INDEX task_history_path_idx ON queueapp_task_history (task_path, id);
 CREATE INDEX task_history_finished_idx ON queueapp_task_history (finished_at)
-  INCLUDE (status, attempts, started_at, run_after);
+  INCLUDE (status, attempts, started_at, run_after, queue_name);
 
 -- Every task, for reads. A task moves in one statement, so a snapshot sees it exactly once.
 CREATE VIEW queueapp_task AS

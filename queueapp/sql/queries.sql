@@ -410,6 +410,13 @@ CROSS JOIN LATERAL (
 ) AS sampled
 ORDER BY minute;
 
+-- finished_by_queue --
+-- Tasks finished since a moment, per queue and status: the overview's last hour, index-only from
+-- task_history_finished_idx (it includes queue_name and status).
+SELECT queue_name, status, count(*) FROM queueapp_task_history
+WHERE finished_at >= %(since)s
+GROUP BY queue_name, status;
+
 -- queue_overview --
 -- Per queue and live status: how many, and for READY the wait of the oldest (READY tasks are due).
 -- Finished tasks are counted per minute by finished_per_minute: counting all of history would

@@ -61,3 +61,14 @@ def estimated_tasks(*, using: str = "default") -> int:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["estimated_tasks"])
         return max(int(cursor.fetchone()[0]), 0)
+
+
+def finished_by_queue(*, since: datetime, using: str = "default") -> dict[str, dict[str, int]]:
+    """{queue: {terminal status: tasks finished since `since`}}."""
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["report_plan"])
+        cursor.execute(QUERIES["finished_by_queue"], {"since": since})
+        finished: dict[str, dict[str, int]] = {}
+        for queue, status, count in cursor.fetchall():
+            finished.setdefault(queue, {})[status] = count
+    return finished
