@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest
 from django.tasks import task_backends
@@ -65,6 +66,7 @@ def task_out(task: models.Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         "cancel_requested": task.cancel_requested,
+        "concurrency_key": task.concurrency_key,
         "worker_id": task.worker_id,
         "return_value": task.return_value,
         "errors": task.errors,
@@ -147,7 +149,10 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
 
 @api.get("/tasks/{task_id}", response={200: s.TaskOut, 404: s.Error, **COMMON}, summary="One task")
 def get_task(request: HttpRequest, task_id: int) -> dict[str, Any]:
-    return task_out(get_task_or_404(task_id))
+    """A waiting task says what holds it (waiting_on)."""
+    task = get_task_or_404(task_id)
+    holds = store.why_waiting(task.id, stale_after=settings.TASKQUEUE["STALE_AFTER"])
+    return {**task_out(task), "waiting_on": None if holds is None else [vars(h) for h in holds]}
 
 
 @api.post("/tasks/{task_id}/cancel", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
@@ -171,6 +176,40 @@ def retry_task(request: HttpRequest, task_id: int) -> Any:
             409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
         )
     return task_out(get_task_or_404(task_id))
+
+
+@api.get("/queues", response={200: s.QueuesOut, **COMMON}, summary="Queues: flow control and figures")
+def list_queues(request: HttpRequest) -> dict[str, Any]:
+    return {"queues": [vars(queue) for queue in store.queue_flow()]}
+
+
+@api.post(
+    "/queues/{name}/pause",
+    response={200: s.QueueOut, 403: s.Error, 422: s.Error, **COMMON},
+    summary="Pause a queue",
+)
+def pause_queue(request: HttpRequest, name: str) -> Any:
+    """Nothing of the queue is claimed from the commit on; running tasks finish. Needs a key that may
+    manage queues."""
+    return _set_paused(request, name, True)
+
+
+@api.post(
+    "/queues/{name}/resume",
+    response={200: s.QueueOut, 403: s.Error, 422: s.Error, **COMMON},
+    summary="Resume a queue",
+)
+def resume_queue(request: HttpRequest, name: str) -> Any:
+    return _set_paused(request, name, False)
+
+
+def _set_paused(request: HttpRequest, name: str, paused: bool) -> Any:
+    if not request.auth.can_manage_queues:  # type: ignore[attr-defined]
+        return error(403, "not_allowed", "this API key may not pause or resume queues (can_manage_queues)")
+    if not 1 <= len(name) <= 100:
+        return error(422, "invalid_queue", "a queue name has 1 to 100 characters")
+    store.set_paused(name, paused)
+    return next(vars(queue) for queue in store.queue_flow() if queue.name == name)
 
 
 @api.get("/workers", response={200: s.WorkersOut, **COMMON}, summary="Workers and their heartbeats")

@@ -44,6 +44,8 @@ class QueueTask(AnyTask):
     """Attempts before the task is FAILED; the backend's OPTIONS["max_attempts"] when None."""
     timeout: float | None = None
     """Seconds an attempt may run before its process is killed (`runworker --processes` only)."""
+    concurrency_key: str | None = None
+    """Runs with the same key in a queue run at most its key_concurrency at a time (default 1)."""
 
     def using(  # type: ignore[override,unused-ignore]
         self,
@@ -54,6 +56,7 @@ class QueueTask(AnyTask):
         backend: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        concurrency_key: str | None = None,
     ) -> QueueTask:
         task: AnyTask = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
@@ -63,6 +66,8 @@ class QueueTask(AnyTask):
             task = replace(task, max_attempts=max_attempts)
         if timeout is not None:
             task = replace(task, timeout=timeout)
+        if concurrency_key is not None:
+            task = replace(task, concurrency_key=concurrency_key)
         return task
 
     def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[AnyResult]:
@@ -103,6 +108,9 @@ class PostgresBackend(BaseTaskBackend):
             or not 0 < timeout < float("inf")
         ):
             raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
+        key = getattr(task, "concurrency_key", None)
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or "\x00" in key):
+            raise InvalidTask(f"concurrency_key must be a string of 1 to 200 characters, not {key!r}.")
         registry.register(task)
 
     def _task_fields(self, task: AnyTask) -> dict[str, Any]:
@@ -115,6 +123,7 @@ class PostgresBackend(BaseTaskBackend):
             "run_after": task.run_after,
             "max_attempts": getattr(task, "max_attempts", None) or self.max_attempts,
             "timeout": getattr(task, "timeout", None),
+            "concurrency_key": getattr(task, "concurrency_key", None),
         }
 
     @staticmethod

@@ -66,6 +66,7 @@ class Submission:
     priority: int | None = None
     run_after: datetime | None = None
     max_attempts: int | None = None
+    concurrency_key: str | None = None
 
 
 def request_hash(body: Any) -> str:
@@ -89,6 +90,7 @@ def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
             priority=item.priority,
             run_after=item.run_after,
             max_attempts=item.max_attempts,
+            concurrency_key=item.concurrency_key,
         )
     except InvalidTask as exc:
         raise InvalidSubmission(f"{item.task}: {exc}") from exc

@@ -29,12 +29,14 @@ class Listener:
         wake: threading.Event,
         stop: threading.Event,
         idle_check: float = 5.0,
+        settings_changed: threading.Event | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.queues = frozenset(queues)
         self.wake = wake
         self.stop = stop
         self.idle_check = idle_check
+        self.settings_changed = settings_changed
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
         self.retry_delay = 0.1
@@ -42,11 +44,14 @@ class Listener:
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
         conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+        conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
         self.conn = conn
         self.retry_delay = 0.1
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.wake.set()  # anything enqueued while we were away was not announced to us
+        if self.settings_changed is not None:
+            self.settings_changed.set()  # nor any change of settings
 
     def run_once(self, timeout: float = 1.0) -> None:
         """Wait up to timeout for notifications; (re)connect first when needed."""
@@ -56,6 +61,8 @@ class Listener:
             assert self.conn is not None
             for notify in self.conn.notifies(timeout=timeout):
                 if notify.payload in self.queues:
+                    if notify.channel == store.SETTINGS_CHANNEL and self.settings_changed is not None:
+                        self.settings_changed.set()
                     self.wake.set()
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.conn.execute("SELECT 1")

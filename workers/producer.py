@@ -4,6 +4,8 @@ due tasks as there are free execution slots (never more), in one round trip and 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -11,6 +13,11 @@ from queueapp import store
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
+
+
+FLOW_RECHECK = 5.0
+"""Seconds after which a worker whose queues had no flow control looks again, should a settings
+notification have been missed (one normally tells it at once)."""
 
 
 class Producer:
@@ -21,14 +28,32 @@ class Producer:
         self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
+        self.settings_changed = threading.Event()
+        """Set by the listener when one of the worker's queues changed its settings."""
+        self.settings_changed.set()  # not known yet
+        self.flow_checked = 0.0
+        self.retry_in: float | None = None
+        """After a round that left slots free while a rate limit held a queue back: seconds until
+        its bucket has a token again (the worker polls then instead of at its poll interval)."""
+
+    def flow(self) -> bool:
+        """Whether this round takes the flow-controlled claim: while the worker has flow-controlled
+        queues, and to look again when told of a change or every FLOW_RECHECK seconds."""
+        if self.session.flow_queues or self.settings_changed.is_set():
+            return True
+        return time.monotonic() - self.flow_checked > FLOW_RECHECK
 
     def run_once(
         self, free_slots: int, successes: Sequence[store.Success] = ()
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
+        flow = free_slots > 0 and self.flow()
+        if flow:
+            self.settings_changed.clear()  # a change notified from now on is read by a later round
+            self.flow_checked = time.monotonic()
         try:
-            statuses, rows = self.session.round(successes, free_slots)
+            statuses, rows = self.session.round(successes, free_slots, flow=flow)
         except db.CONNECTION_ERRORS as exc:
             if self.healthy:
                 logger.warning("round_failed error=%s", exc)
@@ -38,6 +63,17 @@ class Producer:
         if not self.healthy:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
+        for change in self.session.breaker_changes if flow else ():
+            log = logger.warning if change.state == "open" else logger.info
+            log(
+                "breaker_%s queue=%s failures=%s attempts=%s",
+                change.state,
+                change.queue,
+                change.failures,
+                change.attempts,
+            )
+        rates = [q.rate_per_second for q in self.session.flow_queues if q.rate_per_second and not q.paused]
+        self.retry_in = 1 / max(rates) if flow and rates and len(rows) < free_slots else None
         for row in rows:
             logger.debug("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
             if row.attempts == 1 and row.started_at is not None:

@@ -86,7 +86,11 @@ class Worker:
         """Moving average of task run times (seconds): tasks are claimed ahead only while it is short."""
         self.services_stop = threading.Event()
         self.listener = Listener(
-            db.listen_conninfo(), queues=config.queues, wake=self.wake, stop=self.services_stop
+            db.listen_conninfo(),
+            queues=config.queues,
+            wake=self.wake,
+            stop=self.services_stop,
+            settings_changed=self.producer.settings_changed,
         )
         self.heartbeat = Heartbeat(
             self.id, on_lost=self.lost, parent_pid=config.parent_pid, on_orphaned=self.orphaned
@@ -262,7 +266,8 @@ class Worker:
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
             return min(self.config.poll_interval, 0.5)  # the database is away: retry soon
-        return self.config.poll_interval * random.uniform(0.8, 1.2)
+        poll = self.config.poll_interval * random.uniform(0.8, 1.2)
+        return min(poll, self.producer.retry_in) if self.producer.retry_in else poll
 
     def drain(self) -> None:
         """Finish or hand back what this worker holds (run() then records it STOPPED)."""

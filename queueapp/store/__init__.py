@@ -16,6 +16,16 @@ from queueapp.store.history import (
     history_partitions,
     purge_finished,
 )
+from queueapp.store.limits import (
+    SETTINGS_CHANNEL,
+    Hold,
+    QueueFlow,
+    notify_settings,
+    queue_flow,
+    seed_queue_settings,
+    set_paused,
+    why_waiting,
+)
 from queueapp.store.maintenance import (
     claim_idempotency_key,
     get_idempotency_key,
@@ -39,7 +49,7 @@ from queueapp.store.rows import (
     encode_arguments,
     encode_return_value,
 )
-from queueapp.store.session import Success, WorkerSession
+from queueapp.store.session import BreakerChange, FlowQueue, Success, WorkerSession
 from queueapp.store.tasks import (
     cancel_task,
     claim_tasks,
@@ -66,9 +76,14 @@ from queueapp.store.workers import (
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "SETTINGS_CHANNEL",
+    "BreakerChange",
     "Dropped",
+    "FlowQueue",
+    "Hold",
     "Inserted",
     "NewTask",
+    "QueueFlow",
     "ReapOutcome",
     "Success",
     "TaskRow",
@@ -95,18 +110,23 @@ __all__ = [
     "get_task",
     "history_partitions",
     "is_cancel_requested",
+    "notify_settings",
     "pickup_latency",
     "preview_reap",
     "purge_finished",
     "purge_idempotency_keys",
+    "queue_flow",
     "queue_overview",
     "reap_workers",
     "register_worker",
     "release_tasks",
     "retry_task",
+    "seed_queue_settings",
     "set_idempotency_tasks",
+    "set_paused",
     "set_priority",
     "set_worker_state",
     "stage_tasks",
     "timed_out_tasks",
+    "why_waiting",
 ]

@@ -31,6 +31,8 @@ class NewTask:
     run_after: datetime | None
     max_attempts: int
     timeout: float | None = None
+    concurrency_key: str | None = None
+    """Tasks of a queue with the same key run at most its key_concurrency at a time."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

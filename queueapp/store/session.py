@@ -25,6 +25,25 @@ from queueapp.store.rows import TaskRow
 
 
 @dataclass(frozen=True, slots=True)
+class FlowQueue:
+    """A flow-controlled queue of the worker's, as its claim locked it."""
+
+    name: str
+    paused: bool
+    rate_per_second: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChange:
+    """A queue's circuit breaker that changed state, and the window's figures that made it."""
+
+    queue: str
+    state: str
+    failures: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Success:
     """A task that returned: its fenced attempt and its return value as JSON text."""
 
@@ -116,6 +135,10 @@ class WorkerSession:
         self.prepare = prepare
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
+        self.flow_queues: list[FlowQueue] = []
+        """The worker's flow-controlled queues as the latest flow-controlled claim found them."""
+        self.breaker_changes: list[BreakerChange] = []
+        """Circuit breakers that the latest flow-controlled claim moved (to be logged)."""
 
     def connect(self) -> psycopg.Connection[Any]:
         # Django's connection parameters, but psycopg's own type adapters (C loaders for times and
@@ -134,24 +157,47 @@ class WorkerSession:
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
 
-    def round(self, successes: Sequence[Success], limit: int) -> tuple[dict[int, str], list[TaskRow]]:
+    def round(
+        self, successes: Sequence[Success], limit: int, *, flow: bool = False
+    ) -> tuple[dict[int, str], list[TaskRow]]:
         """Record successes and claim up to limit tasks in one transaction.
 
         Returns the recorded status by task id (SUCCESSFUL, or CANCELLED when a cancel was
         requested; a task taken away meanwhile is missing) and the claimed rows in claim order.
+        With flow, the flow-controlled queues are claimed first (and flow_queues refreshed), then
+        the plain claim fills the slots left, in a second round trip of the same transaction.
         """
         if self.conn is None:
             self.conn = self.connect()
         conn = self.conn
-        finish = claim = None
-        with conn.pipeline(), conn.transaction():
-            if successes:
-                finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
-            if limit > 0:
-                conn.execute(QUERIES["claim_plan"], prepare=False)
-                claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
+        finish = claim = flow_claim = None
+        with conn.transaction():
+            with conn.pipeline():
+                if successes:
+                    finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
+                if limit > 0:
+                    conn.execute(QUERIES["claim_plan"], prepare=False)
+                    if flow:
+                        params = claim_params(self.worker_id, self.queues, limit)
+                        locked = conn.execute(QUERIES["lock_flow_queues"], params)
+                        stepped = conn.execute(QUERIES["step_breakers"], params)
+                        flow_claim = conn.execute(QUERIES["claim_flow_tasks"], params)
+                    else:
+                        claim = conn.execute(
+                            QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit)
+                        )
+            values = []
+            if flow_claim is not None:
+                self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
+                self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()]
+                values = flow_claim.fetchall()
+                if limit > len(values):
+                    rest = claim_params(self.worker_id, self.queues, limit - len(values))
+                    claim = conn.execute(QUERIES["claim_tasks"], rest)
+            if claim is not None:
+                values += claim.fetchall()
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
-        return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
+        return statuses, claimed_rows(self.worker_id, values)
 
     def reconcile(
         self, held: Sequence[int], successes: Sequence[Success]

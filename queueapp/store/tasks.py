@@ -29,13 +29,23 @@ def _params(new: NewTask) -> dict[str, Any]:
         "run_after": new.run_after,
         "max_attempts": new.max_attempts,
         "timeout": new.timeout,
+        "concurrency_key": new.concurrency_key,
     }
 
 
 def enqueue_task(new: NewTask, *, using: str = "default") -> Inserted:
     """Insert one READY task and notify its queue, in the caller's transaction."""
     with prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, [new])
         return _insert(cursor, new)
+
+
+def _mark_keyed_queues(cursor: CursorWrapper, batch: Sequence[NewTask]) -> None:
+    """Before tasks with a concurrency key are inserted, their queues go to the flow-controlled claim
+    (first, so that not even an enqueue outside a transaction lets the plain claim see them)."""
+    keyed = sorted({new.queue_name for new in batch if new.concurrency_key is not None})
+    if keyed:
+        cursor.execute(QUERIES["ensure_keyed_queues"], {"queues": keyed})
 
 
 def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
@@ -66,6 +76,7 @@ def enqueue_tasks[T](
     made = []
     queues = set()  # those that get a READY task: SCHEDULED ones wake nobody
     lines: list[str] = []
+    keyed: list[NewTask] = []
     with transaction.atomic(using=using), prepared_cursor(using) as cursor:
         cursor.execute(QUERIES["reserve_task_ids"], {"n": count})
         now, ids = cursor.fetchone()
@@ -79,8 +90,12 @@ def enqueue_tasks[T](
                     lines.clear()
                 if due:
                     queues.add(new.queue_name)
+                if new.concurrency_key is not None:
+                    keyed.append(new)
                 made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
             copy.write("".join(lines))
+        # The batch is streamed, so its keys are known only now; nothing is committed before this.
+        _mark_keyed_queues(cursor, keyed)
         if queues:
             cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
     return made
@@ -98,6 +113,7 @@ def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted
     # one multi-row statement.
     atomic = transaction.atomic(using=using, savepoint=False) if len(batch) > 1 else contextlib.nullcontext()
     with atomic, prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, batch)
         return [each(index, new, _insert(cursor, new)) for index, new in enumerate(batch)]
 
 
@@ -117,10 +133,11 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
     status = "READY" if due else "SCHEDULED"
+    key = "\\N" if new.concurrency_key is None else _copy_text(new.concurrency_key)
     return (
         f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
         f"{_json_text(new.args_json)}\t{_json_text(new.kwargs_json)}\t"
-        f"{run_after}\t{now_text}\t0\t{int(new.max_attempts)}\t{timeout}\t{{}}\t[]\tf\n"
+        f"{run_after}\t{now_text}\t0\t{int(new.max_attempts)}\t{timeout}\t{{}}\t[]\tf\t{key}\n"
     )
 
 
