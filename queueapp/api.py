@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -152,7 +153,7 @@ def get_task(request: HttpRequest, task_id: int) -> dict[str, Any]:
     """A waiting task says what holds it (waiting_on)."""
     task = get_task_or_404(task_id)
     holds = store.why_waiting(task.id, stale_after=settings.TASKQUEUE["STALE_AFTER"])
-    return {**task_out(task), "waiting_on": None if holds is None else [vars(h) for h in holds]}
+    return {**task_out(task), "waiting_on": None if holds is None else [asdict(h) for h in holds]}
 
 
 @api.post("/tasks/{task_id}/cancel", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
@@ -180,7 +181,7 @@ def retry_task(request: HttpRequest, task_id: int) -> Any:
 
 @api.get("/queues", response={200: s.QueuesOut, **COMMON}, summary="Queues: flow control and figures")
 def list_queues(request: HttpRequest) -> dict[str, Any]:
-    return {"queues": [vars(queue) for queue in store.queue_flow()]}
+    return {"queues": [asdict(queue) for queue in store.queue_flow()]}
 
 
 @api.post(
@@ -209,7 +210,7 @@ def _set_paused(request: HttpRequest, name: str, paused: bool) -> Any:
     if not 1 <= len(name) <= 100:
         return error(422, "invalid_queue", "a queue name has 1 to 100 characters")
     store.set_paused(name, paused)
-    return next(vars(queue) for queue in store.queue_flow() if queue.name == name)
+    return next(asdict(queue) for queue in store.queue_flow() if queue.name == name)
 
 
 @api.get("/workers", response={200: s.WorkersOut, **COMMON}, summary="Workers and their heartbeats")
