@@ -1,0 +1,102 @@
+"""What flow control costs the claim, as ratios from one run (python -m bench.flow_cost).
+
+At 10,000 READY rows, the worker's claim of 10 (prepared, median of 300, each rolled back):
+- plain: the plain claim of a queue without limits, no queue settings at all;
+- plain beside 20 flow-controlled queues: the same claim while other queues have limits (it reads
+  their names once per statement): queues without limits must pay nothing measurable;
+- limited: the flow-controlled claim of the same queue under a concurrency limit and a rate limit
+  that do not bind (lock its settings row, then claim_flow_tasks), as a worker runs it: <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import uuid
+
+import psycopg
+
+from bench.claim_cost import FILL
+from bench.common import Figure, clear_tasks, scratch_database
+
+SETTINGS = "INSERT INTO queueapp_queuesettings (name, concurrency_limit, rate_limit)"
+
+
+def timed_ms(
+    conn: psycopg.Connection, statements: list[str], params: dict[str, object], samples: int
+) -> float:
+    """Median milliseconds of claim_plan and the statements, pipelined in one transaction (rolled
+    back), as a worker's round runs them."""
+    from queueapp.sql import QUERIES
+
+    times = []
+    for n in range(samples + 20):  # the first 20 warm the cache and the prepared statements
+        with conn.transaction(force_rollback=True):
+            started = time.perf_counter()
+            with conn.pipeline():
+                conn.execute(QUERIES["claim_plan"], prepare=False)
+                cursors = [conn.execute(statement, params) for statement in statements]
+            rows = cursors[-1].fetchall()
+            if n >= 20:
+                times.append((time.perf_counter() - started) * 1000)
+            assert len(rows) == 10, len(rows)
+    return statistics.median(times)
+
+
+def figures(ready: int = 10_000, samples: int = 300) -> list[Figure]:
+    from queueapp.sql import QUERIES
+
+    worker_id = uuid.uuid4()
+    params = {"worker_id": worker_id, "queues": ["default"], "limit": 10}
+    plain = [QUERIES["claim_tasks"]]
+    limited = [QUERIES["lock_flow_queues"], QUERIES["claim_flow_tasks"]]
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, prepare_threshold=0) as conn:
+        conn.execute(
+            "INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at,"
+            " last_heartbeat_at) VALUES (%s, 'bench', 0, '{default}', 10, 'ALIVE', now(), now())",
+            [worker_id],
+        )
+        clear_tasks()
+        conn.execute(FILL, [ready])
+        conn.execute("VACUUM ANALYZE queueapp_task_live")
+        cost = {}
+        for round_ in range(2):  # twice, alternating, so that a drift of the machine shows
+            conn.execute("DELETE FROM queueapp_queuesettings")
+            cost["plain", round_] = timed_ms(conn, plain, params, samples)
+            conn.execute(SETTINGS + " SELECT 'limited-' || g, 5, NULL FROM generate_series(1, 20) AS g")
+            cost["beside", round_] = timed_ms(conn, plain, params, samples)
+            conn.execute(SETTINGS + " VALUES ('default', 1000, 1000000)")
+            cost["limited", round_] = timed_ms(conn, limited, params, samples)
+        clear_tasks()
+    base = statistics.mean([cost["plain", 0], cost["plain", 1]])
+    beside = statistics.mean([cost["beside", 0], cost["beside", 1]])
+    flow = statistics.mean([cost["limited", 0], cost["limited", 1]])
+    return [
+        Figure(
+            "plain claim of 10 beside 20 flow-controlled queues",
+            f"{beside:.3f} ms",
+            f"{base:.3f} ms (no queue settings)",
+            f"{beside / base:.2f}x",
+            "<= 1.1x",
+            beside / base <= 1.1,
+        ),
+        Figure(
+            "flow-controlled claim of 10 (concurrency and rate limits, lock + claim)",
+            f"{flow:.3f} ms",
+            f"{base:.3f} ms (the plain claim of the queue without limits)",
+            f"{flow / base:.2f}x",
+            "<= 1.5x",
+            flow / base <= 1.5,
+        ),
+    ]
+
+
+def main() -> None:
+    with scratch_database("taskqueue_bench_flow"):
+        for figure in figures():
+            print(f"{figure.what}: {figure.figure} vs {figure.ceiling}: {figure.ratio} ({figure.target})")
+
+
+if __name__ == "__main__":
+    main()
