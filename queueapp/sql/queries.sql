@@ -97,8 +97,8 @@ FOR UPDATE;
 -- at their limit are filtered out in the scan itself, so tasks behind them are reached (no
 -- head-of-line blocking); the window functions then keep each queue and each key within what is
 -- left. No FOR UPDATE: window functions forbid it, and the lock of step 1 keeps other flow
--- claimers of these queues out; the UPDATE re-checks status = 'READY' on the row's latest version
--- (a task cancelled meanwhile is skipped). started_at is statement_timestamp(): the time of this
+-- claimers of these queues out; the UPDATE re-checks on the row's latest version that it is still
+-- unclaimed (a task cancelled meanwhile is gone and skipped). started_at is statement_timestamp(): the time of this
 -- claim, after the lock (a rate limit is judged on it).
 WITH queues AS (
   SELECT q.name, q.key_concurrency, q.rate_limit IS NOT NULL AS rated, q.breaker_state = 'half_open' AS trying,
@@ -162,8 +162,12 @@ claimed AS (
   UPDATE queueapp_task_live t
   SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, started_at = statement_timestamp(),
       worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
-  FROM picked
-  WHERE t.id = picked.id AND t.status = 'READY'
+  -- The picked ids (an InitPlan), looked up by primary key. Still unclaimed is checked as
+  -- worker_id IS NULL, which READ COMMITTED re-checks on the row's latest version (a READY task has
+  -- no worker, a RUNNING one has; nothing turns a READY task SCHEDULED). Planner trap: with
+  -- status = 'READY' here, the UPDATE read every READY task of the queue through the partial
+  -- queue index instead (1 to 2 s at 2,000 READY tasks).
+  WHERE t.id = ANY (ARRAY(SELECT id FROM picked)) AND t.worker_id IS NULL
   RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
             t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout
 ),
@@ -226,6 +230,12 @@ purged AS (
          OR q.name IN (SELECT name FROM changed WHERE breaker_state = 'closed'))
 )
 SELECT name, breaker_state, failures, attempts FROM changed;
+
+-- flow_plan --
+-- Before the flow-controlled claim, after claim_plan. Planner trap: its window functions must sort,
+-- and with sorting priced out (claim_plan) the plan's cost passes jit_above_cost: compiling it took
+-- a second per claim. LOCAL: for this transaction only.
+SET LOCAL jit = off;
 
 -- ensure_keyed_queues --
 -- Tasks with a concurrency key need the flow-controlled claim: the first one enqueued in a queue

@@ -179,6 +179,7 @@ class WorkerSession:
                     conn.execute(QUERIES["claim_plan"], prepare=False)
                     if flow:
                         params = claim_params(self.worker_id, self.queues, limit)
+                        conn.execute(QUERIES["flow_plan"], prepare=False)
                         locked = conn.execute(QUERIES["lock_flow_queues"], params)
                         stepped = conn.execute(QUERIES["step_breakers"], params)
                         flow_claim = conn.execute(QUERIES["claim_flow_tasks"], params)
