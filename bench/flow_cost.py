@@ -36,6 +36,8 @@ def timed_ms(
             started = time.perf_counter()
             with conn.pipeline():
                 conn.execute(QUERIES["claim_plan"], prepare=False)
+                if len(statements) > 1:  # the flow-controlled claim
+                    conn.execute(QUERIES["flow_plan"], prepare=False)
                 cursors = [conn.execute(statement, params) for statement in statements]
             rows = cursors[-1].fetchall()
             if n >= 20:

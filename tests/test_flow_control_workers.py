@@ -18,12 +18,15 @@ FLEET = ("--processes", "4", "--concurrency", "8")
 
 # Every change in and out of RUNNING moves a counter per queue and per concurrency key. The counter's
 # row lock orders the changes as their transactions commit, so `peak` is the most RUNNING tasks any
-# committed state ever had.
+# committed state ever had. (The trigger serialises finishes too: fine for an audit.)
 AUDIT = """
 CREATE TABLE flow_audit (scope text PRIMARY KEY, running int NOT NULL, peak int NOT NULL);
 CREATE FUNCTION flow_audit_count() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE s text;
 BEGIN
+  -- The queue's settings row first, as the flow-controlled claim takes it: a finish that took the
+  -- counters first would deadlock with a claim that holds the queue and waits for the counters.
+  PERFORM 1 FROM queueapp_queuesettings WHERE name = OLD.queue_name FOR UPDATE;
   IF TG_OP <> 'INSERT' AND OLD.status = 'RUNNING' THEN
     FOREACH s IN ARRAY array_remove(ARRAY[OLD.queue_name, 'key:' || OLD.concurrency_key], NULL) LOOP
       UPDATE flow_audit SET running = running - 1 WHERE flow_audit.scope = s;

@@ -92,7 +92,7 @@ FOR UPDATE;
 -- claim_flow_tasks --
 -- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue: free slots
 -- are the concurrency limit less its RUNNING tasks (claimed ahead included), capped by the whole
--- tokens in its bucket (refilled at rate_limit per rate_period up to a 50 ms burst, never below
+-- tokens in its bucket (refilled at rate_limit per rate_period up to a 100 ms burst, never below
 -- one; statement_timestamp() is after the lock, so the bucket's clock only moves forward). Keys
 -- at their limit are filtered out in the scan itself, so tasks behind them are reached (no
 -- head-of-line blocking); the window functions then keep each queue and each key within what is
@@ -108,8 +108,8 @@ WITH queues AS (
               ELSE greatest(q.concurrency_limit - (SELECT count(*) FROM queueapp_task_live r
                                                    WHERE r.status = 'RUNNING' AND r.queue_name = q.name), 0)::int
          END AS free,
-         least(greatest(1, q.rate_limit / q.rate_period * 0.05),
-               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.05)
+         least(greatest(1, q.rate_limit / q.rate_period * 0.1),
+               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
                     ELSE q.tokens + q.rate_limit / q.rate_period
                                     * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
   FROM queueapp_queuesettings q
@@ -278,7 +278,7 @@ SELECT t.status, t.run_after > now() AS not_due, t.queue_name AS queue, t.concur
          AS key_running,
        q.rate_limit, q.rate_period,
        CASE WHEN q.rate_limit IS NULL OR q.tokens_at IS NULL THEN NULL
-            ELSE least(greatest(1, q.rate_limit / q.rate_period * 0.05),
+            ELSE least(greatest(1, q.rate_limit / q.rate_period * 0.1),
                        q.tokens + q.rate_limit / q.rate_period * extract(epoch FROM now() - q.tokens_at)) END
          AS tokens,
        (SELECT count(*) FROM queueapp_task_live a
