@@ -52,12 +52,7 @@ def figures(ready: int = 10_000, samples: int = 300) -> list[Figure]:
     worker_id = uuid.uuid4()
     params = {"worker_id": worker_id, "queues": ["default"], "limit": 10}
     plain = [QUERIES["claim_tasks"]]
-    limited = [
-        QUERIES["flow_plan"],
-        QUERIES["lock_flow_queues"],
-        QUERIES["step_breakers"],
-        QUERIES["claim_flow_tasks"],
-    ]
+    limited = [QUERIES["lock_flow_queues"], QUERIES["claim_flow_tasks"]]  # no breaker: no step_breakers
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, prepare_threshold=0) as conn:
         conn.execute(
             "INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at,"

@@ -49,11 +49,13 @@ class Producer:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
         flow = free_slots > 0 and self.flow()
+        refresh = self.settings_changed.is_set() or time.monotonic() - self.flow_checked > FLOW_RECHECK
         if flow:
             self.settings_changed.clear()  # a change notified from now on is read by a later round
-            self.flow_checked = time.monotonic()
+            if refresh:
+                self.flow_checked = time.monotonic()
         try:
-            statuses, rows = self.session.round(successes, free_slots, flow=flow)
+            statuses, rows = self.session.round(successes, free_slots, flow=flow, refresh=refresh)
         except db.CONNECTION_ERRORS as exc:
             if self.healthy:
                 logger.warning("round_failed error=%s", exc)

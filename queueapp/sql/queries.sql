@@ -83,7 +83,7 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_a
 -- COMMITTED its snapshot then sees every task the previous claimer made RUNNING, so counts of
 -- RUNNING tasks and the token bucket cannot be read stale by two workers at once. Counting in the
 -- statement that waited for the lock would not do: its snapshot predates the wait.
-SELECT name, paused, rate_limit / rate_period
+SELECT name, paused, rate_limit / rate_period, breaker_threshold IS NOT NULL
 FROM queueapp_queuesettings
 WHERE name = ANY(%(queues)s::text[]) AND flow_controlled
 ORDER BY name
@@ -232,9 +232,9 @@ purged AS (
 SELECT name, breaker_state, failures, attempts FROM changed;
 
 -- flow_plan --
--- Before the flow-controlled claim, after claim_plan. Planner trap: its window functions must sort,
--- and with sorting priced out (claim_plan) the plan's cost passes jit_above_cost: compiling it took
--- a second per claim. LOCAL: for this transaction only.
+-- Before the flow-controlled claim, after claim_plan, for this transaction only. Planner trap: its
+-- window functions must sort, and with sorting priced out (claim_plan) the plan's cost passes
+-- jit_above_cost: compiling it took a second per claim.
 SET LOCAL jit = off;
 
 -- ensure_keyed_queues --

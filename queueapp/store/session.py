@@ -31,6 +31,7 @@ class FlowQueue:
     name: str
     paused: bool
     rate_per_second: float | None
+    breaker: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,19 +159,20 @@ class WorkerSession:
         return conn
 
     def round(
-        self, successes: Sequence[Success], limit: int, *, flow: bool = False
+        self, successes: Sequence[Success], limit: int, *, flow: bool = False, refresh: bool = True
     ) -> tuple[dict[int, str], list[TaskRow]]:
         """Record successes and claim up to limit tasks in one transaction.
 
         Returns the recorded status by task id (SUCCESSFUL, or CANCELLED when a cancel was
         requested; a task taken away meanwhile is missing) and the claimed rows in claim order.
         With flow, the flow-controlled queues are claimed first (and flow_queues refreshed), then
-        the plain claim fills the slots left, in a second round trip of the same transaction.
+        the plain claim fills the slots left, in a second round trip of the same transaction;
+        refresh: the settings may have changed since the last round (breakers are looked at).
         """
         if self.conn is None:
             self.conn = self.connect()
         conn = self.conn
-        finish = claim = flow_claim = None
+        finish = claim = flow_claim = stepped = None
         with conn.transaction():
             with conn.pipeline():
                 if successes:
@@ -181,7 +183,9 @@ class WorkerSession:
                         params = claim_params(self.worker_id, self.queues, limit)
                         conn.execute(QUERIES["flow_plan"], prepare=False)
                         locked = conn.execute(QUERIES["lock_flow_queues"], params)
-                        stepped = conn.execute(QUERIES["step_breakers"], params)
+                        # Breakers move only where the last look found one (or on a fresh look).
+                        if refresh or any(queue.breaker for queue in self.flow_queues):
+                            stepped = conn.execute(QUERIES["step_breakers"], params)
                         flow_claim = conn.execute(QUERIES["claim_flow_tasks"], params)
                     else:
                         claim = conn.execute(
@@ -190,7 +194,7 @@ class WorkerSession:
             values = []
             if flow_claim is not None:
                 self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
-                self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()]
+                self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
                 values = flow_claim.fetchall()
                 if limit > len(values):
                     rest = claim_params(self.worker_id, self.queues, limit - len(values))
