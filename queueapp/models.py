@@ -265,7 +265,8 @@ class QueueSettings(models.Model):
     """Flow control of one queue: pause, fleet-wide concurrency and rate limits (docs/flow-control.md).
 
     A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
-    nothing for flow control; the others (flow_controlled) by the claim that locks this row.
+    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0004) by
+    the claim that locks this row.
     """
 
     name = models.CharField(max_length=100, primary_key=True)
@@ -301,15 +302,6 @@ class QueueSettings(models.Model):
     breaker_until = models.DateTimeField(null=True, blank=True, editable=False)
     """Open: when it turns half-open. Half-open: when it may let a (further) trial task through."""
     breaker_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
-    flow_controlled = models.GeneratedField(
-        expression=Q(paused=True)  # type: ignore[arg-type]  # Django takes a Q; the stubs do not say so
-        | Q(concurrency_limit__isnull=False)
-        | Q(rate_limit__isnull=False)
-        | Q(has_keys=True)
-        | Q(breaker_threshold__isnull=False),
-        output_field=models.BooleanField(),
-        db_persist=True,
-    )
     updated_at = models.DateTimeField(db_default=models.functions.Now(), editable=False)
 
     class Meta:

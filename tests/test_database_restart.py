@@ -54,6 +54,7 @@ def test_workers_survive_a_database_restart_and_lose_nothing(
         "timeout": None,
         "args": "[0.05]",
         "kwargs": "{}",
+        "concurrency_key": None,
     }
     with psycopg.connect(url) as conn:
         conn.cursor().executemany(QUERIES["enqueue_task"], [row] * 1500)

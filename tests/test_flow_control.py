@@ -96,7 +96,7 @@ def test_a_keyed_bulk_enqueue_marks_its_queue() -> None:
     tasks.add.using(queue_name="emails", concurrency_key="customer-7").enqueue_many(
         ((i, i), {}) for i in range(20)
     )
-    assert models.QueueSettings.objects.get(name="emails").flow_controlled
+    assert models.QueueSettings.objects.get(name="emails").has_keys
     assert set(models.LiveTask.objects.values_list("concurrency_key", flat=True)) == {"customer-7"}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import psycopg
 
@@ -29,29 +29,28 @@ class Listener:
         wake: threading.Event,
         stop: threading.Event,
         idle_check: float = 5.0,
-        settings_changed: threading.Event | None = None,
+        on_settings: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.queues = frozenset(queues)
         self.wake = wake
         self.stop = stop
         self.idle_check = idle_check
-        self.settings_changed = settings_changed
+        self.on_settings = on_settings
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
         self.retry_delay = 0.1
 
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
-        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
+        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.conn = conn
         self.retry_delay = 0.1
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.wake.set()  # anything enqueued while we were away was not announced to us
-        if self.settings_changed is not None:
-            self.settings_changed.set()  # nor any change of settings
+        self.look_at_settings()  # nor any change of settings
 
     def run_once(self, timeout: float = 1.0) -> None:
         """Wait up to timeout for notifications; (re)connect first when needed."""
@@ -61,11 +60,11 @@ class Listener:
             assert self.conn is not None
             for notify in self.conn.notifies(timeout=timeout):
                 if notify.payload in self.queues:
-                    if notify.channel == store.SETTINGS_CHANNEL and self.settings_changed is not None:
-                        self.settings_changed.set()
+                    if notify.channel == store.SETTINGS_CHANNEL:
+                        self.look_at_settings()
                     self.wake.set()
             if time.monotonic() - self.last_checked > self.idle_check:
-                self.conn.execute("SELECT 1")
+                self.look_at_settings()  # also checks the idle connection
                 self.last_checked = time.monotonic()
         except psycopg.Error as exc:
             logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, self.retry_delay)
@@ -73,6 +72,13 @@ class Listener:
             self.wake.set()  # the producer polls while we reconnect
             self.stop.wait(self.retry_delay)
             self.retry_delay = min(self.retry_delay * 2, 2.0)
+
+    def look_at_settings(self) -> None:
+        """Tell the producer which of our queues are flow-controlled (it claims those apart)."""
+        assert self.conn is not None
+        flow = store.flow_queues_of(self.conn, self.queues)
+        if self.on_settings is not None:
+            self.on_settings(flow)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -13,11 +12,6 @@ from queueapp import store
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
-
-
-FLOW_RECHECK = 5.0
-"""Seconds after which a worker whose queues had no flow control looks again, should a settings
-notification have been missed (one normally tells it at once)."""
 
 
 class Producer:
@@ -28,32 +22,28 @@ class Producer:
         self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
+        self.flow_queues: set[str] = set()
+        """The worker's flow-controlled queues, as the listener last saw them."""
         self.settings_changed = threading.Event()
-        """Set by the listener when one of the worker's queues changed its settings."""
-        self.settings_changed.set()  # not known yet
-        self.flow_checked = 0.0
+        """Set by the listener when it looked at the settings: the next flow round steps breakers."""
         self.retry_in: float | None = None
         """After a round that left slots free while a rate limit held a queue back: seconds until
         its bucket has a token again (the worker polls then instead of at its poll interval)."""
 
-    def flow(self) -> bool:
-        """Whether this round takes the flow-controlled claim: while the worker has flow-controlled
-        queues, and to look again when told of a change or every FLOW_RECHECK seconds."""
-        if self.session.flow_queues or self.settings_changed.is_set():
-            return True
-        return time.monotonic() - self.flow_checked > FLOW_RECHECK
+    def settings_seen(self, flow_queues: set[str]) -> None:
+        """The listener's look at the settings (on connecting, when notified, every few seconds)."""
+        self.flow_queues = flow_queues
+        self.settings_changed.set()
 
     def run_once(
         self, free_slots: int, successes: Sequence[store.Success] = ()
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
-        flow = free_slots > 0 and self.flow()
-        refresh = self.settings_changed.is_set() or time.monotonic() - self.flow_checked > FLOW_RECHECK
-        if flow:
-            self.settings_changed.clear()  # a change notified from now on is read by a later round
-            if refresh:
-                self.flow_checked = time.monotonic()
+        flow = free_slots > 0 and bool(self.flow_queues)
+        refresh = flow and self.settings_changed.is_set()
+        if refresh:
+            self.settings_changed.clear()  # a change seen from now on is read by a later round
         try:
             statuses, rows = self.session.round(successes, free_slots, flow=flow, refresh=refresh)
         except db.CONNECTION_ERRORS as exc:

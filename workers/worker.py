@@ -90,7 +90,7 @@ class Worker:
             queues=config.queues,
             wake=self.wake,
             stop=self.services_stop,
-            settings_changed=self.producer.settings_changed,
+            on_settings=self.producer.settings_seen,
         )
         self.heartbeat = Heartbeat(
             self.id, on_lost=self.lost, parent_pid=config.parent_pid, on_orphaned=self.orphaned

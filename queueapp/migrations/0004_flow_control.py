@@ -16,6 +16,15 @@ COLUMNS = (
 )
 
 
+# The queues the plain claim leaves to the flow-controlled one (the only definition).
+FLOW_QUEUE = """
+CREATE VIEW queueapp_flow_queue AS
+SELECT * FROM queueapp_queuesettings
+WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL OR has_keys
+   OR breaker_threshold IS NOT NULL
+"""
+
+
 def view(columns: str) -> str:
     return (
         f"CREATE OR REPLACE VIEW queueapp_task AS SELECT {columns} FROM queueapp_task_live"
@@ -79,7 +88,6 @@ class Migration(migrations.Migration):
                 ('breaker_state', models.CharField(choices=[('closed', 'Closed'), ('open', 'Open'), ('half_open', 'Half-open')], db_default='closed', default='closed', editable=False, max_length=10)),
                 ('breaker_until', models.DateTimeField(blank=True, editable=False, null=True)),
                 ('breaker_changed_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('flow_controlled', models.GeneratedField(db_persist=True, expression=models.Q(('paused', True), ('concurrency_limit__isnull', False), ('rate_limit__isnull', False), ('has_keys', True), ('breaker_threshold__isnull', False), _connector='OR'), output_field=models.BooleanField())),
                 ('updated_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now(), editable=False)),
             ],
             options={
@@ -88,4 +96,5 @@ class Migration(migrations.Migration):
                 'constraints': [models.CheckConstraint(condition=models.Q(('concurrency_limit__gte', 1), ('concurrency_limit__isnull', True), _connector='OR'), name='queue_concurrency_limit_positive', violation_error_message='A concurrency limit is at least 1 (leave it empty for none).'), models.CheckConstraint(condition=models.Q(('key_concurrency__gte', 1)), name='queue_key_concurrency_positive', violation_error_message='Tasks per concurrency key is at least 1.'), models.CheckConstraint(condition=models.Q(('rate_limit__gte', 1), ('rate_limit__isnull', True), _connector='OR'), name='queue_rate_limit_positive', violation_error_message='A rate limit is at least 1 start per period (empty for none).'), models.CheckConstraint(condition=models.Q(('rate_period__gt', 0)), name='queue_rate_period_positive', violation_error_message='The rate period is a positive number of seconds.'), models.CheckConstraint(condition=models.Q(models.Q(('breaker_threshold__gt', 0), ('breaker_threshold__lte', 1)), ('breaker_threshold__isnull', True), _connector='OR'), name='queue_breaker_threshold_share', violation_error_message='The breaker threshold is a share: over 0, at most 1.'), models.CheckConstraint(condition=models.Q(('breaker_cooloff__gt', 0), ('breaker_min_attempts__gte', 1), ('breaker_window__gt', 0)), name='queue_breaker_positive', violation_error_message="The breaker's attempts, window and cool-off are positive.")],
             },
         ),
+        migrations.RunSQL(FLOW_QUEUE, reverse_sql="DROP VIEW queueapp_flow_queue"),
     ]

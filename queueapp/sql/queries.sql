@@ -54,13 +54,14 @@ SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 -- claimers pass each other's locked rows instead of queueing behind them. The ORDER BY matches
 -- task_live_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows;
 -- only due tasks are READY, so no deferred entry lies in its path (run_after <= now() is a guard).
--- Flow-controlled queues (paused, limited, or with concurrency keys) are left to claim_flow_tasks:
--- their names are read once per statement (an InitPlan over a table of a few rows), so a queue
--- without limits pays one lookup per claim, not one per task.
+-- Flow-controlled queues (the view queueapp_flow_queue: paused, limited, with a breaker or with
+-- concurrency keys) are left to claim_flow_tasks: an anti-join probing the settings' primary key
+-- for the few rows the walk reads. Planner trap: as `queue_name <> ALL (ARRAY(...))` the estimate
+-- fell to one row and the plan read the whole table and sorted it.
 WITH picked AS (
-  SELECT id FROM queueapp_task_live
+  SELECT id FROM queueapp_task_live t
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
-    AND queue_name <> ALL (ARRAY(SELECT name FROM queueapp_queuesettings WHERE flow_controlled))
+    AND NOT EXISTS (SELECT 1 FROM queueapp_flow_queue f WHERE f.name = t.queue_name)
     -- A worker already marked LOST (a zombie back from a pause) claims nothing.
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY priority DESC, run_after, id
@@ -84,8 +85,8 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_a
 -- RUNNING tasks and the token bucket cannot be read stale by two workers at once. Counting in the
 -- statement that waited for the lock would not do: its snapshot predates the wait.
 SELECT name, paused, rate_limit / rate_period, breaker_threshold IS NOT NULL
-FROM queueapp_queuesettings
-WHERE name = ANY(%(queues)s::text[]) AND flow_controlled
+FROM queueapp_flow_queue
+WHERE name = ANY(%(queues)s::text[])
 ORDER BY name
 FOR UPDATE;
 
@@ -112,8 +113,8 @@ WITH queues AS (
                CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
                     ELSE q.tokens + q.rate_limit / q.rate_period
                                     * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
-  FROM queueapp_queuesettings q
-  WHERE q.name = ANY(%(queues)s::text[]) AND q.flow_controlled AND NOT q.paused
+  FROM queueapp_flow_queue q
+  WHERE q.name = ANY(%(queues)s::text[]) AND NOT q.paused
 ),
 slots AS (
   SELECT name, key_concurrency, rated, trying, tokens,
@@ -183,6 +184,11 @@ spent AS (
   WHERE q.name = s.name AND (s.rated OR s.trying)
 )
 SELECT * FROM claimed;
+
+-- flow_queues_of --
+-- Which of a worker's queues are flow-controlled: its listener asks on connecting, when told of a
+-- change of settings, and every few seconds, so that rounds of a worker without any pay nothing.
+SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]);
 
 -- step_breakers --
 -- The flow-controlled claim, between steps 1 and 2, under the same locks: each circuit breaker of

@@ -5,10 +5,11 @@ The limits themselves are enforced by the claim (claim_flow_tasks, run by store.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from django.core.exceptions import ValidationError
 from django.db import connections, transaction
 
@@ -18,6 +19,12 @@ from queueapp.sql import QUERIES
 SETTINGS_CHANNEL = "taskqueue_settings"
 """Notified with a queue's name when its settings change: workers re-read which queues they must
 claim through the flow-controlled claim."""
+
+
+def flow_queues_of(conn: psycopg.Connection[Any], queues: Collection[str]) -> set[str]:
+    """Which of queues are flow-controlled, on a worker's own (listener) connection."""
+    rows = conn.execute(QUERIES["flow_queues_of"], {"queues": sorted(queues)}).fetchall()
+    return {name for (name,) in rows}
 
 
 def set_paused(queue: str, paused: bool, *, using: str = "default") -> None:
