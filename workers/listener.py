@@ -44,13 +44,13 @@ class Listener:
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
         conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
-        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.conn = conn
+        self.look_at_settings()  # changes from here on are notified
+        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.retry_delay = 0.1
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.wake.set()  # anything enqueued while we were away was not announced to us
-        self.look_at_settings()  # nor any change of settings
 
     def run_once(self, timeout: float = 1.0) -> None:
         """Wait up to timeout for notifications; (re)connect first when needed."""
@@ -58,11 +58,15 @@ class Listener:
             if self.conn is None:
                 self.connect()
             assert self.conn is not None
+            changed = False
             for notify in self.conn.notifies(timeout=timeout):
                 if notify.payload in self.queues:
-                    if notify.channel == store.SETTINGS_CHANNEL:
-                        self.look_at_settings()
                     self.wake.set()
+                    if notify.channel == store.SETTINGS_CHANNEL:
+                        changed = True
+                        break  # to query the connection, out of its notifies() generator
+            if changed:
+                self.look_at_settings()
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.look_at_settings()  # also checks the idle connection
                 self.last_checked = time.monotonic()

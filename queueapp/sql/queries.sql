@@ -55,13 +55,14 @@ SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 -- task_live_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows;
 -- only due tasks are READY, so no deferred entry lies in its path (run_after <= now() is a guard).
 -- Flow-controlled queues (the view queueapp_flow_queue: paused, limited, with a breaker or with
--- concurrency keys) are left to claim_flow_tasks: an anti-join probing the settings' primary key
--- for the few rows the walk reads. Planner trap: as `queue_name <> ALL (ARRAY(...))` the estimate
--- fell to one row and the plan read the whole table and sorted it.
+-- concurrency keys) are left to claim_flow_tasks: they are taken out of the worker's queues once
+-- per statement (an InitPlan over a table of a few rows). Planner trap: written as a filter of its
+-- own (`<> ALL (...)`, or NOT EXISTS) it made the estimate one row, and the plan read the whole
+-- table and sorted it.
 WITH picked AS (
-  SELECT id FROM queueapp_task_live t
-  WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
-    AND NOT EXISTS (SELECT 1 FROM queueapp_flow_queue f WHERE f.name = t.queue_name)
+  SELECT id FROM queueapp_task_live
+  WHERE status = 'READY' AND run_after <= now()
+    AND queue_name = ANY (ARRAY(SELECT unnest(%(queues)s::text[]) EXCEPT SELECT name FROM queueapp_flow_queue))
     -- A worker already marked LOST (a zombie back from a pause) claims nothing.
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY priority DESC, run_after, id
