@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core import checks
 from django.db import connections
 
-from queueapp import models
+from queueapp import models, schedules
 
 
 @checks.register()
@@ -38,3 +38,16 @@ def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
             )
         ]
     return []
+
+
+@checks.register()
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Schedules declared in code: a bad cron expression, zone or task stops start-up with its
+    reason instead of a schedule that silently never runs."""
+    try:
+        specs = schedules.declared()
+    except ValueError as exc:
+        return [checks.Error(str(exc), id="queueapp.E003")]
+    return [
+        checks.Error(error, id="queueapp.E004") for spec in specs for error in schedules.spec_errors(spec)
+    ]

@@ -46,7 +46,14 @@ class QueueCollector(Collector):
                 states[state] += 1
         for state, count in states.items():
             workers.add_metric([state], count)
-        yield from (tasks, oldest, workers)
+        overdue = GaugeMetricFamily(
+            "taskqueue_schedule_overdue_seconds",
+            "How far behind its next tick each enabled schedule is (0 while schedulers keep up)",
+            labels=["schedule"],
+        )
+        for name, next_run_at in reads.schedule_cursors():
+            overdue.add_metric([name], max(0.0, (now - next_run_at).total_seconds()))
+        yield from (tasks, oldest, workers, overdue)
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

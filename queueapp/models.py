@@ -106,6 +106,8 @@ class TaskColumns(models.Model):
     """Seconds an attempt may run; enforced by killing its process under `runworker --processes`."""
     cancel_requested = models.BooleanField(default=False)
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 (NULL: no key, unindexed)
+    """A unique task's key: no two live tasks share one (docs/scheduling.md, "Unique tasks")."""
 
     class Meta:
         abstract = True
@@ -180,6 +182,11 @@ class LiveTask(TaskColumns):
                     _octet_length("args") + _octet_length("kwargs"), ARGS_HARD_LIMIT_BYTES
                 ),
                 name="task_live_args_size_cap",
+            ),
+            # Unique tasks: one live task per key, whatever races. Partial, so a task without a key
+            # adds no index entry (only the predicate is evaluated on insert).
+            models.UniqueConstraint(
+                fields=["unique_key"], condition=Q(unique_key__isnull=False), name="task_live_unique_key"
             ),
         ]
 
@@ -268,3 +275,67 @@ class Idempotency(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.task_ids}"
+
+
+class CatchUp(models.TextChoices):
+    """What a schedule does with ticks missed while no worker ran (later than SCHEDULE_GRACE)."""
+
+    NONE = "none", "None: skip missed ticks"
+    LATEST = "latest", "Latest: run the latest missed tick once"
+    ALL = "all", "All: run every missed tick, up to the limit"
+
+
+class Schedule(models.Model):
+    """A periodic task: enqueued at every tick of a cron expression, in a time zone, by the
+    scheduler service every worker runs. Declared in code (source "code", kept in step at worker
+    start) or made in the admin (source "admin")."""
+
+    name = models.CharField(max_length=100, unique=True)
+    task_path = models.CharField(max_length=255)
+    cron = models.CharField(
+        max_length=100, help_text="Five fields (minute hour day month weekday), or six with seconds"
+    )
+    timezone = models.CharField(max_length=64, default="UTC", help_text="An IANA zone, e.g. Europe/Paris")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue_name = models.CharField(max_length=100, default="default")
+    priority = models.SmallIntegerField(default=0)
+    catch_up = models.CharField(max_length=10, choices=CatchUp.choices, default=CatchUp.LATEST)
+    catch_up_limit = models.PositiveIntegerField(default=100)
+    """With catch_up "all": at most this many missed ticks run (the latest ones)."""
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=10, default="admin", editable=False)
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    """The first tick not handled yet: the scheduler's cursor (it only moves forward)."""
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(catch_up__in=CatchUp.values), name="schedule_catch_up_known"),
+            models.CheckConstraint(
+                condition=Q(priority__gte=TASK_MIN_PRIORITY, priority__lte=TASK_MAX_PRIORITY),
+                name="schedule_priority_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleTick(models.Model):
+    """One tick of a schedule that was enqueued. The unique (schedule, tick_at) is what makes a
+    tick run once however many schedulers race for it; "run now" adds a manual tick."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
+    tick_at = models.DateTimeField()
+    task_id = models.BigIntegerField(null=True)
+    """The task enqueued for the tick (no foreign key: tasks live in a view over two tables)."""
+    manual = models.BooleanField(default=False)
+    enqueued_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "queueapp_schedule_tick"
+        constraints = [models.UniqueConstraint(fields=["schedule", "tick_at"], name="schedule_tick_once")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.tick_at}"

@@ -17,7 +17,7 @@ from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from queueapp import models, store
+from queueapp import cron, models, store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +27,7 @@ class TaskFilter:
     task_path: str | None = None
     enqueued_after: dt.datetime | None = None
     enqueued_before: dt.datetime | None = None
+    unique_key: str | None = None
 
 
 def list_tasks(
@@ -44,6 +45,8 @@ def list_tasks(
         tasks = tasks.filter(enqueued_at__gte=filters.enqueued_after)
     if filters.enqueued_before:
         tasks = tasks.filter(enqueued_at__lt=filters.enqueued_before)
+    if filters.unique_key:
+        tasks = tasks.filter(unique_key=filters.unique_key)
     if before_id is not None:
         tasks = tasks.filter(id__lt=before_id)
     page = list(tasks.order_by("-id")[: limit + 1])
@@ -123,3 +126,63 @@ def summary(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
         for status, n in per_status.items():
             totals[status] = totals.get(status, 0) + n
     return totals
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """A schedule's latest tick and its task (status None: the task was purged)."""
+
+    tick_at: dt.datetime
+    manual: bool
+    task_id: int | None
+    status: str | None
+
+
+def schedule_cursors() -> list[tuple[str, dt.datetime]]:
+    """(name, next_run_at) of every enabled schedule."""
+    return list(
+        models.Schedule.objects.filter(enabled=True, next_run_at__isnull=False).values_list(
+            "name", "next_run_at"
+        )
+    )
+
+
+def list_schedules() -> list[models.Schedule]:
+    """Every schedule by name, each with .last_run (LastRun or None)."""
+    found = list(models.Schedule.objects.order_by("name"))
+    latest = {
+        tick.schedule_id: tick
+        for tick in models.ScheduleTick.objects.filter(schedule__in=found)
+        .order_by("schedule_id", "-tick_at")
+        .distinct("schedule_id")
+    }
+    task_ids = [tick.task_id for tick in latest.values() if tick.task_id is not None]
+    statuses = dict(models.Task.objects.filter(id__in=task_ids).values_list("id", "status"))
+    for schedule in found:
+        tick = latest.get(schedule.id)
+        schedule.last_run = (  # type: ignore[attr-defined]
+            LastRun(tick.tick_at, tick.manual, tick.task_id, statuses.get(tick.task_id or 0))
+            if tick
+            else None
+        )
+    return found
+
+
+def schedule_out(schedule: models.Schedule) -> dict[str, Any]:
+    """A schedule as the API and `manage.py schedules` show it."""
+    last: LastRun | None = schedule.last_run  # type: ignore[attr-defined]
+    return {
+        "name": schedule.name,
+        "task": schedule.task_path,
+        "cron": schedule.cron,
+        "description": cron.describe(schedule.cron),
+        "timezone": schedule.timezone,
+        "queue": schedule.queue_name,
+        "priority": schedule.priority,
+        "catch_up": schedule.catch_up,
+        "catch_up_limit": schedule.catch_up_limit,
+        "enabled": schedule.enabled,
+        "source": schedule.source,
+        "next_run_at": schedule.next_run_at if schedule.enabled else None,
+        "last_run": last.__dict__ if last else None,
+    }

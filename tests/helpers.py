@@ -191,7 +191,7 @@ def end_task(task_id: int, status: str, **changes: object) -> None:
     columns = (
         "id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at, started_at, "
         "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, "
-        "worker_id"
+        "worker_id, unique_key"
     )
     values = columns.replace("status,", "%(status)s,").replace("finished_at,", "now(),")
     with connection.cursor() as cursor:

@@ -92,6 +92,18 @@ def returns_a_set() -> set[int]:
     return {1, 2}
 
 
+@task(unique=True)
+def refresh(account: int) -> int:
+    """One live run per account (the key is made from the arguments)."""
+    return account
+
+
+@task(unique=lambda report, **_: f"report:{report}", unique_for=3600)
+def build_report(report: str, *, requested_by: str = "") -> str:
+    """One run per report an hour, whoever asks (the key is a function of the arguments)."""
+    return report
+
+
 # Exposed for HTTP submission under these names (queueapp.http_tasks).
 http_tasks.expose("add")(add)
 http_tasks.expose("echo")(echo)

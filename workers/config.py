@@ -96,6 +96,10 @@ class WorkerConfig:
     stage_interval: float = 1.0
     """Seconds between runs of the stager, which makes due SCHEDULED tasks READY: a deferred task
     or a retry starts at most about this long after it is due."""
+    schedule_interval: float = 1.0
+    """Seconds between passes of the scheduler, which enqueues the due ticks of schedules."""
+    schedule_grace: float = 10.0
+    """A tick enqueued later than this many seconds is missed: its schedule's catch_up decides."""
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     worker_id: UUID = field(
@@ -181,6 +185,8 @@ class WorkerConfig:
             "stale_after": stale_after,
             "reap_interval": float(conf.get("REAP_INTERVAL", stale_after / 2)),
             "stage_interval": float(conf.get("STAGE_INTERVAL", 1.0)),
+            "schedule_interval": float(conf.get("SCHEDULE_INTERVAL", 1.0)),
+            "schedule_grace": float(conf.get("SCHEDULE_GRACE", 10.0)),
             "backoff_base": backend.backoff_base,
             "backoff_max": backend.backoff_max,
         }
@@ -206,6 +212,11 @@ class WorkerConfig:
         if not self.stage_interval > 0:
             raise ValueError(
                 f"TASKQUEUE STAGE_INTERVAL must be more than 0 seconds, not {self.stage_interval}"
+            )
+        if not 0 < self.schedule_interval < self.schedule_grace:
+            raise ValueError(
+                f"TASKQUEUE SCHEDULE_INTERVAL ({self.schedule_interval}) must be above 0 and below "
+                f"SCHEDULE_GRACE ({self.schedule_grace})"
             )
         if not self.poll_interval > 0:
             raise ValueError(f"--poll-interval must be more than 0 seconds, not {self.poll_interval}")

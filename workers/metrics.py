@@ -24,6 +24,12 @@ PICKUP_LATENCY = Histogram(
 )
 RETRIES = Counter("taskqueue_task_retries", "Failed attempts that will be retried", ["task"])
 REAPED = Counter("taskqueue_reaped_tasks", "Tasks taken back from lost workers", ["outcome"])
+SCHEDULE_TICKS = Counter(
+    "taskqueue_schedule_ticks",
+    "Schedule ticks by outcome: enqueued by this worker, duplicate (another worker enqueued it), "
+    "missed (late, left out by catch_up), failed (task unknown or refused)",
+    ["schedule", "outcome"],
+)
 
 
 @functools.cache

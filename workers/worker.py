@@ -9,7 +9,8 @@ Shutdown: the first SIGTERM/SIGINT stops claiming, hands back tasks claimed but 
 running ones finish within the grace period, marks the worker STOPPED and exits 0. A second signal
 (or the grace running out) takes the running tasks back through the failure path, attempt counted,
 and exits 1. A worker that finds itself marked LOST exits 2; one whose heartbeat or listener thread
-died exits 3. The stager (due SCHEDULED tasks to READY) runs in a thread of its own too.
+died exits 3. The stager (due SCHEDULED tasks to READY) and the scheduler (due ticks of schedules)
+run in threads of their own too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from workers.heartbeat import Heartbeat
 from workers.listener import Listener
 from workers.producer import Producer
 from workers.reaper import Reaper
+from workers.scheduler import Scheduler
 from workers.services import ServiceThread
 from workers.stager import Stager
 
@@ -95,6 +97,7 @@ class Worker:
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
         self.stager = Stager()
+        self.scheduler = Scheduler(grace=config.schedule_grace)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -120,6 +123,12 @@ class Worker:
             ServiceThread(
                 self.stager,
                 interval=self.config.stage_interval,
+                stop=self.services_stop,
+                on_crash=self.service_died,
+            ),
+            ServiceThread(
+                self.scheduler,
+                interval=self.config.schedule_interval,
                 stop=self.services_stop,
                 on_crash=self.service_died,
             ),

@@ -31,6 +31,10 @@ class NewTask:
     run_after: datetime | None
     max_attempts: int
     timeout: float | None = None
+    unique_key: str | None = None
+    """No other live task may have this key: enqueueing it again returns the holder instead."""
+    unique_for: float = 0.0
+    """Seconds the key stays held after its task finished."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +60,7 @@ class TaskRow:
     return_value: Any
     cancel_requested: bool
     timeout: float | None
+    unique_key: str | None = None
 
 
 _JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
@@ -68,6 +73,9 @@ class Inserted:
     id: int
     run_after: datetime
     enqueued_at: datetime
+    created: bool = True
+    """False when a unique task's key was held: id is then the holder's (run_after and enqueued_at
+    are not read back)."""
 
 
 _ROW_FIELDS = TaskRow.__slots__

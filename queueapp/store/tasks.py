@@ -17,6 +17,7 @@ from queueapp.sql import QUERIES
 from queueapp.store.cursors import prepared_cursor
 from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
+from queueapp.store.unique import insert_unique
 
 
 def _params(new: NewTask) -> dict[str, Any]:
@@ -39,6 +40,8 @@ def enqueue_task(new: NewTask, *, using: str = "default") -> Inserted:
 
 
 def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
+    if new.unique_key is not None:
+        return insert_unique(cursor, _params(new), new)
     cursor.execute(QUERIES["enqueue_task"], _params(new))
     task_id, run_after, enqueued_at, _ = cursor.fetchone()
     return Inserted(task_id, run_after, enqueued_at)
@@ -90,6 +93,21 @@ _LINES_PER_WRITE = 500
 # Below this many tasks, one prepared INSERT each costs fewer round trips than COPY's set-up (ids,
 # COPY, NOTIFY and a savepoint): a REST submission of one task is one statement, as before.
 _COPY_FROM = 10
+
+
+def enqueue_unique_tasks[T](
+    batch: list[NewTask], *, each: Callable[[int, NewTask, Inserted], T], using: str = "default"
+) -> list[T]:
+    """A batch with unique tasks: one statement each (COPY cannot skip a taken key), in one
+    transaction. Keys are taken in sorted order, so two batches with keys in common wait for each
+    other instead of deadlocking; a key twice in one batch gives the first task both times (the
+    second finds it held). Results keep the input order."""
+    order = sorted(range(len(batch)), key=lambda i: batch[i].unique_key or "")
+    made: dict[int, T] = {}
+    with transaction.atomic(using=using, savepoint=False), prepared_cursor(using) as cursor:
+        for index in order:
+            made[index] = each(index, batch[index], _insert(cursor, batch[index]))
+    return [made[index] for index in range(len(batch))]
 
 
 def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted], T], using: str) -> list[T]:
