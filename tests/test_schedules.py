@@ -304,3 +304,27 @@ def test_old_ticks_are_purged_but_each_schedules_latest_stays() -> None:
     models.ScheduleTick.objects.create(schedule=schedule, tick_at=old - dt.timedelta(days=1))  # caught up now
     assert store.purge_schedule_ticks(older_than=7 * 86400) == 2
     assert ticks_of(schedule) == [old - dt.timedelta(days=1), old + dt.timedelta(minutes=2)]
+
+
+def test_ticks_are_counted_by_outcome_and_metrics_show_overdue_schedules() -> None:
+    from workers import metrics as worker_metrics
+
+    def counted(outcome: str) -> float:
+        return worker_metrics.SCHEDULE_TICKS.labels("every-5", outcome)._value.get()  # type: ignore[attr-defined,no-any-return]
+
+    before = {outcome: counted(outcome) for outcome in ("enqueued", "missed")}
+    now = store.database_now().replace(microsecond=0)
+    make_schedule("* * * * * *", next_run_at=now - dt.timedelta(minutes=1), catch_up=models.CatchUp.NONE)
+    page = Client().get("/metrics").content.decode()
+    overdue = next(
+        line
+        for line in page.splitlines()
+        if line.startswith('taskqueue_schedule_overdue_seconds{schedule="every-5"}')
+    )
+    assert float(overdue.split()[-1]) >= 59
+    counts = Scheduler(grace=10).run_once()
+    assert counts is not None
+    assert counted("enqueued") - before["enqueued"] == counts["enqueued"] > 0
+    assert counted("missed") - before["missed"] == counts["missed"] >= 49
+    page = Client().get("/metrics").content.decode()
+    assert 'taskqueue_schedule_overdue_seconds{schedule="every-5"} 0.0' in page
