@@ -80,10 +80,10 @@ class TaskIn(Schema):
         default=None, ge=0, le=366 * 86400, description="Seconds the key stays held after its task finished."
     )
 
-    @field_validator("priority", "max_attempts", mode="before")
+    @field_validator("priority", "max_attempts", "unique_for", mode="before")
     @classmethod
     def numbers_are_numbers(cls, value: Any) -> Any:
-        # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
+        # JSON's 5.0 is the integer 5 (and unique_for may be 0.5), but "5" and true are not numbers.
         if isinstance(value, bool | str):
             raise ValueError("must be a JSON integer")
         return value
