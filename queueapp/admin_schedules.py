@@ -44,6 +44,10 @@ class ScheduleForm(forms.ModelForm[models.Schedule]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.instance.source == "code":  # shown read-only by the admin; only `enabled` is edited
+            for name in CODE_OWNED:
+                self.fields.pop(name, None)
+            return
         queues = sorted(task_backends["default"].queues)
         self.fields["task_path"].choices = [(path, path) for path in registry.paths()]  # type: ignore[attr-defined]
         self.fields["queue_name"].choices = [(queue, queue) for queue in queues]  # type: ignore[attr-defined]

@@ -328,3 +328,14 @@ def test_ticks_are_counted_by_outcome_and_metrics_show_overdue_schedules() -> No
     assert counted("missed") - before["missed"] == counts["missed"] >= 49
     page = Client().get("/metrics").content.decode()
     assert 'taskqueue_schedule_overdue_seconds{schedule="every-5"} 0.0' in page
+
+
+def test_a_code_schedule_is_read_only_in_the_admin_but_can_be_switched_off(admin_client: Client) -> None:
+    schedule = make_schedule("30 2 * * *", name="from-code", source="code")
+    page = admin_client.get(f"/admin/queueapp/schedule/{schedule.id}/change/").content.decode()
+    assert 'name="cron"' not in page
+    assert "30 2 * * *" in page
+    response = admin_client.post(f"/admin/queueapp/schedule/{schedule.id}/change/", {"cron": "* * * * *"})
+    assert response.status_code == 302
+    schedule.refresh_from_db()
+    assert (schedule.cron, schedule.enabled) == ("30 2 * * *", False)
