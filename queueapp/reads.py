@@ -140,11 +140,10 @@ class LastRun:
 
 def schedule_cursors() -> list[tuple[str, dt.datetime]]:
     """(name, next_run_at) of every enabled schedule."""
-    return list(
-        models.Schedule.objects.filter(enabled=True, next_run_at__isnull=False).values_list(
-            "name", "next_run_at"
-        )
-    )
+    enabled = models.Schedule.objects.filter(enabled=True, next_run_at__isnull=False)
+    return [
+        (name, next_run_at) for name, next_run_at in enabled.values_list("name", "next_run_at") if next_run_at
+    ]
 
 
 def list_schedules() -> list[models.Schedule]:

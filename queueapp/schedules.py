@@ -206,17 +206,18 @@ def enqueue_tick(
 ) -> int | None:
     """Enqueue the schedule's task for one tick, in the caller's transaction; the task id, or None
     when another scheduler enqueued this tick already. Raises InvalidTask when the task is not
-    registered here or its arguments are refused (nothing is stored then)."""
+    registered here or its arguments are refused (nothing is stored then). A unique task keeps its
+    own key, so a tick finds the previous run still live and makes none (no overlap); other tasks
+    get the tick's key."""
     task = registry.get(schedule.task_path)
+    options: dict[str, Any] = {"queue_name": schedule.queue_name, "priority": schedule.priority}
+    if not getattr(task, "unique", False):
+        options["unique_key"] = tick_key(schedule.name, tick_at)
     with transaction.atomic():
         tick_id = store.claim_tick(schedule_id=schedule.id, tick_at=tick_at, manual=manual)
         if tick_id is None:
             return None
-        result = task.using(  # type: ignore[call-arg]
-            queue_name=schedule.queue_name,
-            priority=schedule.priority,
-            unique_key=tick_key(schedule.name, tick_at),
-        ).enqueue(*schedule.args, **schedule.kwargs)
+        result = task.using(**options).enqueue(*schedule.args, **schedule.kwargs)
         store.set_tick_task(tick_id, int(result.id))
     return int(result.id)
 

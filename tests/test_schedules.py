@@ -339,3 +339,18 @@ def test_a_code_schedule_is_read_only_in_the_admin_but_can_be_switched_off(admin
     assert response.status_code == 302
     schedule.refresh_from_db()
     assert (schedule.cron, schedule.enabled) == ("30 2 * * *", False)
+
+
+def test_a_unique_task_on_a_schedule_does_not_overlap_its_previous_run() -> None:
+    now = store.database_now().replace(microsecond=0)
+    make_schedule(
+        "* * * * * *",
+        task_path=tasks.refresh.module_path,
+        args=[5],
+        next_run_at=now - dt.timedelta(seconds=3),
+    )
+    Scheduler(grace=10).run_once()
+    ticks = models.ScheduleTick.objects.all()
+    assert len(ticks) >= 4
+    (task,) = models.LiveTask.objects.all()
+    assert {tick.task_id for tick in ticks} == {task.id}
