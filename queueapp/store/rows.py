@@ -70,12 +70,11 @@ class Inserted:
     enqueued_at: datetime
 
 
-_ROW_FIELDS = TaskRow.__slots__
-
-
-def _to_row(values: Sequence[Any]) -> TaskRow:
+def task_row(columns: Sequence[str], values: Sequence[Any]) -> TaskRow:
+    """A TaskRow from one row of a statement whose columns are named as TaskRow's fields (all of them:
+    a missing or unknown column is a TypeError, never a value in the wrong field)."""
+    data = dict(zip(columns, values, strict=True))
     # Django's psycopg setup loads jsonb as text; decode it here, once.
-    data = dict(zip(_ROW_FIELDS, values, strict=False))
     for column in _JSON_COLUMNS:
         if data[column] is not None:
             data[column] = json.loads(data[column])

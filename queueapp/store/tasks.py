@@ -15,7 +15,7 @@ from django.db.backends.utils import CursorWrapper
 
 from queueapp.sql import QUERIES
 from queueapp.store.cursors import prepared_cursor
-from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
+from queueapp.store.rows import Inserted, NewTask, TaskRow, task_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
 
 
@@ -193,7 +193,8 @@ def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["get_task"], {"id": task_id})
         values = cursor.fetchone()
-    return _to_row(values) if values else None
+        columns = [column.name for column in cursor.description]
+    return task_row(columns, values) if values else None
 
 
 def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:
