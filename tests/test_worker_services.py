@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -10,12 +12,13 @@ import pytest
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 
-from queueapp import models, store
+from queueapp import cancellation, models, store
 from tests import tasks
 from tests.conftest import conninfo, make_worker
 from tests.helpers import wait_for
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
+from workers.lease import Lease
 from workers.listener import Listener
 from workers.producer import Producer
 
@@ -347,3 +350,41 @@ def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
         for _ in worker.threads:
             worker.inbox.put(None)
         worker.producer.close()
+
+
+def test_a_beat_that_reaches_the_database_renews_the_lease_and_one_refused_does_not(
+    raw_conn: psycopg.Connection,
+) -> None:
+    worker = make_worker()
+    lease = Lease(duration=60, on_expired=lambda: None)
+    heartbeat = Heartbeat(worker.id, on_lost=lambda: None, lease=lease)
+    before = lease.renewed_at
+    assert heartbeat.run_once() is True
+    renewed = lease.renewed_at
+    assert renewed > before
+    raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST'")
+    assert heartbeat.run_once() is False
+    assert lease.renewed_at == renewed
+
+
+def test_a_lease_not_renewed_in_time_expires_once_and_for_good() -> None:
+    expired: list[bool] = []
+    lease = Lease(duration=0.2, on_expired=lambda: expired.append(True))
+    assert lease.run_once() is True
+    wait_for(lambda: not lease.run_once(), timeout=5, message="the lease to run out")
+    lease.renew(time.monotonic())  # a beat that got through after all comes too late
+    assert lease.run_once() is False
+    assert expired == [True]
+
+
+def test_a_written_off_worker_asks_its_running_tasks_to_stop_without_the_database() -> None:
+    worker = make_worker()
+    tasks.wait_for_cancel.enqueue()
+    (row,) = claim(worker)
+    cancellation.stop_all.set()  # what Worker.lease_expired does
+    try:
+        attempt = executor_for(worker).run(row)
+    finally:
+        cancellation.stop_all.clear()
+    assert attempt.success is not None
+    assert json.loads(attempt.success.return_value_json) == "stopped early"

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+
+from queueapp import store
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +39,78 @@ def ensure_usable_connection() -> None:
             reset_connection()
 
 
-def listen_conninfo() -> str:
-    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the default."""
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What every connection of a worker process is held to, so that a socket that stops answering
+    (packets dropped, nothing closed) becomes an error within about STALE_AFTER instead of a hang.
+
+    TCP keepalives find a dead peer while a connection waits for an answer or idles; tcp_user_timeout
+    drops a connection whose sent data goes unacknowledged; statement and lock timeouts bound what
+    the server itself may take. The lease (workers.lease) does not rely on any of them.
+    """
+
+    stale_after: float
+
+    def socket_params(self) -> dict[str, int]:
+        """libpq parameters for the socket: a silent peer is given up on after about 2/3 STALE_AFTER."""
+        return {
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(self.stale_after / 3)),
+            "keepalives_interval": max(1, round(self.stale_after / 9)),
+            "keepalives_count": 3,
+            "tcp_user_timeout": max(1, round(self.stale_after * 1000)),
+        }
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        return max(1, round(self.stale_after * 1000))
+
+    @property
+    def lock_timeout_ms(self) -> int:
+        return max(1, self.statement_timeout_ms // 2)
+
+    def libpq_options(self, given: str = "") -> str:
+        """libpq's `options` with the statement and lock timeouts after any given ones."""
+        ours = f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout={self.lock_timeout_ms}"
+        return f"{given} {ours}".strip()
+
+    def install(self) -> None:
+        """From now on in this process: every Django connection gets the socket parameters, and
+        those of threads other than task threads the statement limits too."""
+        settings_dict = connections.settings[DEFAULT_DB_ALIAS]
+        settings_dict["OPTIONS"] = {**settings_dict.get("OPTIONS", {}), **self.socket_params()}
+        connection_created.connect(self.limit_statements, weak=False, dispatch_uid="taskqueue-limits")
+        reset_connection()  # one opened before now would keep the old parameters
+
+    def limit_statements(self, sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+        if not getattr(_thread, "runs_tasks", False):
+            store.limit_statements(
+                statement_timeout_ms=self.statement_timeout_ms,
+                lock_timeout_ms=self.lock_timeout_ms,
+                using=connection.alias,
+            )
+
+
+_thread = threading.local()
+
+
+def runs_tasks() -> None:
+    """This thread runs task code: its connection gets no statement limits (its queries are the
+    task's business; a task may run a long report), only the socket parameters."""
+    _thread.runs_tasks = True
+
+
+def listen_conninfo(limits: ConnectionLimits) -> str:
+    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
+    default, held to limits."""
     url = settings.TASKQUEUE.get("LISTEN_DATABASE_URL")
+    given = psycopg.conninfo.conninfo_to_dict(str(url)) if url else {}
+    extra: dict[str, Any] = {
+        **limits.socket_params(),
+        "options": limits.libpq_options(str(given.get("options", ""))),
+    }
     if url:
-        return str(url)
+        return psycopg.conninfo.make_conninfo(str(url), **extra)
     params = settings.DATABASES["default"]
     return psycopg.conninfo.make_conninfo(
         dbname=params["NAME"],
@@ -45,4 +119,5 @@ def listen_conninfo() -> str:
         host=params.get("HOST") or None,
         port=str(params["PORT"]) if params.get("PORT") else None,
         application_name="taskqueue-listener",
+        **extra,
     )

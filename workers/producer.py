@@ -16,9 +16,13 @@ logger = logging.getLogger(__name__)
 class Producer:
     name = "producer"
 
-    def __init__(self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True) -> None:
+    def __init__(
+        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, options: str = ""
+    ) -> None:
         self.worker_id = worker_id
-        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
+        self.session = store.WorkerSession(
+            worker_id=worker_id, queues=queues, prepare=prepare, options=options
+        )
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
 

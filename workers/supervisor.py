@@ -7,7 +7,9 @@ mode must be chosen before the metrics are made.
 It also enforces task timeouts, which threads cannot: a child running a task past its timeout is
 killed, the task fails through the normal retry path, the child's other tasks are requeued as
 "worker lost", and a fresh child takes its place. A child that dies on its own is reaped at once
-by the supervisor (its tasks do not wait for the heartbeat to go stale).
+by the supervisor (its tasks do not wait for the heartbeat to go stale). Every exit but 0 is
+followed by a fresh child, a child whose lease ran out (exit 4: cut off from the database) too: it
+registers once the database answers again, and until then claims nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from queueapp import exceptions, store
 from workers import db
 from workers.config import WorkerConfig
 from workers.executor import fail_attempt
+from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
 from workers.reaper import Reaper
 
@@ -65,6 +68,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
+        db.ConnectionLimits(self.config.stale_after).install()  # inherited by forked children
         with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
             if self.config.metrics_port is not None:
                 self.serve_metrics(metrics_dir)
@@ -118,10 +122,11 @@ class Supervisor:
             recycled = code == 0
             logger.log(
                 logging.INFO if recycled else logging.ERROR,
-                "child_exited pid=%s worker=%s exit_code=%s",
+                "child_exited pid=%s worker=%s exit_code=%s reason=%s",
                 child.process.pid,
                 child.worker_id,
                 code,
+                ExitCode.describe(code),
             )
             if not recycled:
                 self.reaper.run_once(worker_ids=[child.worker_id])

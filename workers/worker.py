@@ -10,6 +10,11 @@ running ones finish within the grace period, marks the worker STOPPED and exits 
 (or the grace running out) takes the running tasks back through the failure path, attempt counted,
 and exits 1. A worker that finds itself marked LOST exits 2; one whose heartbeat or listener thread
 died exits 3. The stager (due SCHEDULED tasks to READY) runs in a thread of its own too.
+
+A worker whose lease runs out (no heartbeat reached the database within STALE_AFTER: workers.lease)
+stops claiming and starting tasks, asks running ones to stop (queueapp.cancellation), gives them
+--grace, and exits 4 without another word to the database: the reaper has its tasks, or will. Every
+connection it has is held to workers.db.ConnectionLimits, so a dead socket errors instead of hanging.
 """
 
 from __future__ import annotations
@@ -32,12 +37,14 @@ from django.conf import settings
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import exceptions, store
+from queueapp import cancellation, exceptions, store
 from queueapp.backend import PostgresBackend
 from workers import db
 from workers.config import WorkerConfig
 from workers.executor import Attempt, Executor, fail_attempt
+from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
+from workers.lease import Lease
 from workers.listener import Listener
 from workers.producer import Producer
 from workers.reaper import Reaper
@@ -46,7 +53,6 @@ from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_INTERRUPTED, EXIT_LOST, EXIT_SERVICE_DIED = 0, 1, 2, 3
 
 CLAIM_AHEAD_WINDOW = 0.1
 """Seconds of work a worker claims ahead of its threads: as many tasks as they run in that time on
@@ -62,11 +68,13 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = threading.Event()  # first signal: stop claiming
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
-        self.exit_code = EXIT_OK
+        self.exit_code: ExitCode = ExitCode.OK
+        self.limits = db.ConnectionLimits(config.stale_after)
         self.producer = Producer(
             worker_id=self.id,
             queues=config.queues,
             prepare=bool(settings.TASKQUEUE.get("PREPARED_STATEMENTS", True)),
+            options=self.limits.libpq_options(),
         )
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
@@ -75,6 +83,9 @@ class Worker:
             for n in range(config.concurrency)
         ]
         self.lock = threading.Lock()
+        self.executing = 0
+        """Tasks running in the pool threads right now."""
+        self.task_returned = threading.Condition(self.lock)
         self.held: dict[int, store.TaskRow] = {}
         """Claimed and not yet recorded: waiting in the inbox, running, or succeeded (below)."""
         self.succeeded: list[Attempt] = []
@@ -86,10 +97,15 @@ class Worker:
         """Moving average of task run times (seconds): tasks are claimed ahead only while it is short."""
         self.services_stop = threading.Event()
         self.listener = Listener(
-            db.listen_conninfo(), queues=config.queues, wake=self.wake, stop=self.services_stop
+            db.listen_conninfo(self.limits), queues=config.queues, wake=self.wake, stop=self.services_stop
         )
+        self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
-            self.id, on_lost=self.lost, parent_pid=config.parent_pid, on_orphaned=self.orphaned
+            self.id,
+            on_lost=self.lost,
+            parent_pid=config.parent_pid,
+            on_orphaned=self.orphaned,
+            lease=self.lease,
         )
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
@@ -100,10 +116,20 @@ class Worker:
 
     def run(self) -> int:
         self.install_signal_handlers()
+        self.limits.install()
         if self.config.metrics_port is not None:
             prometheus_client.start_http_server(self.config.metrics_port)
         self.register()
+        # Never touches the database: a hung socket cannot hold it. Checked often enough that the
+        # lease is found expired well within a heartbeat interval of its end.
+        lease = ServiceThread(
+            self.lease,
+            interval=min(0.5, self.config.heartbeat_interval),
+            stop=self.services_stop,
+            on_crash=self.service_died,
+        )
         threads = [
+            lease,
             ServiceThread(self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died),
             ServiceThread(
                 self.heartbeat,
@@ -130,6 +156,8 @@ class Worker:
             self.loop()
             self.drain()
         finally:
+            if self.lease.expired:
+                lease.join()  # lease_expired ends the process, once running tasks had their chance
             self.services_stop.set()
             for thread in threads:
                 thread.join(5)
@@ -149,6 +177,7 @@ class Worker:
     def register(self) -> None:
         delay = 0.5
         while True:
+            sent_at = time.monotonic()
             try:
                 store.register_worker(
                     worker_id=self.id,
@@ -165,6 +194,7 @@ class Worker:
                 db.reset_connection()
                 self.stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
+        self.lease.renew(sent_at)
         logger.info(
             "worker_started worker=%s pid=%s queues=%s concurrency=%s",
             self.id,
@@ -191,6 +221,8 @@ class Worker:
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
         tasks were claimed."""
+        if self.lease.expired:
+            return 0  # written off: not another word to the database
         if self.uncertain and not self.reconcile():
             return 0
         with self.lock:
@@ -276,13 +308,18 @@ class Worker:
         self.round(claim=False)
         if self.running():
             self.interrupt_running()
-            self.exit_code = self.exit_code or EXIT_INTERRUPTED
+            self.exit_code = self.exit_code or ExitCode.INTERRUPTED
 
     # -- tasks -----------------------------------------------------------------------------------
 
     def run_tasks(self) -> None:
         """A pool thread: run claimed rows from the inbox until handed None."""
+        db.runs_tasks()
         while (row := self.inbox.get()) is not None:
+            with self.lock:
+                if self.lease.expired:  # written off: the task may be running elsewhere already
+                    continue
+                self.executing += 1
             started = time.monotonic()
             try:
                 attempt = self.executor.run(row)
@@ -291,6 +328,8 @@ class Worker:
                 attempt = None
             ran = time.monotonic() - started
             with self.lock:
+                self.executing -= 1
+                self.task_returned.notify_all()
                 average = self.average_run
                 self.average_run = ran if average is None else average + (ran - average) * 0.1
                 if attempt is not None and attempt.success is not None:
@@ -376,6 +415,8 @@ class Worker:
             )
 
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
+        if self.lease.expired:
+            return None  # written off: not another word to the database
         try:
             return write()
         except db.CONNECTION_ERRORS as exc:
@@ -404,7 +445,7 @@ class Worker:
         self.wake.set()
 
     def lost(self) -> None:
-        self.exit_code = EXIT_LOST
+        self.exit_code = ExitCode.LOST
         self.stopping.set()
         self.hard_stop.set()
         self.wake.set()
@@ -416,6 +457,32 @@ class Worker:
 
     def service_died(self, name: str) -> None:
         logger.error("worker_stopping worker=%s reason=%s_thread_died", self.id, name)
-        self.exit_code = EXIT_SERVICE_DIED
+        self.exit_code = ExitCode.SERVICE_DIED
         self.stopping.set()
         self.wake.set()
+
+    def lease_expired(self) -> None:
+        """The lease thread's last act: no heartbeat reached the database within STALE_AFTER, so a
+        reaper may have given this worker's tasks to others already. Claim and start nothing more,
+        ask running tasks to stop, give them --grace, and end the process with no further write
+        (any other thread may be stuck on a socket that will never answer)."""
+        self.exit_code = ExitCode.LEASE_EXPIRED
+        self.stopping.set()
+        self.hard_stop.set()
+        self.wake.set()
+        cancellation.stop_all.set()
+        with self.lock:
+            running = self.executing
+            self.task_returned.wait_for(lambda: not self.executing, timeout=self.config.grace)
+            abandoned = self.executing
+        logger.error(
+            "worker_exit worker=%s exit_code=%s reason=lease_expired tasks_asked_to_stop=%s "
+            "tasks_abandoned=%s tasks_done=%s",
+            self.id,
+            int(ExitCode.LEASE_EXPIRED),
+            running,
+            abandoned,
+            self.done_count,
+        )
+        logging.shutdown()
+        os._exit(ExitCode.LEASE_EXPIRED)
