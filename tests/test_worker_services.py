@@ -302,18 +302,18 @@ def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_suc
         first, second = (worker.inbox.get_nowait() for _ in range(2))
         done = worker.executor.run(first)
         assert done.success is not None
-        worker.succeeded.append(done)
+        worker.ledger.succeeded.append(done)
 
         # The lost round: it records `first` and claims one more, then its answer never arrives.
         assert worker.producer.session.round([done.success], 1) is not None
-        worker.uncertain = True
+        worker.completer.uncertain = True
 
         assert worker.round(claim=True) == 1  # reconciles first, then a normal round
         assert done.outcome == "SUCCESSFUL"
-        assert not worker.uncertain
+        assert not worker.completer.uncertain
         running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id)
-        assert sorted(running.values_list("id", flat=True)) == sorted(worker.held)
-        assert second.id in worker.held
+        assert sorted(running.values_list("id", flat=True)) == sorted(worker.ledger.held)
+        assert second.id in worker.ledger.held
         assert models.Task.objects.get(id=first.id).status == "SUCCESSFUL"
         assert set(models.Task.objects.filter(status="READY").values_list("attempts", flat=True)) == {0}
     finally:
@@ -341,7 +341,7 @@ def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
         thread.start()
     try:
         assert worker.round(claim=True) == 2
-        wait_for(lambda: len(worker.succeeded) == 2, timeout=10, message="the first two tasks to run")
+        wait_for(lambda: len(worker.ledger.succeeded) == 2, timeout=10, message="the first two tasks to run")
         claimed = worker.round(claim=True)
         assert claimed == (5 if claims_ahead else 2)
         running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id).count()

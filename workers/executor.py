@@ -76,7 +76,8 @@ def fail_attempt(
 
 @dataclass(slots=True, eq=False)
 class Attempt:
-    """One claimed task on its way through the worker."""
+    """One claimed task on its way through the worker. Owned by the pool thread that runs it until
+    handed to the ledger (Ledger.returned); from then on by the main thread (workers.completer)."""
 
     row: store.TaskRow
     started: float
