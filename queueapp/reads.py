@@ -64,7 +64,7 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     """Workers, each with `running`: how many tasks it holds. A correlated count per worker reads
     task_running_worker_idx; a join with a filter would hash the whole task table."""
     running = (
-        models.LiveTask.objects.filter(worker=OuterRef("pk"), status="RUNNING")
+        models.LiveTask.objects.filter(worker=OuterRef("pk"), status=models.TaskStatus.RUNNING)
         .order_by()
         .values("worker")
         .annotate(n=Count("*"))
@@ -76,7 +76,11 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since
-    recent = Q(state__in=["ALIVE", "STOPPING"]) | Q(stopped_at__gte=since) | Q(last_heartbeat_at__gte=since)
+    recent = (
+        Q(state__in=[models.WorkerState.ALIVE, models.WorkerState.STOPPING])
+        | Q(stopped_at__gte=since)
+        | Q(last_heartbeat_at__gte=since)
+    )
     return list(workers_with_running_counts().filter(recent).order_by("-started_at")[:500])
 
 
@@ -91,7 +95,7 @@ def status_counts() -> dict[str, dict[str, int]]:
 def oldest_ready_age(now: dt.datetime) -> float | None:
     """Seconds the longest-waiting due READY task has waited past its run_after."""
     oldest = (
-        models.LiveTask.objects.filter(status="READY", run_after__lte=Now())
+        models.LiveTask.objects.filter(status=models.TaskStatus.READY, run_after__lte=Now())
         .order_by("run_after")
         .values_list("run_after", flat=True)
         .first()

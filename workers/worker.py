@@ -39,6 +39,7 @@ from django.tasks import task_backends
 
 from queueapp import cancellation, exceptions, store
 from queueapp.backend import PostgresBackend
+from queueapp.states import WorkerState
 from workers import db
 from workers.completer import Completer
 from workers.config import WorkerConfig
@@ -157,7 +158,7 @@ class Worker:
                 thread.join(5)
             # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
             # A LOST worker stays LOST (the statement matches nothing).
-            self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
+            self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPED))
             self.listener.close()
             self.producer.close()
             for _ in self.threads:
@@ -235,7 +236,7 @@ class Worker:
 
     def drain(self) -> None:
         """Finish or hand back what this worker holds (run() then records it STOPPED)."""
-        self.safe_write(lambda: store.set_worker_state(self.id, "STOPPING"))
+        self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPING))
         self.release_unstarted()
         deadline = time.monotonic() + self.config.grace
         while not self.ledger.idle() and not self.hard_stop.is_set() and time.monotonic() < deadline:

@@ -21,6 +21,7 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 from queueapp.store.rows import TaskRow
 
 
@@ -61,7 +62,7 @@ def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskR
             task_path=task_path,
             queue_name=queue_name,
             priority=priority,
-            status="RUNNING",
+            status=TaskStatus.RUNNING,
             args=_json(args),
             kwargs=_json(kwargs),
             run_after=run_after,
