@@ -16,6 +16,7 @@ from queueapp import cancellation, models, store
 from tests import tasks
 from tests.conftest import conninfo, make_worker
 from tests.helpers import wait_for
+from workers import db
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
 from workers.lease import Lease
@@ -388,3 +389,24 @@ def test_a_written_off_worker_asks_its_running_tasks_to_stop_without_the_databas
         cancellation.stop_all.clear()
     assert attempt.success is not None
     assert json.loads(attempt.success.return_value_json) == "stopped early"
+
+
+def test_the_error_policy_tries_again_only_what_a_fresh_connection_may_cure(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """One policy for every worker thread: a broken connection gives None (and the next call a fresh
+    connection); an error that would come back the same (a data error) propagates."""
+    from django.db import DataError, connection
+
+    worker = make_worker()
+    connection.ensure_connection()
+    raw_conn.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+    assert db.unless_unreachable(lambda: store.beat_worker(worker.id), "test_beat_failed") is None
+    assert db.unless_unreachable(lambda: store.beat_worker(worker.id), "test_beat_failed") is True
+
+    def divide_by_zero() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+
+    with pytest.raises(DataError):
+        db.unless_unreachable(divide_by_zero, "test_failed")

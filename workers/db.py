@@ -1,9 +1,12 @@
-"""Connection care for long-running worker threads (Django's request cycle does this for views)."""
+"""Connection care for long-running worker threads (Django's request cycle does this for views): the
+one policy for database errors (which are worth another try, how long to wait between tries) and the
+limits every worker connection is held to."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,67 @@ def reset_connection() -> None:
         connection.close()
     except CONNECTION_ERRORS:
         logger.debug("closing a broken connection failed", exc_info=True)
+
+
+# -- the connection-error policy: which errors are worth another try, and how long to wait --------
+
+
+class Backoff:
+    """Waits between tries at something that needs the database: doubling from FIRST_DELAY up to
+    MOST_DELAY, from the start again after a success (reset())."""
+
+    FIRST_DELAY = 0.1
+    MOST_DELAY = 2.0
+
+    def __init__(self) -> None:
+        self.delay = self.FIRST_DELAY
+
+    def next(self) -> float:
+        """The wait before the next try."""
+        delay = self.delay
+        self.delay = min(delay * 2, self.MOST_DELAY)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.FIRST_DELAY
+
+
+def unless_unreachable[T](
+    call: Callable[[], T],
+    event: str,
+    *fields: object,
+    reset: Callable[[], None] = reset_connection,
+    level: int = logging.WARNING,
+) -> T | None:
+    """call(), or None when the database could not be reached (CONNECTION_ERRORS): logged as `event`
+    with `error=` appended, and the connection dropped (reset) so that the next call opens a fresh
+    one. Any other error propagates: it would fail the same way again."""
+    try:
+        return call()
+    except CONNECTION_ERRORS as exc:
+        logger.log(level, event + " error=%s", *fields, exc)
+        reset()
+        return None
+
+
+def retry_while_unreachable[T](
+    call: Callable[[], T], *, until: threading.Event, event: str, fields: tuple[object, ...] = ()
+) -> T | None:
+    """call(), tried again (Backoff) for as long as the database cannot be reached; None once `until`
+    is set (a hard stop: the caller leaves the rest to the reaper). Each failure is a WARNING `event`
+    with `error=` and `retry_in=`."""
+    backoff = Backoff()
+    while True:
+        try:
+            return call()
+        except CONNECTION_ERRORS as exc:
+            reset_connection()
+            if until.is_set():
+                logger.error(event + " error=%s: given up, the reaper will clean up", *fields, exc)
+                return None
+            delay = backoff.next()
+            logger.warning(event + " error=%s retry_in=%.1fs", *fields, exc, delay)
+            until.wait(delay)
 
 
 def ensure_usable_connection() -> None:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -194,17 +195,6 @@ class Executor:
             )
         return Outcome.of(status)
 
-    def write(self, write: Any) -> Any:
+    def write[T](self, write: Callable[[], T]) -> T | None:
         """Run a fenced write, retrying while the database is unreachable (until a hard stop)."""
-        delay = 0.1
-        while True:
-            try:
-                return write()
-            except db.CONNECTION_ERRORS as exc:
-                db.reset_connection()
-                if self.give_up.is_set():
-                    logger.error("write_abandoned error=%s: the reaper will requeue the task", exc)
-                    return None
-                logger.warning("write_failed error=%s retry_in=%.1fs", exc, delay)
-                self.give_up.wait(delay)
-                delay = min(delay * 2, 2.0)
+        return db.retry_while_unreachable(write, until=self.give_up, event="write_failed")

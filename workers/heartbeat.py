@@ -45,12 +45,11 @@ class Heartbeat:
         if self.lease is not None and not self.lease.run_once():
             return False  # written off by its own clock (paused, cut off): a late beat cannot undo that
         sent_at = time.monotonic()
-        try:
-            alive = store.beat_worker(self.worker_id)
-        except db.CONNECTION_ERRORS as exc:
-            # Keep trying: a short outage is survivable; a long one gets us reaped, which we see here.
-            logger.warning("heartbeat_failed worker=%s error=%s", self.worker_id, exc)
-            db.reset_connection()
+        # A short outage is survivable (the next beat tries again); a long one ends the lease.
+        alive = db.unless_unreachable(
+            lambda: store.beat_worker(self.worker_id), "heartbeat_failed worker=%s", self.worker_id
+        )
+        if alive is None:
             return False
         if alive and self.lease is not None:
             self.lease.renew(sent_at)

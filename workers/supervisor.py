@@ -15,6 +15,7 @@ registers once the database answers again, and until then claims nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -142,11 +143,8 @@ class Supervisor:
 
     def kill_timed_out(self) -> None:
         alive = {child.worker_id: child for child in self.children if child.process.poll() is None}
-        try:
-            late = store.timed_out_tasks(list(alive))
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("timeout_check_failed error=%s", exc)
-            db.reset_connection()
+        late = db.unless_unreachable(lambda: store.timed_out_tasks(list(alive)), "timeout_check_failed")
+        if late is None:
             return
         for task_id, worker_id, attempt, timeout in late:
             child = alive.get(worker_id)
@@ -161,19 +159,20 @@ class Supervisor:
             )
             child.process.kill()
             child.process.wait()
-            try:
-                fail_attempt(
+            # Unrecorded, the next pass reaps the dead child: the task is retried as "worker lost".
+            db.unless_unreachable(
+                functools.partial(
+                    fail_attempt,
                     exceptions.TaskTimeout(f"attempt {attempt} ran past its timeout of {timeout} s"),
                     task_id=task_id,
                     worker_id=worker_id,
                     attempt=attempt,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
-                )
-            except db.CONNECTION_ERRORS as exc:
-                # The next pass reaps the dead child: the task is retried as "worker lost" instead.
-                logger.warning("timeout_record_failed id=%s error=%s", task_id, exc)
-                db.reset_connection()
+                ),
+                "timeout_record_failed id=%s",
+                task_id,
+            )
             # Its other tasks, then a fresh child, on the next pass.
 
     def handle_signal(self, signum: int, frame: FrameType | None) -> None:

@@ -114,7 +114,9 @@ class Worker:
         self.limits.install()
         if self.config.metrics_port is not None:
             prometheus_client.start_http_server(self.config.metrics_port)
-        self.register()
+        if not self.register():
+            logger.info("worker_exit worker=%s exit_code=0: stopped before it could register", self.id)
+            return ExitCode.OK
         # Never touches the database: a hung socket cannot hold it. Checked often enough that the
         # lease is found expired well within a heartbeat interval of its end.
         lease = ServiceThread(
@@ -172,26 +174,25 @@ class Worker:
         )
         return self.exit_code
 
-    def register(self) -> None:
-        delay = 0.5
-        while True:
+    def register(self) -> bool:
+        """Record this worker ALIVE, trying until the database answers; False if stopped first."""
+
+        def register_once() -> float:
             sent_at = time.monotonic()
-            try:
-                store.register_worker(
-                    worker_id=self.id,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    queues=self.config.queues,
-                    concurrency=self.config.concurrency,
-                )
-                break
-            except db.CONNECTION_ERRORS as exc:
-                if self.stopping.is_set():
-                    raise
-                logger.warning("register_failed error=%s retry_in=%.1fs", exc, delay)
-                db.reset_connection()
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+            store.register_worker(
+                worker_id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.config.queues,
+                concurrency=self.config.concurrency,
+            )
+            return sent_at
+
+        sent_at = db.retry_while_unreachable(
+            register_once, until=self.stopping, event="register_failed worker=%s", fields=(self.id,)
+        )
+        if sent_at is None:
+            return False
         self.lease.renew(sent_at)
         logger.info(
             "worker_started worker=%s pid=%s queues=%s concurrency=%s",
@@ -200,6 +201,7 @@ class Worker:
             ",".join(self.config.queues),
             self.config.concurrency,
         )
+        return True
 
     def loop(self) -> None:
         """A round whenever woken (a task done, NOTIFY) or when the poll timer fires."""
@@ -309,12 +311,7 @@ class Worker:
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
         if self.lease.expired:
             return None  # written off: not another word to the database
-        try:
-            return write()
-        except db.CONNECTION_ERRORS as exc:
-            logger.error("shutdown_write_failed worker=%s error=%s: the reaper will clean up", self.id, exc)
-            db.reset_connection()
-            return None
+        return db.unless_unreachable(write, "shutdown_write_failed worker=%s", self.id)
 
     # -- signals and failures --------------------------------------------------------------------
 
