@@ -12,12 +12,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from queueapp import models, store
+from queueapp import conf, models, store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +53,7 @@ def list_tasks(
 
 def worker_health(worker: models.Worker, now: dt.datetime) -> str:
     """ALIVE workers whose heartbeat is older than STALE_AFTER show as stale until a reaper runs."""
-    stale_after = dt.timedelta(seconds=settings.TASKQUEUE["STALE_AFTER"])
+    stale_after = dt.timedelta(seconds=conf.get().stale_after)
     if worker.state == models.WorkerState.ALIVE and now - worker.last_heartbeat_at > stale_after:
         return "stale"
     return worker.state.lower()

@@ -16,7 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connec
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
-from queueapp import store
+from queueapp import conf, store
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def runs_tasks() -> None:
 def listen_conninfo(limits: ConnectionLimits) -> str:
     """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
     default, held to limits."""
-    url = settings.TASKQUEUE.get("LISTEN_DATABASE_URL")
+    url = conf.get().listen_database_url
     given = psycopg.conninfo.conninfo_to_dict(str(url)) if url else {}
     extra: dict[str, Any] = {
         **limits.socket_params(),

@@ -33,11 +33,10 @@ from collections.abc import Callable
 from types import FrameType
 
 import prometheus_client
-from django.conf import settings
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import cancellation, exceptions, store
+from queueapp import cancellation, conf, exceptions, store
 from queueapp.backend import PostgresBackend
 from queueapp.states import WorkerState
 from workers import db
@@ -71,7 +70,7 @@ class Worker:
         self.producer = Producer(
             worker_id=self.id,
             queues=config.queues,
-            prepare=bool(settings.TASKQUEUE.get("PREPARED_STATEMENTS", True)),
+            prepare=conf.get().prepared_statements,
             options=self.limits.libpq_options(),
         )
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.utils.json import normalize_json
 
-from queueapp import exceptions
+from queueapp import conf, exceptions
 
 NOTIFY_CHANNEL = "taskqueue"
 
@@ -122,7 +121,7 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
         ) from exc
     size = _utf8_length(args_json) + _utf8_length(kwargs_json)
-    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    limit = conf.get().max_args_bytes
     if size > limit:
         raise exceptions.ArgumentsTooLarge(
             f"task arguments are {size} bytes of JSON; the limit is {limit} "
