@@ -22,7 +22,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 Start = Callable[..., WorkerProcess]
 STALE_AFTER = 3.0
-GRACE = 1.0
 CUT_OFF_ENV = {"TASKQUEUE_STALE_AFTER": str(STALE_AFTER)}
 
 
@@ -59,7 +58,7 @@ def test_a_worker_cut_off_silently_exits_4_within_stale_after_and_changes_nothin
 ) -> None:
     returns_while_cut = tasks.record_then_sleep.enqueue("returns while cut off", 1.0)
     checks_for_cancel = tasks.record_then_wait_for_cancel.enqueue("checks for a cancel")
-    worker = workers("--concurrency", "2", "--grace", str(GRACE), url=proxy.url, env=CUT_OFF_ENV)
+    worker = workers("--concurrency", "2", "--grace", "60", url=proxy.url, env=CUT_OFF_ENV)
     wait_for(
         lambda: side_effects.execute("SELECT count(*) FROM test_side_effect").fetchone() == (2,),
         timeout=20,
@@ -69,12 +68,13 @@ def test_a_worker_cut_off_silently_exits_4_within_stale_after_and_changes_nothin
 
     proxy.cut()
     cut_at = time.monotonic()
-    # Its lease ends at most STALE_AFTER after its last beat; then --grace for running tasks.
-    code = worker.wait(STALE_AFTER + GRACE + 5)
+    # Its lease ends at most STALE_AFTER after its last beat; running tasks then get a heartbeat
+    # interval (0.3 s here), not --grace.
+    code = worker.wait(STALE_AFTER + 5)
     took = time.monotonic() - cut_at
     output = worker.output()
     assert code == ExitCode.LEASE_EXPIRED, output
-    assert took < STALE_AFTER + GRACE + 2, f"exited {took:.1f} s after the cut"
+    assert took < STALE_AFTER + 2, f"exited {took:.1f} s after the cut"
     assert "lease_expired" in output
     # The first task returned during the cut (its success went into a round that never came back);
     # the other was asked to stop, but was stuck on its own query, and was left behind.

@@ -13,9 +13,10 @@ and exits 1. A worker that finds itself marked LOST exits 2; one whose heartbeat
 died exits 3. The stager (due SCHEDULED tasks to READY) runs in a thread of its own too.
 
 A worker whose lease runs out (no heartbeat reached the database within STALE_AFTER: workers.lease)
-stops claiming and starting tasks, asks running ones to stop (queueapp.cancellation), gives them
---grace, and exits 4 without another word to the database: the reaper has its tasks, or will. Every
-connection it has is held to workers.db.ConnectionLimits, so a dead socket errors instead of hanging.
+stops claiming and starting tasks, asks running ones to stop (queueapp.cancellation), gives them a
+heartbeat interval at most, and exits 4 without another word to the database: the reaper has its
+tasks, or will. Every connection it has is held to workers.db.ConnectionLimits, so a dead socket
+errors instead of hanging.
 """
 
 from __future__ import annotations
@@ -352,15 +353,17 @@ class Worker:
     def lease_expired(self) -> None:
         """The lease thread's last act: no heartbeat reached the database within STALE_AFTER, so a
         reaper may have given this worker's tasks to others already. Claim and start nothing more,
-        ask running tasks to stop, give them --grace, and end the process with no further write
-        (any other thread may be stuck on a socket that will never answer)."""
+        ask running tasks to stop, and end the process with no further write (any other thread may be
+        stuck on a socket that will never answer). Running tasks get a heartbeat interval (at most
+        --grace) to return: enough for one that checks for a cancel, and not the full grace, since
+        whatever a task does from now on may be done again by the worker that takes it over."""
         self.exit_code = ExitCode.LEASE_EXPIRED
         self.stopping.set()
         self.hard_stop.set()
         self.wake.set()
         running = self.ledger.close()
         cancellation.stop_all.set()
-        abandoned = self.ledger.wait_for_running(self.config.grace)
+        abandoned = self.ledger.wait_for_running(min(self.config.grace, self.config.heartbeat_interval))
         logger.error(
             "worker_exit worker=%s exit_code=%s reason=lease_expired tasks_asked_to_stop=%s "
             "tasks_abandoned=%s tasks_done=%s",
