@@ -40,7 +40,9 @@ class Worker(models.Model):
     class Meta:
         indexes = [
             models.Index(
-                fields=["last_heartbeat_at"], name="worker_alive_beat_idx", condition=Q(state="ALIVE")
+                fields=["last_heartbeat_at"],
+                name="worker_alive_beat_idx",
+                condition=Q(state=WorkerState.ALIVE),
             ),
         ]
         constraints = [
@@ -124,16 +126,20 @@ class LiveTask(TaskColumns):
                 "run_after",
                 "id",
                 name="task_live_claim_idx",
-                condition=Q(status="READY"),
+                condition=Q(status=TaskStatus.READY),
             ),
             # The stager: SCHEDULED tasks by the time they become due.
-            models.Index(fields=["run_after"], name="task_live_due_idx", condition=Q(status="SCHEDULED")),
+            models.Index(
+                fields=["run_after"], name="task_live_due_idx", condition=Q(status=TaskStatus.SCHEDULED)
+            ),
             # Back pressure counts one queue's READY tasks (up to its limit) without walking the others.
             models.Index(
-                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status="READY")
+                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status=TaskStatus.READY)
             ),
             # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
-            models.Index(fields=["worker"], name="task_live_running_idx", condition=Q(status="RUNNING")),
+            models.Index(
+                fields=["worker"], name="task_live_running_idx", condition=Q(status=TaskStatus.RUNNING)
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -147,7 +153,7 @@ class LiveTask(TaskColumns):
                 condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_live_timeout_positive"
             ),
             models.CheckConstraint(
-                condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
+                condition=Q(status=TaskStatus.RUNNING, worker__isnull=False) | ~Q(status=TaskStatus.RUNNING),
                 name="task_live_running_has_worker",
             ),
             models.CheckConstraint(
