@@ -16,6 +16,7 @@ from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
 from queueapp import registry, store
+from queueapp.states import TaskStatus
 
 _MAX_BIGINT = 2**63 - 1
 
@@ -28,13 +29,13 @@ else:
 
 # SCHEDULED is a READY task that is not due yet; CANCELLED has no django.tasks word: it is a task
 # that did not succeed.
-_STATUS_FOR_DJANGO = {
-    "SCHEDULED": TaskResultStatus.READY,
-    "READY": TaskResultStatus.READY,
-    "RUNNING": TaskResultStatus.RUNNING,
-    "SUCCESSFUL": TaskResultStatus.SUCCESSFUL,
-    "FAILED": TaskResultStatus.FAILED,
-    "CANCELLED": TaskResultStatus.FAILED,
+_STATUS_FOR_DJANGO: dict[str, TaskResultStatus] = {
+    TaskStatus.SCHEDULED: TaskResultStatus.READY,
+    TaskStatus.READY: TaskResultStatus.READY,
+    TaskStatus.RUNNING: TaskResultStatus.RUNNING,
+    TaskStatus.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    TaskStatus.FAILED: TaskResultStatus.FAILED,
+    TaskStatus.CANCELLED: TaskResultStatus.FAILED,
 }
 
 

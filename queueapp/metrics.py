@@ -9,14 +9,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from queueapp import models, reads, store
+from queueapp import conf, models, reads, store
 
 
 class QueueCollector(Collector):
@@ -57,7 +56,7 @@ class QueueCollector(Collector):
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    token = settings.TASKQUEUE.get("METRICS_TOKEN")
+    token = conf.get().metrics_token
     if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
         return HttpResponse("metrics need `Authorization: Bearer <TASKQUEUE_METRICS_TOKEN>`\n", status=401)
     registry = CollectorRegistry(auto_describe=False)

@@ -11,6 +11,10 @@ from django.db.models.functions import Cast
 from django.db.models.lookups import LessThanOrEqual
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
+from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, TaskStatus, WorkerState
+
+__all__ = ["LIVE_STATUSES", "TERMINAL_STATUSES", "TaskStatus", "WorkerState"]
+
 # Combined JSON size of args and kwargs the database accepts; the Python side checks
 # the configurable (smaller or equal) TASKQUEUE["MAX_ARGS_BYTES"] first with a clear error.
 ARGS_HARD_LIMIT_BYTES = 16 * 1024 * 1024
@@ -18,35 +22,6 @@ ARGS_HARD_LIMIT_BYTES = 16 * 1024 * 1024
 
 def _octet_length(field: str) -> Func:
     return Func(Cast(field, TextField()), function="octet_length", output_field=models.IntegerField())
-
-
-class TaskStatus(models.TextChoices):
-    SCHEDULED = "SCHEDULED", "Scheduled"
-    """Not due yet: deferred, or waiting for a retry (run_after is later). The stager makes it READY."""
-    READY = "READY", "Ready"
-    """Due: the claim takes READY tasks by priority, then run_after, then id."""
-    RUNNING = "RUNNING", "Running"
-    """Claimed by a worker, which holds it through the fenced worker_id and attempt."""
-    SUCCESSFUL = "SUCCESSFUL", "Successful"
-    """Terminal: returned a value."""
-    FAILED = "FAILED", "Failed"
-    """Terminal: the last attempt raised or its worker was lost."""
-    CANCELLED = "CANCELLED", "Cancelled"
-    """Terminal: cancelled before it could finish. django.tasks sees it as FAILED."""
-
-
-LIVE_STATUSES = (TaskStatus.SCHEDULED, TaskStatus.READY, TaskStatus.RUNNING)
-"""Statuses of tasks that can still run: they live in queueapp_task_live."""
-TERMINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED)
-"""Statuses of finished tasks: they live in queueapp_task_history, partitioned by finished_at."""
-
-
-class WorkerState(models.TextChoices):
-    ALIVE = "ALIVE", "Alive"
-    STOPPING = "STOPPING", "Stopping"
-    STOPPED = "STOPPED", "Stopped"
-    LOST = "LOST", "Lost"
-    """Its heartbeat stopped; the reaper took its tasks away."""
 
 
 class Worker(models.Model):
@@ -65,7 +40,9 @@ class Worker(models.Model):
     class Meta:
         indexes = [
             models.Index(
-                fields=["last_heartbeat_at"], name="worker_alive_beat_idx", condition=Q(state="ALIVE")
+                fields=["last_heartbeat_at"],
+                name="worker_alive_beat_idx",
+                condition=Q(state=WorkerState.ALIVE),
             ),
         ]
         constraints = [
@@ -151,16 +128,20 @@ class LiveTask(TaskColumns):
                 "run_after",
                 "id",
                 name="task_live_claim_idx",
-                condition=Q(status="READY"),
+                condition=Q(status=TaskStatus.READY),
             ),
             # The stager: SCHEDULED tasks by the time they become due.
-            models.Index(fields=["run_after"], name="task_live_due_idx", condition=Q(status="SCHEDULED")),
+            models.Index(
+                fields=["run_after"], name="task_live_due_idx", condition=Q(status=TaskStatus.SCHEDULED)
+            ),
             # Back pressure counts one queue's READY tasks (up to its limit) without walking the others.
             models.Index(
-                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status="READY")
+                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status=TaskStatus.READY)
             ),
             # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
-            models.Index(fields=["worker"], name="task_live_running_idx", condition=Q(status="RUNNING")),
+            models.Index(
+                fields=["worker"], name="task_live_running_idx", condition=Q(status=TaskStatus.RUNNING)
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -174,7 +155,7 @@ class LiveTask(TaskColumns):
                 condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_live_timeout_positive"
             ),
             models.CheckConstraint(
-                condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
+                condition=Q(status=TaskStatus.RUNNING, worker__isnull=False) | ~Q(status=TaskStatus.RUNNING),
                 name="task_live_running_has_worker",
             ),
             models.CheckConstraint(

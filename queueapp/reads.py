@@ -12,12 +12,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
-from queueapp import cron, models, store
+from queueapp import conf, cron, models, store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +56,7 @@ def list_tasks(
 
 def worker_health(worker: models.Worker, now: dt.datetime) -> str:
     """ALIVE workers whose heartbeat is older than STALE_AFTER show as stale until a reaper runs."""
-    stale_after = dt.timedelta(seconds=settings.TASKQUEUE["STALE_AFTER"])
+    stale_after = dt.timedelta(seconds=conf.get().stale_after)
     if worker.state == models.WorkerState.ALIVE and now - worker.last_heartbeat_at > stale_after:
         return "stale"
     return worker.state.lower()
@@ -67,7 +66,7 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     """Workers, each with `running`: how many tasks it holds. A correlated count per worker reads
     task_running_worker_idx; a join with a filter would hash the whole task table."""
     running = (
-        models.LiveTask.objects.filter(worker=OuterRef("pk"), status="RUNNING")
+        models.LiveTask.objects.filter(worker=OuterRef("pk"), status=models.TaskStatus.RUNNING)
         .order_by()
         .values("worker")
         .annotate(n=Count("*"))
@@ -79,7 +78,11 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since
-    recent = Q(state__in=["ALIVE", "STOPPING"]) | Q(stopped_at__gte=since) | Q(last_heartbeat_at__gte=since)
+    recent = (
+        Q(state__in=[models.WorkerState.ALIVE, models.WorkerState.STOPPING])
+        | Q(stopped_at__gte=since)
+        | Q(last_heartbeat_at__gte=since)
+    )
     return list(workers_with_running_counts().filter(recent).order_by("-started_at")[:500])
 
 
@@ -94,7 +97,7 @@ def status_counts() -> dict[str, dict[str, int]]:
 def oldest_ready_age(now: dt.datetime) -> float | None:
     """Seconds the longest-waiting due READY task has waited past its run_after."""
     oldest = (
-        models.LiveTask.objects.filter(status="READY", run_after__lte=Now())
+        models.LiveTask.objects.filter(status=models.TaskStatus.READY, run_after__lte=Now())
         .order_by("run_after")
         .values_list("run_after", flat=True)
         .first()

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.db import transaction
 from django.tasks import Task, task_backends
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
-from queueapp import cron, models, registry, store
+from queueapp import conf, cron, models, registry, store
 from queueapp.store.schedules import DueSchedule
 
 T = TypeVar("T", bound=Task[Any, Any])
@@ -96,7 +95,7 @@ def from_setting() -> list[ScheduleSpec]:
     """TASKQUEUE["SCHEDULE"]: {name: {"task": dotted path, "cron": ..., optional "timezone", "args",
     "kwargs", "queue", "priority", "catch_up", "catch_up_limit"}}. Unknown keys raise ValueError."""
     specs = []
-    for name, entry in settings.TASKQUEUE.get("SCHEDULE", {}).items():
+    for name, entry in conf.get().schedule.items():
         unknown = sorted(set(entry) - SETTING_KEYS)
         if unknown or "task" not in entry or "cron" not in entry:
             raise ValueError(

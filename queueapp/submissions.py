@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTask
 
-from queueapp import http_tasks, models, store
+from queueapp import conf, http_tasks, models, store
 from queueapp.backend import AnyTask, PostgresBackend
 from queueapp.exceptions import TaskQueueError
 
@@ -75,8 +74,8 @@ def request_hash(body: Any) -> str:
 
 
 def queue_limit(queue: str) -> int | None:
-    limits: dict[str, int] = settings.TASKQUEUE.get("QUEUE_LIMITS", {})
-    return limits.get(queue, settings.TASKQUEUE.get("MAX_READY_PER_QUEUE"))
+    limits = conf.get()
+    return limits.queue_limits.get(queue, limits.max_ready_per_queue)
 
 
 def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:

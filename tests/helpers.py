@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +87,7 @@ class WorkerProcess:
     def stop(self) -> None:
         """Kill it, and any supervisor's children (they would stop by themselves, a heartbeat later)."""
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)  # a supervisor must not start new children meanwhile
             for child in child_pids(self.process.pid):
                 os.kill(child, 9)
             self.process.kill()

@@ -88,6 +88,23 @@ def wait_for_cancel(context: TaskContext) -> str:
 
 
 @task
+def record_then_sleep(key: str, seconds: float) -> str:
+    """record(key), so that a test knows the task has started, then sleep."""
+    import time
+
+    record.call(key)
+    time.sleep(seconds)
+    return key
+
+
+@task(takes_context=True)
+def record_then_wait_for_cancel(context: TaskContext, key: str) -> str:
+    """record(key), so that a test knows the task has started, then wait_for_cancel."""
+    record.call(key)
+    return wait_for_cancel.func(context)  # type: ignore[no-any-return]
+
+
+@task
 def returns_a_set() -> set[int]:
     return {1, 2}
 

@@ -34,19 +34,19 @@ class Scheduler:
 
     def run_once(self) -> Counter[str] | None:
         """One pass: counts of ticks by outcome, or None if the database is away."""
-        try:
-            if self.passes == 0:
-                schedules.sync_declared(store.database_now())
-            counts: Counter[str] = Counter()
-            for schedule in store.due_schedules():
-                counts.update(self.run_schedule(schedule))
-            if self.passes % self.purge_every == 0:
-                store.purge_schedule_ticks(older_than=TICK_RETENTION)
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("schedule_failed error=%s", exc)
-            db.reset_connection()
-            return None
-        self.passes += 1
+        counts = db.unless_unreachable(self.run_due, "schedule_failed")
+        if counts is not None:
+            self.passes += 1
+        return counts
+
+    def run_due(self) -> Counter[str]:
+        if self.passes == 0:
+            schedules.sync_declared(store.database_now())
+        counts: Counter[str] = Counter()
+        for schedule in store.due_schedules():
+            counts.update(self.run_schedule(schedule))
+        if self.passes % self.purge_every == 0:
+            store.purge_schedule_ticks(older_than=TICK_RETENTION)
         return counts
 
     def run_schedule(self, schedule: store.DueSchedule) -> Counter[str]:

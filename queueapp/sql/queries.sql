@@ -247,6 +247,13 @@ SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enq
 FROM queueapp_task
 WHERE id = %(id)s;
 
+-- limit_statements --
+-- A worker's own connections (not its task threads', whose queries are the tasks' business): no
+-- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
+-- heartbeat. For the session (false): it holds until the connection closes.
+SELECT set_config('statement_timeout', %(statement_timeout)s, false),
+       set_config('lock_timeout', %(lock_timeout)s, false);
+
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
 

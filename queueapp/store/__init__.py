@@ -68,6 +68,7 @@ from queueapp.store.tasks import (
 from queueapp.store.workers import (
     ReapOutcome,
     beat_worker,
+    limit_statements,
     preview_reap,
     reap_workers,
     register_worker,
@@ -112,6 +113,7 @@ __all__ = [
     "get_task",
     "history_partitions",
     "is_cancel_requested",
+    "limit_statements",
     "pickup_latency",
     "preview_reap",
     "purge_finished",

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from django.conf import settings
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
+
+from queueapp import conf
 
 _ONLY_WHEN_ASKED = 2**62
 
@@ -26,7 +27,7 @@ class _PreparingCursor(psycopg.Cursor[Any]):
 def prepared_cursor(using: str) -> CursorWrapper:
     """A cursor for the queue's own statements: prepared when TASKQUEUE["PREPARED_STATEMENTS"]."""
     db = connections[using]
-    if not settings.TASKQUEUE.get("PREPARED_STATEMENTS", True):
+    if not conf.get().prepared_statements:
         return db.cursor()
     db.close_if_health_check_failed()
     db.ensure_connection()

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.utils.json import normalize_json
 
-from queueapp import exceptions
+from queueapp import conf, exceptions
 
 NOTIFY_CHANNEL = "taskqueue"
 
@@ -78,12 +77,11 @@ class Inserted:
     are not read back)."""
 
 
-_ROW_FIELDS = TaskRow.__slots__
-
-
-def _to_row(values: Sequence[Any]) -> TaskRow:
+def task_row(columns: Sequence[str], values: Sequence[Any]) -> TaskRow:
+    """A TaskRow from one row of a statement whose columns are named as TaskRow's fields (all of them:
+    a missing or unknown column is a TypeError, never a value in the wrong field)."""
+    data = dict(zip(columns, values, strict=True))
     # Django's psycopg setup loads jsonb as text; decode it here, once.
-    data = dict(zip(_ROW_FIELDS, values, strict=False))
     for column in _JSON_COLUMNS:
         if data[column] is not None:
             data[column] = json.loads(data[column])
@@ -131,7 +129,7 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
         ) from exc
     size = _utf8_length(args_json) + _utf8_length(kwargs_json)
-    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    limit = conf.get().max_args_bytes
     if size > limit:
         raise exceptions.ArgumentsTooLarge(
             f"task arguments are {size} bytes of JSON; the limit is {limit} "

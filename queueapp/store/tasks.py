@@ -14,8 +14,9 @@ from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 from queueapp.store.cursors import prepared_cursor
-from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
+from queueapp.store.rows import Inserted, NewTask, TaskRow, task_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
 from queueapp.store.unique import insert_unique
 
@@ -134,7 +135,7 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     A task that has never run: READY if due, else SCHEDULED."""
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
-    status = "READY" if due else "SCHEDULED"
+    status = TaskStatus.READY if due else TaskStatus.SCHEDULED
     return (
         f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
         f"{_json_text(new.args_json)}\t{_json_text(new.kwargs_json)}\t"
@@ -211,7 +212,8 @@ def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["get_task"], {"id": task_id})
         values = cursor.fetchone()
-    return _to_row(values) if values else None
+        columns = [column.name for column in cursor.description]
+    return task_row(columns, values) if values else None
 
 
 def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:
