@@ -142,7 +142,7 @@ retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
   RETURNING t.status, t.run_after
@@ -274,7 +274,7 @@ requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -322,8 +322,10 @@ WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout
 -- retry_task --
 -- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same
 -- id (its result id stays valid) with its errors kept and a fresh budget of attempts. attempts
--- only ever grows (it fences workers), so the budget is added on top of it. Two concurrent
--- retries: the second waits for the first's row lock, finds the row gone, and matches nothing.
+-- only ever grows (it fences workers), so the budget is added on top of it, and retried_at_attempt
+-- remembers where it started: the backoff (fail_task, reap_workers) counts from there, as for a new
+-- task. Two concurrent retries: the second waits for the first's row lock, finds the row gone, and
+-- matches nothing.
 WITH back AS (
   DELETE FROM queueapp_task_history WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
   RETURNING *
@@ -331,9 +333,10 @@ WITH back AS (
 ready AS (
   INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                  errors, return_value, timeout, cancel_requested, worker_id)
+                                  errors, return_value, timeout, cancel_requested, worker_id,
+                                  retried_at_attempt)
   SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
-         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, attempts
   FROM back
   RETURNING status, queue_name
 )
