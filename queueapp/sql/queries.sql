@@ -443,6 +443,16 @@ WITH doomed AS (
 )
 DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.finished_at = doomed.finished_at;
 
+-- purge_workers --
+-- Retention of worker rows (one per process start): those STOPPED or LOST before the cutoff go,
+-- except a LOST one that still holds RUNNING tasks (the reaper has yet to take them back through
+-- it). The check reads task_live_running_idx. Finished tasks keep the id of the worker that ran
+-- them; the console shows it without a link once the row is gone.
+DELETE FROM queueapp_worker w
+WHERE w.state IN ('STOPPED', 'LOST')
+  AND coalesce(w.stopped_at, w.last_heartbeat_at) < now() - make_interval(secs => %(older_than)s::float8)
+  AND NOT EXISTS (SELECT 1 FROM queueapp_task_live t WHERE t.status = 'RUNNING' AND t.worker_id = w.id);
+
 -- count_purgeable --
 SELECT count(*) FROM queueapp_task_history
 WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8) AND status = ANY(%(statuses)s::text[]);
