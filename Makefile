@@ -9,7 +9,7 @@ DEVDB := $(PY) -m taskqueue_project.devdb
 # The project's own cluster for `make run`, unless DATABASE_URL says otherwise.
 DB_URL = $${DATABASE_URL:-$$($(DEVDB) url .pgdata)}
 
-.PHONY: run test manage demo lint bench bench-churn clean-db chromium
+.PHONY: run test manage demo lint bench bench-scaling bench-churn clean-db chromium
 
 $(VENV)/.requirements: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else "taskqueue needs Python 3.12; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.12)")'
@@ -46,7 +46,12 @@ lint: $(VENV)/.requirements-dev
 	$(VENV)/bin/mypy queueapp workers taskqueue_project
 
 bench: $(VENV)/.requirements-dev
-	$(DEVDB) with-temp -- sh -c '$(PY) bench/suite.py --profile && $(PY) bench/ceiling.py && $(PY) bench/http_submit.py && $(PY) bench/console_1m.py'
+	$(DEVDB) with-temp -- sh -c '$(PY) bench/suite.py --profile && $(PY) bench/ceiling.py && $(PY) bench/http_submit.py && $(PY) bench/console_1m.py && $(PY) bench/scaling.py --publish'
+
+# Throughput and pickup latency with 1, 2, 4 and 8 worker processes and threads (docs/benchmarks.md);
+# results and a chart in bench/results/, the chart also in docs/benchmarks-scaling.png.
+bench-scaling: $(VENV)/.requirements-dev
+	$(DEVDB) with-temp -- $(PY) bench/scaling.py --publish
 
 # Ten minutes of enqueue + drain with a snapshot held in the middle (docs/benchmarks.md, "Churn").
 bench-churn: $(VENV)/.requirements-dev
