@@ -42,7 +42,7 @@ from bench.common import (
 COUNTS = (1, 2, 4, 8)
 MODES = ("processes", "threads")
 LATENCY_TASKS, LATENCY_RATE = 60, 20.0
-NOOP_TASKS = 4000
+NOOP_TASKS = 20_000
 SLEEP_TASKS_PER_SLOT = 25
 PUBLISHED = ROOT / "docs" / "benchmarks-scaling.png"
 
