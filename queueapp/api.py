@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest
 from django.tasks import task_backends
 from django.utils import timezone
@@ -13,8 +12,9 @@ from ninja.errors import HttpError
 from pydantic import Field
 
 from queueapp import api_schemas as s
+from queueapp import health as health_checks
 from queueapp import http_tasks, models, reads, store, submissions
-from queueapp.api_support import ApiKeyAuth, StrictJsonParser, error, install_error_handlers
+from queueapp.api_support import ApiKeyAuth, HealthAuth, StrictJsonParser, error, install_error_handlers
 from queueapp.backend import PostgresBackend, parse_result_id
 
 api = NinjaAPI(
@@ -166,11 +166,12 @@ def cancel_task(request: HttpRequest, task_id: int) -> Any:
 
 
 @api.post("/tasks/{task_id}/retry", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
-def retry_task(request: HttpRequest, task_id: int) -> Any:
-    """FAILED or CANCELLED back to READY with a fresh attempt budget, under the same id (the task
-    moves back from history and runs again); 409 from any other state."""
+def retry_task(request: HttpRequest, task_id: int, payload: s.RetryIn | None = None) -> Any:
+    """FAILED or CANCELLED back to READY under the same id (the task moves back from history and
+    runs again) with a fresh budget: `max_attempts` attempts from now (default: the task's own), the
+    backoff starting again from its base; 409 from any other state."""
     task = get_task_or_404(task_id)
-    if not backend().retry(str(task.id)):
+    if not backend().retry(str(task.id), max_attempts=payload.max_attempts if payload else None):
         current = get_task_or_404(task_id).status
         return error(
             409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
@@ -205,25 +206,18 @@ def list_workers(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@api.get("/health", response={200: s.HealthOut, **COMMON}, summary="Is the queue healthy?")
-def health(request: HttpRequest) -> Any:
-    """503 when the database cannot be reached."""
-    try:
-        now = store.database_now()
-        totals = reads.summary(reads.status_counts())
-        finished = reads.throughput(now, HEALTH_WINDOW_MINUTES)
-        live = sum(1 for w in reads.list_workers() if reads.worker_health(w, now) == "alive")
-        oldest = reads.oldest_ready_age(now)
-    except (OperationalError, InterfaceError):
-        return error(503, "database_unavailable", "the database cannot be reached")
-    return {
-        "database": "ok",
-        "live_workers": live,
-        "pending": {status: totals.get(status, 0) for status in ("SCHEDULED", "READY", "RUNNING")},
-        "completed": {status: finished.get(status, 0) for status in ("SUCCESSFUL", "FAILED", "CANCELLED")},
-        "oldest_ready_age_seconds": oldest,
-        "timestamp": now,
-    }
+@api.get(
+    "/health",
+    response={**COMMON, 200: s.HealthOut, 503: s.HealthOut},
+    auth=HealthAuth(),
+    summary="Is the queue healthy?",
+)
+def health(request: HttpRequest) -> Status[dict[str, Any]]:
+    """`healthy`, `degraded` (the queue works, but not as it should) or `unhealthy` (503: the
+    database cannot be reached or migrations are missing), with the reasons."""
+    report = health_checks.report(HEALTH_WINDOW_MINUTES)
+    code = 503 if report.status == health_checks.UNHEALTHY else 200
+    return Status(code, {"status": report.status, "reasons": report.reasons, **report.figures})
 
 
 @api.get("/stats", response={200: s.StatsOut, **COMMON}, summary="Counts, throughput and latency")

@@ -34,6 +34,13 @@ def _utc(value: dt.datetime) -> dt.datetime:
         raise ValueError("date-time out of range") from None
 
 
+def _json_integer(value: Any) -> Any:
+    # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
 ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
 
@@ -83,10 +90,7 @@ class TaskIn(Schema):
     @field_validator("priority", "max_attempts", "unique_for", mode="before")
     @classmethod
     def numbers_are_numbers(cls, value: Any) -> Any:
-        # JSON's 5.0 is the integer 5 (and unique_for may be 0.5), but "5" and true are not numbers.
-        if isinstance(value, bool | str):
-            raise ValueError("must be a JSON integer")
-        return value
+        return _json_integer(value)
 
     @field_validator("args", "kwargs")
     @classmethod
@@ -123,6 +127,21 @@ def bulk_schema(item: type[TaskIn]) -> type[BulkIn]:
         __base__=BulkIn,
         tasks=(list[item], Field(min_length=1, max_length=1000)),  # type: ignore[valid-type]
     )
+
+
+class RetryIn(Schema):
+    """An optional body for a retry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=1000, description="Attempts from the retry on; default: the task's own"
+    )
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def a_number(cls, value: Any) -> Any:
+        return _json_integer(value)
 
 
 class TaskError(Schema):
@@ -186,14 +205,20 @@ class WorkersOut(Schema):
 
 
 class HealthOut(Schema):
-    database: str
-    live_workers: int
-    pending: dict[str, int] = Field(description="SCHEDULED, READY and RUNNING counts")
-    completed: dict[str, int] = Field(
-        description="SUCCESSFUL, FAILED and CANCELLED counts of tasks finished in the last 5 minutes"
+    status: Literal["healthy", "degraded", "unhealthy"] = Field(
+        description="degraded: tasks wait that no live worker will run, or wait too long, or workers "
+        "stopped beating; unhealthy (503): the database cannot be reached or migrations are missing"
     )
-    oldest_ready_age_seconds: float | None
-    timestamp: dt.datetime
+    reasons: list[str] = Field(description="Why the status is not healthy; empty when it is")
+    database: str = Field(description="ok or unavailable")
+    live_workers: int | None = None
+    pending: dict[str, int] | None = Field(default=None, description="SCHEDULED, READY and RUNNING counts")
+    completed: dict[str, int] | None = Field(
+        default=None,
+        description="SUCCESSFUL, FAILED and CANCELLED counts of tasks finished in the last 5 minutes",
+    )
+    oldest_ready_age_seconds: float | None = None
+    timestamp: dt.datetime | None = None
 
 
 class StatsOut(Schema):

@@ -15,7 +15,7 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
-from queueapp import registry, store
+from queueapp import registry, signatures, store
 from queueapp.states import TaskStatus
 
 _MAX_BIGINT = 2**63 - 1
@@ -154,6 +154,7 @@ class PostgresBackend(BaseTaskBackend):
         fields: dict[str, Any], task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> store.NewTask:
         kwargs = dict(kwargs)
+        signatures.check_arguments(task, args, kwargs)
         args_json, kwargs_json = store.encode_arguments(args, kwargs)
         new = store.NewTask(**fields, args=args, kwargs=kwargs, args_json=args_json, kwargs_json=kwargs_json)
         if _is_unique(task):
@@ -234,18 +235,24 @@ class PostgresBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return False
 
-    def retry(self, result_id: str) -> bool:
-        """FAILED or CANCELLED back to READY with a fresh budget of attempts (the task's own
-        max_attempts, else the default). False when the task is in another state."""
+    def retry(self, result_id: str, *, max_attempts: int | None = None) -> bool:
+        """FAILED or CANCELLED back to READY with a fresh budget: max_attempts attempts counted from
+        now (by default the task's own max_attempts, else the backend's), and a backoff that starts
+        again from its base. False when the task is in another state."""
+        if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
+            raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
         task_id = parse_result_id(result_id)
         row = store.get_task(task_id, using=self.database) if task_id is not None else None
         if row is None:
             raise TaskResultDoesNotExist(result_id)
-        try:
-            budget = getattr(registry.get(row.task_path), "max_attempts", None) or self.max_attempts
-        except InvalidTask:  # not registered here: the default budget
-            budget = self.max_attempts
+        budget = max_attempts or self._default_budget(row.task_path)
         return store.retry_task(row.id, budget=budget, using=self.database)
+
+    def _default_budget(self, task_path: str) -> int:
+        try:
+            return getattr(registry.get(task_path), "max_attempts", None) or self.max_attempts
+        except InvalidTask:  # not registered here: the default budget
+            return self.max_attempts
 
     def enqueued_result(self, task: AnyTask, new: store.NewTask, inserted: store.Inserted) -> AnyResult:
         """The django.tasks view of a task just inserted (no need to read it back)."""

@@ -43,6 +43,8 @@ class QueueSettings:
     queue_limits: Mapping[str, int] = field(default_factory=dict)
     api_retry_after: int = 5
     metrics_token: str = ""
+    health_max_ready_age: float = 300.0
+    """/api/health says degraded when a due READY task has waited longer (seconds)."""
     prepared_statements: bool = True
     """Enqueues and rounds as server-side prepared statements (PgBouncer needs 1.21+ for them)."""
 

@@ -24,6 +24,10 @@ class ArgumentsNotJSON(TaskQueueError, InvalidTask):
     """The task's arguments cannot be stored as JSON."""
 
 
+class ArgumentsDoNotMatch(TaskQueueError, InvalidTask):
+    """The arguments do not fit the task function's signature."""
+
+
 class ReturnValueNotJSON(TaskQueueError):
     """The task returned a value that cannot be stored as JSON."""
 

@@ -115,6 +115,9 @@ class LiveTask(TaskColumns):
         related_name="live_tasks",
     )
     """The worker running the current attempt (None unless RUNNING)."""
+    retried_at_attempt = models.IntegerField(db_default=0)
+    """Attempts already used when the task was last retried by hand: its backoff counts from there,
+    so a retried task waits as little as a new one before its second attempt."""
 
     class Meta:
         db_table = "queueapp_task_live"

@@ -9,11 +9,12 @@ goes through store.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from queueapp import conf, cron, models, store
@@ -75,6 +76,15 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     return models.Worker.objects.annotate(running=Coalesce(Subquery(running), 0))
 
 
+def running_tasks(worker_id: uuid.UUID, *, limit: int) -> list[models.LiveTask]:
+    """The tasks a worker is running, oldest start first (task_live_running_idx)."""
+    return list(
+        models.LiveTask.objects.filter(worker_id=worker_id, status="RUNNING").order_by("started_at", "id")[
+            :limit
+        ]
+    )
+
+
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since
@@ -92,17 +102,6 @@ def status_counts() -> dict[str, dict[str, int]]:
     for row in models.LiveTask.objects.values("queue_name", "status").annotate(n=Count("id")).order_by():
         counts.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
     return counts
-
-
-def oldest_ready_age(now: dt.datetime) -> float | None:
-    """Seconds the longest-waiting due READY task has waited past its run_after."""
-    oldest = (
-        models.LiveTask.objects.filter(status=models.TaskStatus.READY, run_after__lte=Now())
-        .order_by("run_after")
-        .values_list("run_after", flat=True)
-        .first()
-    )
-    return (now - oldest).total_seconds() if oldest else None
 
 
 def throughput(now: dt.datetime, minutes: int) -> dict[str, int]:

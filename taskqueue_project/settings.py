@@ -25,7 +25,7 @@ else:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "queueapp.admin_site.ConsoleAdminConfig",  # django.contrib.admin with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -119,6 +119,8 @@ TASKQUEUE = {
     # When set, /metrics wants `Authorization: Bearer <token>`.
     "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
+    # /api/health says "degraded" when a due READY task has waited longer than this many seconds.
+    "HEALTH_MAX_READY_AGE": env.float("TASKQUEUE_HEALTH_MAX_READY_AGE", default=300.0),
     # Seconds between the stager's runs in each worker: a deferred task or a retry becomes READY at
     # most about this long after it is due.
     "STAGE_INTERVAL": env.float("TASKQUEUE_STAGE_INTERVAL", default=1.0),

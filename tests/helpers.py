@@ -172,8 +172,8 @@ class GunicornServer:
 
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            conn.request("GET", "/api/health")
-            return conn.getresponse().status == 401
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
         except OSError:
             return False
 

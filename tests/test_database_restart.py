@@ -102,10 +102,13 @@ def test_the_api_answers_503_while_the_database_is_down(cluster: tuple[Path, str
     try:
         assert get("/api/health")[0] == 200
         devdb.stop(datadir)
-        for path in ("/api/health", "/api/tasks"):
-            status, body = get(path)
-            assert status == 503, body
-            assert body["error"] == "database_unavailable"
+        status, body = get("/api/tasks")
+        assert status == 503, body
+        assert body["error"] == "database_unavailable"
+        status, body = get("/api/health")  # the verdict, with why
+        assert status == 503, body
+        assert (body["status"], body["database"]) == ("unhealthy", "unavailable")
+        assert body["reasons"][0].startswith("database unreachable: ")
         devdb.start(datadir)
         wait_for(lambda: get("/api/health")[0] == 200, timeout=15, message="the API to recover")
     finally:

@@ -187,7 +187,7 @@ retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
   RETURNING t.status, t.run_after
@@ -326,7 +326,7 @@ requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -374,9 +374,11 @@ WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout
 -- retry_task --
 -- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same
 -- id (its result id stays valid) with its errors kept and a fresh budget of attempts. attempts
--- only ever grows (it fences workers), so the budget is added on top of it. Two concurrent
--- retries: the second waits for the first's row lock, finds the row gone, and matches nothing.
--- A unique task whose key another live task holds now stays where it is (nothing comes back).
+-- only ever grows (it fences workers), so the budget is added on top of it, and retried_at_attempt
+-- remembers where it started: the backoff (fail_task, reap_workers) counts from there, as for a new
+-- task. Two concurrent retries: the second waits for the first's row lock, finds the row gone, and
+-- matches nothing. A unique task whose key another live task holds now stays where it is (nothing
+-- comes back).
 WITH back AS (
   DELETE FROM queueapp_task_history h WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
     AND NOT EXISTS (SELECT 1 FROM queueapp_task_live l WHERE l.unique_key = h.unique_key)
@@ -385,9 +387,10 @@ WITH back AS (
 ready AS (
   INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                  errors, return_value, timeout, cancel_requested, worker_id, unique_key)
+                                  errors, return_value, timeout, cancel_requested, worker_id, unique_key,
+                                  retried_at_attempt)
   SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
-         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key, attempts
   FROM back
   RETURNING status, queue_name
 )
@@ -493,6 +496,16 @@ WITH doomed AS (
   LIMIT %(batch)s
 )
 DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.finished_at = doomed.finished_at;
+
+-- purge_workers --
+-- Retention of worker rows (one per process start): those STOPPED or LOST before the cutoff go,
+-- except a LOST one that still holds RUNNING tasks (the reaper has yet to take them back through
+-- it). The check reads task_live_running_idx. Finished tasks keep the id of the worker that ran
+-- them; the console shows it without a link once the row is gone.
+DELETE FROM queueapp_worker w
+WHERE w.state IN ('STOPPED', 'LOST')
+  AND coalesce(w.stopped_at, w.last_heartbeat_at) < now() - make_interval(secs => %(older_than)s::float8)
+  AND NOT EXISTS (SELECT 1 FROM queueapp_task_live t WHERE t.status = 'RUNNING' AND t.worker_id = w.id);
 
 -- count_purgeable --
 SELECT count(*) FROM queueapp_task_history

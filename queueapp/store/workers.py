@@ -106,3 +106,11 @@ def timed_out_tasks(
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
         return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]
+
+
+def purge_workers(*, older_than: float, using: str = "default") -> int:
+    """Delete worker rows stopped or lost more than older_than seconds ago, keeping any that RUNNING
+    tasks still name; returns how many went."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["purge_workers"], {"older_than": older_than})
+        return int(cursor.rowcount)
