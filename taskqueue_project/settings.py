@@ -106,7 +106,9 @@ TASKQUEUE = {
     "IMPORTS": env.list("TASKQUEUE_IMPORTS", default=["taskqueue_project.demo_tasks"]),
     # Largest JSON encoding of args plus kwargs accepted, in bytes.
     "MAX_ARGS_BYTES": env.int("TASKQUEUE_MAX_ARGS_BYTES", default=1_048_576),
-    # A direct (not PgBouncer) URL for LISTEN; DATABASE_URL when unset.
+    # Largest JSON encoding of a task's return value stored; a larger one fails the attempt.
+    "MAX_RETURN_BYTES": env.int("TASKQUEUE_MAX_RETURN_BYTES", default=1_048_576),
+    # A direct (not PgBouncer) URL for LISTEN, read like DATABASE_URL; DATABASE_URL when unset.
     "LISTEN_DATABASE_URL": env.str("TASKQUEUE_LISTEN_DATABASE_URL", default=""),
     "HEARTBEAT_INTERVAL": env.float("TASKQUEUE_HEARTBEAT_INTERVAL", default=5.0),
     # REST API: largest request body, and back pressure (READY tasks per queue before 429).

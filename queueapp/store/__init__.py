@@ -36,6 +36,7 @@ from queueapp.store.rows import (
     Inserted,
     NewTask,
     TaskRow,
+    check_arguments,
     encode_arguments,
     encode_return_value,
 )
@@ -75,6 +76,7 @@ __all__ = [
     "WorkerSession",
     "beat_worker",
     "cancel_task",
+    "check_arguments",
     "claim_idempotency_key",
     "claim_tasks",
     "count_purgeable",
