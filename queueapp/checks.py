@@ -6,9 +6,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from queueapp import models
+from queueapp import models, store
 
 
 @checks.register()
@@ -37,4 +38,25 @@ def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                 id="queueapp.E002",
             )
         ]
+    return []
+
+
+@checks.register()
+def check_return_value_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    limit = settings.TASKQUEUE.get("MAX_RETURN_BYTES", 0)
+    if limit <= 0:
+        return [
+            checks.Error(
+                f"TASKQUEUE['MAX_RETURN_BYTES'] is {limit}; it must be positive.", id="queueapp.E003"
+            )
+        ]
+    return []
+
+
+@checks.register()
+def check_prepared_statements(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        store.poolers.prepared_mode()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="queueapp.E004")]
     return []

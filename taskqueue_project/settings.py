@@ -125,9 +125,8 @@ TASKQUEUE = {
     # most about this long after it is due.
     "STAGE_INTERVAL": env.float("TASKQUEUE_STAGE_INTERVAL", default=1.0),
     # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
-    # once per connection). Behind PgBouncer in transaction mode that needs PgBouncer 1.21 or later
-    # with max_prepared_statements set; otherwise turn it off.
-    "PREPARED_STATEMENTS": env.bool("TASKQUEUE_PREPARED_STATEMENTS", default=True),
+    # once per connection): on, off, or auto (off, with a WARNING, behind a connection pooler).
+    "PREPARED_STATEMENTS": env.str("TASKQUEUE_PREPARED_STATEMENTS", default="auto"),
 }
 
 # The API's body limit applies to every request Django reads.

@@ -28,7 +28,6 @@ from types import FrameType
 
 import prometheus_client
 import psycopg
-from django.conf import settings
 from django.db import connection
 from django.tasks import task_backends
 
@@ -63,11 +62,7 @@ class Worker:
         self.stopping = threading.Event()  # first signal: stop claiming
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
         self.exit_code = EXIT_OK
-        self.producer = Producer(
-            worker_id=self.id,
-            queues=config.queues,
-            prepare=bool(settings.TASKQUEUE.get("PREPARED_STATEMENTS", True)),
-        )
+        self.producer = Producer(worker_id=self.id, queues=config.queues)
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [

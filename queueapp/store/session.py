@@ -3,9 +3,9 @@
 A round is one round trip and one transaction: the fenced finish of every task that succeeded
 since the last round and the claim for the slots that frees are pipelined together, so a round
 costs one commit however many tasks it carries. The statements are prepared on the server the
-first time they run (set TASKQUEUE["PREPARED_STATEMENTS"] = False behind a pooler that cannot
-keep them), and the connection skips Django's cursor wrappers: nothing here is per task but the
-values themselves.
+first time they run (unless TASKQUEUE["PREPARED_STATEMENTS"] or a pooler in front of the database
+says otherwise: store.poolers), and the connection skips Django's cursor wrappers: nothing here is
+per task but the values themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
+from queueapp.store.poolers import prepared_statements
 from queueapp.store.rows import TaskRow
 
 
@@ -114,6 +115,7 @@ class WorkerSession:
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
+        """False: never prepare; True: prepare where store.poolers allows it."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
 
@@ -125,7 +127,7 @@ class WorkerSession:
         params.pop("context", None)
         params.update(
             cursor_factory=psycopg.Cursor,
-            prepare_threshold=0 if self.prepare else None,
+            prepare_threshold=0 if self.prepare and prepared_statements(self.using) else None,
             autocommit=True,
             connect_timeout=params.get("connect_timeout", 10),
         )
