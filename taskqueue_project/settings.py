@@ -10,6 +10,8 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
+from queueapp import database_urls
+
 # Lets typed code subscript Django's generic classes (ModelAdmin[Task]) at run time too.
 django_stubs_ext.monkeypatch()
 
@@ -66,8 +68,9 @@ TEMPLATES = [
     },
 ]
 
-# DATABASE_URL is required: postgres://user:password@host:port/name
-DATABASES = {"default": env.db_url("DATABASE_URL")}
+# DATABASE_URL is required: postgres://user:password@host:port/name, or several hosts for a
+# standby set-up: postgres://user@primary:5432,standby:5432/name?target_session_attrs=read-write
+DATABASES = {"default": database_urls.parse(env.str("DATABASE_URL"))}
 # Persistent connections: a new PostgreSQL connection per request would cost more than the request.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -8,6 +8,8 @@ import psycopg
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
+from queueapp import database_urls
+
 logger = logging.getLogger(__name__)
 
 # Errors after which a thread's connection may be broken (server restart, network cut). Not every
@@ -33,16 +35,8 @@ def ensure_usable_connection() -> None:
 
 
 def listen_conninfo() -> str:
-    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the default."""
+    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
+    default database, with all its hosts and libpq options (target_session_attrs for failover)."""
     url = settings.TASKQUEUE.get("LISTEN_DATABASE_URL")
-    if url:
-        return str(url)
-    params = settings.DATABASES["default"]
-    return psycopg.conninfo.make_conninfo(
-        dbname=params["NAME"],
-        user=params.get("USER") or None,
-        password=params.get("PASSWORD") or None,
-        host=params.get("HOST") or None,
-        port=str(params["PORT"]) if params.get("PORT") else None,
-        application_name="taskqueue-listener",
-    )
+    database = database_urls.parse(str(url)) if url else settings.DATABASES["default"]
+    return database_urls.conninfo(database, application_name="taskqueue-listener")
