@@ -127,13 +127,24 @@ def test_enqueues_and_a_worker_run_through_pgbouncer_in_transaction_mode(
 
 
 def test_prepared_statements_forced_on_behind_pgbouncer_fail_as_they_did_before_the_check(
-    pgbouncer: str,
+    pgbouncer: str, tmp_path: Path
 ) -> None:
-    """Why auto looks for a pooler: forced on, the second process meets the first one's statement."""
+    """Why auto looks for a pooler: forced on, the second process meets the first one's statement.
+    Each such failure is logged with what it means and the setting to change."""
     assert enqueue(pgbouncer, "on", 0, 5).returncode == 0
     refused = enqueue(pgbouncer, "on", 5, 5)
     assert refused.returncode != 0
     assert 'prepared statement "_pg3_0" already exists' in refused.stderr
+    assert "prepared_statement_lost" in refused.stderr
+    assert "set TASKQUEUE_PREPARED_STATEMENTS=auto (or off)" in refused.stderr
+
+    env = {**FAST_ENV, "TASKQUEUE_LISTEN_DATABASE_URL": database_url(), **prepared("on")}
+    worker = WorkerProcess("--concurrency", "2", log_dir=tmp_path, url=pgbouncer, env=env)
+    try:
+        assert worker.wait(30) != 0
+        assert "prepared_statement_lost" in worker.output()
+    finally:
+        worker.stop()
 
 
 def test_an_unknown_prepared_statements_setting_stops_start_up_and_names_it() -> None:

@@ -13,7 +13,7 @@ import psycopg
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
 
-from queueapp.store.poolers import prepared_statements
+from queueapp.store.poolers import explain_lost_statements, prepared_statements
 
 _ONLY_WHEN_ASKED = 2**62
 
@@ -21,7 +21,8 @@ _ONLY_WHEN_ASKED = 2**62
 class _PreparingCursor(psycopg.Cursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("prepare", True)
-        return super().execute(query, params, **kwargs)
+        with explain_lost_statements():
+            return super().execute(query, params, **kwargs)
 
 
 def prepared_cursor(using: str) -> CursorWrapper:

@@ -10,8 +10,11 @@ enqueues and workers fail. TASKQUEUE["PREPARED_STATEMENTS"] says what to do: "on
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
+import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
@@ -25,6 +28,9 @@ MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 _found: dict[str, bool] = {}
 """Per database alias, for this process: may statements be prepared (auto mode)?"""
+
+_LOST = (psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)
+"""What a prepared statement meets behind a pooler that does not keep them."""
 
 
 def prepared_mode() -> bool | None:
@@ -70,3 +76,18 @@ def _behind_pooler(using: str) -> bool:
         serving,
     )
     return True
+
+
+@contextlib.contextmanager
+def explain_lost_statements() -> Iterator[None]:
+    """Let an error about a prepared statement through, logged with what it means and what to do."""
+    try:
+        yield
+    except _LOST as exc:
+        logger.error(
+            "prepared_statement_lost error=%s: the server session holds another client's prepared "
+            "statements, not this connection's, as behind a connection pooler in transaction mode; set "
+            "TASKQUEUE_PREPARED_STATEMENTS=auto (or off) unless the pooler keeps them",
+            exc,
+        )
+        raise

@@ -21,7 +21,7 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
-from queueapp.store.poolers import prepared_statements
+from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
 
 
@@ -146,7 +146,7 @@ class WorkerSession:
             self.conn = self.connect()
         conn = self.conn
         finish = claim = None
-        with conn.pipeline(), conn.transaction():
+        with explain_lost_statements(), conn.pipeline(), conn.transaction():
             if successes:
                 finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
             if limit > 0:
