@@ -84,10 +84,13 @@ def prepared(mode: str) -> dict[str, str]:
 
 
 def enqueue(url: str, mode: str, first: int, count: int) -> subprocess.CompletedProcess[str]:
-    """A process of its own that enqueues count tasks through url, one transaction each."""
+    """A process of its own that enqueues count tasks through url, one transaction each, from four
+    threads at once (as a web process would: each thread's first enqueue wants to know)."""
     code = (
-        "import django; django.setup(); from tests import tasks\n"
-        f"for i in range({first}, {first + count}): tasks.add.enqueue(i, 1)"
+        "import django; django.setup(); from concurrent.futures import ThreadPoolExecutor\n"
+        "from tests import tasks\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        f"    list(pool.map(lambda i: tasks.add.enqueue(i, 1), range({first}, {first + count})))"
     )
     env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings", **prepared(mode)}
     return subprocess.run(
@@ -129,10 +132,10 @@ def test_enqueues_and_a_worker_run_through_pgbouncer_in_transaction_mode(
 def test_prepared_statements_forced_on_behind_pgbouncer_fail_as_they_did_before_the_check(
     pgbouncer: str, tmp_path: Path
 ) -> None:
-    """Why auto looks for a pooler: forced on, the second process meets the first one's statement.
-    Each such failure is logged with what it means and the setting to change."""
-    assert enqueue(pgbouncer, "on", 0, 5).returncode == 0
-    refused = enqueue(pgbouncer, "on", 5, 5)
+    """Why auto looks for a pooler: forced on, a connection meets another one's statement (another
+    thread's, or at the latest the next process's). Each failure says what it means and what to do."""
+    enqueue(pgbouncer, "on", 0, 20)
+    refused = enqueue(pgbouncer, "on", 20, 20)
     assert refused.returncode != 0
     assert 'prepared statement "_pg3_0" already exists' in refused.stderr
     assert "prepared_statement_lost" in refused.stderr

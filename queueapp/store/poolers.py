@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -28,6 +29,8 @@ MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
 _found: dict[str, bool] = {}
 """Per database alias, for this process: may statements be prepared (auto mode)?"""
+_looking = threading.Lock()
+"""One thread looks (web processes enqueue from many), so the WARNING comes once."""
 
 _LOST = (psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)
 """What a prepared statement meets behind a pooler that does not keep them."""
@@ -50,7 +53,9 @@ def prepared_statements(using: str = "default") -> bool:
     if mode is not None:
         return mode
     if using not in _found:
-        _found[using] = not _behind_pooler(using)
+        with _looking:
+            if using not in _found:
+                _found[using] = not _behind_pooler(using)
     return _found[using]
 
 
