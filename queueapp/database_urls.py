@@ -14,6 +14,7 @@ from typing import Any
 
 import environ
 import psycopg
+from django.core.exceptions import ImproperlyConfigured
 
 
 def parse(url: str) -> dict[str, Any]:
@@ -21,7 +22,10 @@ def parse(url: str) -> dict[str, Any]:
     parameter of the URL (target_session_attrs, sslmode, connect_timeout ...) in OPTIONS."""
     if not url.startswith(("postgres://", "postgresql://")):
         return dict(environ.Env.db_url_config(url))
-    params = psycopg.conninfo.conninfo_to_dict(url)
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ImproperlyConfigured(f"not a PostgreSQL URL libpq accepts: {exc}") from None
     return {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": params.pop("dbname", ""),

@@ -6,6 +6,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from queueapp import database_urls
 from workers import db
@@ -30,6 +31,11 @@ def test_ipv6_hosts_and_socket_directories_come_out_as_libpq_wants_them() -> Non
     assert database_urls.parse("postgresql://app@[::1]:5432,[::1]:5433/app")["HOST"] == "::1,::1"
     socket_url = "postgres://app@%2Fvar%2Frun%2Fpostgresql/app"
     assert database_urls.parse(socket_url)["HOST"] == "/var/run/postgresql"
+
+
+def test_a_url_libpq_refuses_is_a_configuration_error_that_says_why() -> None:
+    with pytest.raises(ImproperlyConfigured, match='invalid URI query parameter: "conn_max_age"'):
+        database_urls.parse("postgres://app@db1/app?conn_max_age=60")
 
 
 def test_other_schemes_are_left_to_django_environ() -> None:
