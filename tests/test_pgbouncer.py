@@ -11,11 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
 
-from queueapp import models
+from queueapp import models, store
 from tests.helpers import FAST_ENV, ROOT, WorkerProcess, database_url, run_manage, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -155,3 +156,9 @@ def test_an_unknown_prepared_statements_setting_stops_start_up_and_names_it() ->
     assert checked.returncode != 0
     assert "queueapp.E004" in checked.stderr
     assert "TASKQUEUE_PREPARED_STATEMENTS is 'sometimes'; it must be auto, on or off" in checked.stderr
+
+
+def test_the_settings_earlier_true_and_false_still_mean_on_and_off(settings: Any) -> None:
+    for value, prepare in (("false", False), ("True", True), ("OFF", False)):
+        settings.TASKQUEUE = {**settings.TASKQUEUE, "PREPARED_STATEMENTS": value}
+        assert store.poolers.prepared_statements() is prepare

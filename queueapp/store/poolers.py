@@ -24,8 +24,9 @@ from queueapp.sql import QUERIES
 
 logger = logging.getLogger(__name__)
 
-MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
-"""TASKQUEUE["PREPARED_STATEMENTS"] -> prepare always, never, or unless behind a pooler (None)."""
+MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False, "true": True, "false": False}
+"""TASKQUEUE["PREPARED_STATEMENTS"] -> prepare always, never, or unless behind a pooler (None); true
+and false are what the setting took before auto."""
 
 _found: dict[str, bool] = {}
 """Per database alias, for this process: may statements be prepared (auto mode)?"""
