@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ import psycopg
 import pytest
 
 from taskqueue_project import devdb
-from tests.helpers import FAST_ENV, ROOT, WorkerProcess, run_manage, wait_for
+from tests.helpers import FAST_ENV, ROOT, WorkerProcess, postgres_reachable_dir, run_manage, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +41,22 @@ while True:
 
 @pytest.fixture
 def primary_and_standby() -> Iterator[tuple[Path, Path, str]]:
-    """A primary and its streaming standby, and the URL that names both (writes go to the primary).
-    Outside pytest's temporary tree, which every pytest run on the machine makes 0700 again."""
-    workdir = Path(tempfile.mkdtemp(prefix="taskqueue-failover-"))
-    primary, standby = workdir / "primary", workdir / "standby"
-    try:
-        devdb.start(primary)
-        devdb.start_standby(primary, standby)
-        # The standby first: only target_session_attrs keeps a connection off it.
-        hosts = f"127.0.0.1:{devdb.port_of(standby)},127.0.0.1:{devdb.port_of(primary)}"
-        yield (
-            primary,
-            standby,
-            f"postgres://postgres@{hosts}/{devdb.DATABASE}?target_session_attrs=read-write",
-        )
-    finally:
-        devdb.stop(primary)
-        devdb.stop(standby)
-        shutil.rmtree(workdir, ignore_errors=True)
+    """A primary and its streaming standby, and the URL that names both (writes go to the primary)."""
+    with postgres_reachable_dir("taskqueue-failover-") as workdir:
+        primary, standby = workdir / "primary", workdir / "standby"
+        try:
+            devdb.start(primary)
+            devdb.start_standby(primary, standby)
+            # The standby first: only target_session_attrs keeps a connection off it.
+            hosts = f"127.0.0.1:{devdb.port_of(standby)},127.0.0.1:{devdb.port_of(primary)}"
+            yield (
+                primary,
+                standby,
+                f"postgres://postgres@{hosts}/{devdb.DATABASE}?target_session_attrs=read-write",
+            )
+        finally:
+            devdb.stop(primary)
+            devdb.stop(standby)
 
 
 LISTENERS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"

@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,15 @@ import pytest
 from django.db import connection
 
 from queueapp import models, store
-from tests.helpers import FAST_ENV, ROOT, WorkerProcess, database_url, run_manage, wait_for
+from tests.helpers import (
+    FAST_ENV,
+    ROOT,
+    WorkerProcess,
+    database_url,
+    postgres_reachable_dir,
+    run_manage,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -49,26 +56,25 @@ def pgbouncer() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         listen = sock.getsockname()[1]
-    workdir = Path(tempfile.mkdtemp(prefix="taskqueue-pgbouncer-"))
-    workdir.chmod(0o755)  # PgBouncer will not run as root: as root, it runs as postgres
-    ini = workdir / "pgbouncer.ini"
-    ini.write_text(
-        CONFIG.format(host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"], listen=listen)
-    )
-    ini.chmod(0o644)
-    command = [PGBOUNCER, str(ini)]
-    if os.geteuid() == 0:
-        command = ["runuser", "-u", "postgres", "--", *command]
-    log = (workdir / "pgbouncer.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: _accepts(listen), timeout=10, message="pgbouncer to listen")
-        yield f"postgres://{s['USER']}@127.0.0.1:{listen}/{s['NAME']}"
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with postgres_reachable_dir("taskqueue-pgbouncer-") as workdir:  # as root, it runs as postgres
+        ini = workdir / "pgbouncer.ini"
+        ini.write_text(
+            CONFIG.format(
+                host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"], listen=listen
+            )
+        )
+        ini.chmod(0o644)
+        command = [PGBOUNCER, str(ini)]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        with (workdir / "pgbouncer.log").open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: _accepts(listen), timeout=10, message="pgbouncer to listen")
+                yield f"postgres://{s['USER']}@127.0.0.1:{listen}/{s['NAME']}"
+            finally:
+                process.terminate()
+                process.wait(10)
 
 
 def _accepts(port: int) -> bool:
