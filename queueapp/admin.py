@@ -95,7 +95,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
     )
     list_filter = ("status", QueueFilter, TaskPathFilter)
     search_fields = ("task_path",)
-    search_help_text = "A task id, or the start of a task's dotted path"
+    search_help_text = "A task id, the start of a task's dotted path, or key:<unique key>"
     show_full_result_count = False
     paginator = admin_views.CappedCountPaginator
     list_per_page = 50
@@ -114,6 +114,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
                     "priority",
                     "attempts_of",
                     "cancel_requested",
+                    "unique_key",
                 )
             },
         ),
@@ -131,6 +132,8 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
             return queryset, False
         if term.isdigit():
             return queryset.filter(id=int(term)), False
+        if term.startswith("key:"):  # exact: task_live_unique_key and task_history_unique_key_idx
+            return queryset.filter(unique_key=term.removeprefix("key:").strip()), False
         return queryset.filter(task_path__startswith=term), False  # task_path_id_idx, no full scan
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -335,3 +338,6 @@ class ApiKeyAdmin(admin.ModelAdmin[models.ApiKey]):
     def revoke(self, request: HttpRequest, queryset: QuerySet[models.ApiKey]) -> None:
         revoked = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {revoked} key(s); requests with them now get 401.")
+
+
+from queueapp import admin_schedules  # noqa: E402, F401  (registers the schedule pages)

@@ -68,6 +68,7 @@ def task_out(task: models.Task) -> dict[str, Any]:
         "worker_id": task.worker_id,
         "return_value": task.return_value,
         "errors": task.errors,
+        "unique_key": task.unique_key,
     }
 
 
@@ -97,7 +98,8 @@ def _submit(request: HttpRequest, items: list[s.TaskIn], body: Any) -> tuple[lis
 
 @api.post("/tasks", response={201: s.TaskOut, 200: s.TaskOut, **SUBMIT_ERRORS}, summary="Submit a task")
 def submit_task(request: HttpRequest, payload: TaskSubmission) -> Status[dict[str, Any]]:
-    """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body."""
+    """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body,
+    or with the task holding the unique_key."""
     ids, created = _submit(request, [payload], payload.model_dump(mode="json"))
     return Status(201 if created else 200, tasks_by_id(ids)[0])
 
@@ -106,7 +108,8 @@ def submit_task(request: HttpRequest, payload: TaskSubmission) -> Status[dict[st
     "/tasks/bulk", response={201: s.BulkOut, 200: s.BulkOut, **SUBMIT_ERRORS}, summary="Submit up to 1,000"
 )
 def submit_bulk(request: HttpRequest, payload: BulkSubmission) -> Status[dict[str, Any]]:
-    """All or nothing, in one transaction."""
+    """All or nothing, in one transaction. 200 when no task was created (a replayed Idempotency-Key,
+    or every unique_key held: the holders are listed)."""
     ids, created = _submit(request, payload.tasks, payload.model_dump(mode="json"))
     return Status(201 if created else 200, {"tasks": tasks_by_id(ids)})
 
@@ -119,6 +122,7 @@ class ListParams(Schema):
     task: str | None = Field(default=None, max_length=255, description="HTTP name or dotted path")
     enqueued_after: s.IsoDateTime | None = None
     enqueued_before: s.IsoDateTime | None = None
+    unique_key: str | None = Field(default=None, max_length=255, description="Tasks with exactly this key")
     cursor: int | None = Field(
         default=None, ge=1, le=2**63 - 1, description="next_cursor of the previous page (smaller ids)"
     )
@@ -138,6 +142,7 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
             task_path=task_path,
             enqueued_after=params.enqueued_after,
             enqueued_before=params.enqueued_before,
+            unique_key=params.unique_key,
         ),
         before_id=params.cursor,
         limit=params.limit,
@@ -171,6 +176,11 @@ def retry_task(request: HttpRequest, task_id: int) -> Any:
             409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
         )
     return task_out(get_task_or_404(task_id))
+
+
+@api.get("/schedules", response={200: s.SchedulesOut, **COMMON}, summary="Schedules and their next run")
+def list_schedules(request: HttpRequest) -> dict[str, Any]:
+    return {"schedules": [reads.schedule_out(schedule) for schedule in reads.list_schedules()]}
 
 
 @api.get("/workers", response={200: s.WorkersOut, **COMMON}, summary="Workers and their heartbeats")

@@ -69,11 +69,21 @@ class TaskIn(Schema):
         description="ISO 8601 with a time zone; the task does not start before it.",
     )
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="While a task with this key is SCHEDULED, READY or RUNNING (or finished less than "
+        "unique_for seconds ago), no new task is made: the answer is 200 with that task instead of 201.",
+    )
+    unique_for: float | None = Field(
+        default=None, ge=0, le=366 * 86400, description="Seconds the key stays held after its task finished."
+    )
 
-    @field_validator("priority", "max_attempts", mode="before")
+    @field_validator("priority", "max_attempts", "unique_for", mode="before")
     @classmethod
     def numbers_are_numbers(cls, value: Any) -> Any:
-        # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
+        # JSON's 5.0 is the integer 5 (and unique_for may be 0.5), but "5" and true are not numbers.
         if isinstance(value, bool | str):
             raise ValueError("must be a JSON integer")
         return value
@@ -144,6 +154,7 @@ class TaskOut(Schema):
     worker_id: UUID | None
     return_value: JsonValue = None
     errors: list[TaskError]
+    unique_key: str | None = None
 
 
 class BulkOut(Schema):
@@ -190,6 +201,33 @@ class StatsOut(Schema):
     throughput: dict[str, dict[str, int]] = Field(description="finished tasks by status over 1m, 5m and 15m")
     pickup_latency_seconds: dict[str, float | None] = Field(description="p50 and p95 over 15 minutes")
     timestamp: dt.datetime
+
+
+class ScheduleOut(Schema):
+    name: str
+    task: str = Field(description="The task's dotted path")
+    cron: str
+    description: str = Field(description="The cron expression in words")
+    timezone: str
+    queue: str
+    priority: int
+    catch_up: str = Field(description="none, latest or all (with catch_up_limit)")
+    catch_up_limit: int
+    enabled: bool
+    source: str = Field(description="code (TASKQUEUE['SCHEDULE'] or @periodic) or admin")
+    next_run_at: dt.datetime | None = Field(description="The next tick not enqueued yet")
+    last_run: LastRunOut | None
+
+
+class LastRunOut(Schema):
+    tick_at: dt.datetime
+    manual: bool
+    task_id: int | None
+    status: str | None = Field(description="The task's status; null once it has been purged")
+
+
+class SchedulesOut(Schema):
+    schedules: list[ScheduleOut]
 
 
 class Error(Schema):

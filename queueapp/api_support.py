@@ -10,7 +10,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -20,7 +19,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 
-from queueapp import apikeys, models
+from queueapp import apikeys, conf, models
 from queueapp.submissions import SubmissionError
 
 API_PREFIX = "/api/"
@@ -69,7 +68,7 @@ class BodyLimits:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(API_PREFIX) and request.method in ("POST", "PUT", "PATCH"):
-            limit = settings.TASKQUEUE["API_MAX_BODY_BYTES"]
+            limit = conf.get().api_max_body_bytes
             if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
                 refused = read_unannounced_body(request, limit)
                 if refused is not None:
@@ -142,7 +141,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
         return error(404, "not_found", str(exc) or "no such resource")
 
     def on_submission(request: HttpRequest, exc: Any) -> HttpResponse:
-        headers = {"Retry_After": str(settings.TASKQUEUE["API_RETRY_AFTER"])} if exc.status == 429 else {}
+        headers = {"Retry_After": str(conf.get().api_retry_after)} if exc.status == 429 else {}
         return error(exc.status, exc.code, str(exc), **headers)
 
     def on_too_big(request: HttpRequest, exc: Any) -> HttpResponse:

@@ -46,3 +46,7 @@ class WorkerInterrupted(TaskQueueError):
 
 class TaskTimeout(TaskQueueError):
     """The attempt ran past the task's timeout and its process was killed."""
+
+
+class UniqueKeyContended(TaskQueueError):
+    """The unique key was taken and freed again on every attempt to enqueue it; try again."""

@@ -127,6 +127,12 @@ TASKQUEUE = {
     # Seconds between the stager's runs in each worker: a deferred task or a retry becomes READY at
     # most about this long after it is due.
     "STAGE_INTERVAL": env.float("TASKQUEUE_STAGE_INTERVAL", default=1.0),
+    # Periodic tasks (docs/scheduling.md): each worker's scheduler looks for due ticks this often; a
+    # tick later than SCHEDULE_GRACE seconds is missed and its schedule's catch_up decides.
+    "SCHEDULE_INTERVAL": env.float("TASKQUEUE_SCHEDULE_INTERVAL", default=1.0),
+    "SCHEDULE_GRACE": env.float("TASKQUEUE_SCHEDULE_GRACE", default=10.0),
+    # Schedules declared here: {name: {"task": dotted path, "cron": "*/5 * * * *", ...}}.
+    "SCHEDULE": {},
     # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
     # once per connection): on, off, or auto (off, with a WARNING, behind a connection pooler).
     "PREPARED_STATEMENTS": env.str("TASKQUEUE_PREPARED_STATEMENTS", default="auto"),

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ class WorkerProcess:
     def stop(self) -> None:
         """Kill it, and any supervisor's children (they would stop by themselves, a heartbeat later)."""
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)  # a supervisor must not start new children meanwhile
             for child in child_pids(self.process.pid):
                 os.kill(child, 9)
             self.process.kill()
@@ -207,7 +209,7 @@ def end_task(task_id: int, status: str, **changes: object) -> None:
     columns = (
         "id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at, started_at, "
         "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, "
-        "worker_id"
+        "worker_id, unique_key"
     )
     values = columns.replace("status,", "%(status)s,").replace("finished_at,", "now(),")
     with connection.cursor() as cursor:

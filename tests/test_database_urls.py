@@ -11,6 +11,8 @@ from django.core.exceptions import ImproperlyConfigured
 from queueapp import database_urls
 from workers import db
 
+LIMITS = db.ConnectionLimits(stale_after=30)
+
 
 def test_several_hosts_keep_each_its_own_port_and_the_libpq_options() -> None:
     parsed = database_urls.parse(
@@ -50,7 +52,7 @@ def test_the_listener_connects_to_every_host_with_the_options_of_database_url(
     monkeypatch.setitem(default, "PORT", "5432,5433")
     monkeypatch.setitem(default, "OPTIONS", {"target_session_attrs": "read-write", "isolation_level": 1})
     settings.TASKQUEUE = {**settings.TASKQUEUE, "LISTEN_DATABASE_URL": ""}
-    listen = psycopg.conninfo.conninfo_to_dict(db.listen_conninfo())
+    listen = psycopg.conninfo.conninfo_to_dict(db.listen_conninfo(LIMITS))
     assert listen["host"] == "db1,db2"
     assert listen["port"] == "5432,5433"
     assert listen["target_session_attrs"] == "read-write"
@@ -64,5 +66,10 @@ def test_the_listener_connects_to_every_host_with_the_options_of_database_url(
 )
 def test_a_listen_url_is_read_like_database_url(settings: Any, url: str) -> None:
     settings.TASKQUEUE = {**settings.TASKQUEUE, "LISTEN_DATABASE_URL": url}
-    listen = psycopg.conninfo.conninfo_to_dict(db.listen_conninfo())
-    assert listen == {**psycopg.conninfo.conninfo_to_dict(url), "application_name": "taskqueue-listener"}
+    listen = psycopg.conninfo.conninfo_to_dict(db.listen_conninfo(LIMITS))
+    assert listen == {
+        **psycopg.conninfo.conninfo_to_dict(url),
+        **{key: str(value) for key, value in LIMITS.socket_params().items()},
+        "options": LIMITS.libpq_options(),
+        "application_name": "taskqueue-listener",
+    }

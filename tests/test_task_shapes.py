@@ -82,7 +82,7 @@ def test_every_partition_carries_both_checks_validated() -> None:
 
 @pytest.fixture
 def without_shape_checks() -> Iterator[None]:
-    """The live table as an installation had it before migration 0004 (rows could be anything)."""
+    """The live table as an installation had it before migration 0006 (rows could be anything)."""
     with connection.cursor() as cur:
         cur.execute("ALTER TABLE queueapp_task_live DROP CONSTRAINT IF EXISTS task_live_args_array")
         cur.execute("ALTER TABLE queueapp_task_live DROP CONSTRAINT IF EXISTS task_live_kwargs_object")
@@ -141,7 +141,7 @@ def test_the_migration_stops_on_rows_that_break_the_checks_and_says_how_to_find_
         )  # fmt: skip
 
     try:
-        assert migrate("queueapp", "0003").returncode == 0
+        assert migrate("queueapp", "0005").returncode == 0
         with psycopg.connect(f"{server}/{name}", autocommit=True) as conn:
             bad = conn.execute(INSERT_LIVE, ['"12"', "{}"]).fetchone()
             conn.execute(INSERT_HISTORY, ["[1]", "{}", dt.datetime.now(dt.UTC)])

@@ -14,6 +14,7 @@ from collections.abc import Collection
 import psycopg
 
 from queueapp import store
+from workers import db
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,13 @@ class Listener:
         self.idle_check = idle_check
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
-        self.retry_delay = 0.1
+        self.backoff = db.Backoff()
 
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
         conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.conn = conn
-        self.retry_delay = 0.1
+        self.backoff.reset()
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.wake.set()  # anything enqueued while we were away was not announced to us
@@ -60,12 +61,12 @@ class Listener:
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.conn.execute("SELECT 1")
                 self.last_checked = time.monotonic()
-        except psycopg.Error as exc:
-            logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, self.retry_delay)
+        except psycopg.Error as exc:  # any error on a connection that only listens: reconnect
+            delay = self.backoff.next()
+            logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, delay)
             self.close()
             self.wake.set()  # the producer polls while we reconnect
-            self.stop.wait(self.retry_delay)
-            self.retry_delay = min(self.retry_delay * 2, 2.0)
+            self.stop.wait(delay)
 
     def close(self) -> None:
         if self.conn is not None:

@@ -16,9 +16,13 @@ logger = logging.getLogger(__name__)
 class Producer:
     name = "producer"
 
-    def __init__(self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True) -> None:
+    def __init__(
+        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, options: str = ""
+    ) -> None:
         self.worker_id = worker_id
-        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
+        self.session = store.WorkerSession(
+            worker_id=worker_id, queues=queues, prepare=prepare, options=options
+        )
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
 
@@ -27,14 +31,17 @@ class Producer:
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
-        try:
-            statuses, rows = self.session.round(successes, free_slots)
-        except db.CONNECTION_ERRORS as exc:
-            if self.healthy:
-                logger.warning("round_failed error=%s", exc)
+        done = db.unless_unreachable(
+            lambda: self.session.round(successes, free_slots),
+            "round_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+            level=logging.WARNING if self.healthy else logging.DEBUG,  # once per outage
+        )
+        if done is None:
             self.healthy = False
-            self.session.close()
             return None
+        statuses, rows = done
         if not self.healthy:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
@@ -48,12 +55,12 @@ class Producer:
         self, held: Sequence[int], successes: Sequence[store.Success]
     ) -> tuple[list[int], dict[int, str]] | None:
         """WorkerSession.reconcile, or None when the database is still away."""
-        try:
-            return self.session.reconcile(held, successes)
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("reconcile_failed error=%s", exc)
-            self.session.close()
-            return None
+        return db.unless_unreachable(
+            lambda: self.session.reconcile(held, successes),
+            "reconcile_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+        )
 
     def close(self) -> None:
         self.session.close()

@@ -27,6 +27,51 @@ WITH inserted AS (
 SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
 FROM inserted;
 
+-- enqueue_unique_task --
+-- enqueue_task for a task with a unique key: the unique index task_live_unique_key keeps one live
+-- task per key, and ON CONFLICT makes a taken key insert nothing (no row back) instead of failing,
+-- so concurrent enqueues of one key make one row. A key is also held for unique_for seconds after
+-- its task finished: a task with the key in history that recent inserts nothing either
+-- (task_history_unique_key_idx; unique_for = 0 reads no history).
+WITH inserted AS (
+  INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
+                                  enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
+                                  unique_key)
+  SELECT %(task_path)s, %(queue_name)s, %(priority)s,
+         CASE WHEN due.run_after > now() THEN 'SCHEDULED' ELSE 'READY' END, %(args)s::jsonb, %(kwargs)s::jsonb,
+         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false, %(unique_key)s::text
+  FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
+  WHERE NOT (%(unique_for)s::float8 > 0 AND EXISTS (
+    SELECT 1 FROM queueapp_task_history h
+    WHERE h.unique_key = %(unique_key)s::text AND h.finished_at > now() - make_interval(secs => %(unique_for)s::float8)))
+  ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+  RETURNING id, run_after, enqueued_at, queue_name, status
+)
+SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
+FROM inserted;
+
+-- unique_key_holder --
+-- Which task holds a key: the live one, else the latest that finished less than unique_for seconds
+-- ago. A new statement, so it sees what committed while enqueue_unique_task waited on the index.
+(SELECT id, run_after, enqueued_at FROM queueapp_task_live WHERE unique_key = %(unique_key)s::text)
+UNION ALL
+(SELECT id, run_after, enqueued_at FROM queueapp_task_history
+ WHERE %(unique_for)s::float8 > 0 AND unique_key = %(unique_key)s::text
+   AND finished_at > now() - make_interval(secs => %(unique_for)s::float8)
+ ORDER BY finished_at DESC LIMIT 1)
+LIMIT 1;
+
+-- finished_unique_holder --
+-- After enqueue_unique_task inserted: did the key's previous task finish while the insert waited
+-- for it (its move to history was not in the insert's snapshot)? Then the key was still held.
+SELECT id, run_after, enqueued_at FROM queueapp_task_history
+WHERE unique_key = %(unique_key)s::text AND finished_at > now() - make_interval(secs => %(unique_for)s::float8)
+ORDER BY finished_at DESC LIMIT 1;
+
+-- withdraw_task --
+-- Undo an insert of this transaction (nobody else has seen it).
+DELETE FROM queueapp_task_live WHERE id = %(id)s;
+
 -- reserve_task_ids --
 -- Bulk enqueue, step 1: ids for n tasks from the table's own identity sequence, and the
 -- transaction's clock (now() is fixed within a transaction: the copied rows get exactly what
@@ -117,12 +162,12 @@ WITH done AS (
 )
 INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                    enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                   errors, return_value, timeout, cancel_requested, worker_id)
+                                   errors, return_value, timeout, cancel_requested, worker_id, unique_key)
 SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
        args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids, errors,
        CASE WHEN cancel_requested THEN NULL
             ELSE ((%(return_values)s::text[])[array_position(%(ids)s::bigint[], id)])::jsonb END,
-       timeout, cancel_requested, worker_id
+       timeout, cancel_requested, worker_id, unique_key
 FROM done
 RETURNING id, status;
 
@@ -154,10 +199,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key
   FROM ended
   RETURNING status, run_after
 )
@@ -184,9 +229,9 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
   SELECT id, task_path, queue_name, priority, 'CANCELLED', args, kwargs, run_after, enqueued_at, started_at,
-         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id
+         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id, unique_key
   FROM ended
   RETURNING status
 )
@@ -198,9 +243,16 @@ SELECT status FROM moved;
 -- Through the view: the live table's primary key, then each history partition's id index.
 SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
        started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
-       return_value, cancel_requested, timeout
+       return_value, cancel_requested, timeout, unique_key
 FROM queueapp_task
 WHERE id = %(id)s;
+
+-- limit_statements --
+-- A worker's own connections (not its task threads', whose queries are the tasks' business): no
+-- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
+-- heartbeat. For the session (false): it holds until the connection closes.
+SELECT set_config('statement_timeout', %(statement_timeout)s, false),
+       set_config('lock_timeout', %(lock_timeout)s, false);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
@@ -286,10 +338,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key
   FROM ended
   RETURNING id
 )
@@ -324,16 +376,18 @@ WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout
 -- id (its result id stays valid) with its errors kept and a fresh budget of attempts. attempts
 -- only ever grows (it fences workers), so the budget is added on top of it. Two concurrent
 -- retries: the second waits for the first's row lock, finds the row gone, and matches nothing.
+-- A unique task whose key another live task holds now stays where it is (nothing comes back).
 WITH back AS (
-  DELETE FROM queueapp_task_history WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+  DELETE FROM queueapp_task_history h WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+    AND NOT EXISTS (SELECT 1 FROM queueapp_task_live l WHERE l.unique_key = h.unique_key)
   RETURNING *
 ),
 ready AS (
   INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                  errors, return_value, timeout, cancel_requested, worker_id)
+                                  errors, return_value, timeout, cancel_requested, worker_id, unique_key)
   SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
-         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key
   FROM back
   RETURNING status, queue_name
 )
@@ -499,3 +553,56 @@ WHERE c.oid = 'queueapp_task_live'::regclass
 
 -- purge_idempotency_keys --
 DELETE FROM queueapp_idempotency WHERE created_at < now() - make_interval(secs => %(older_than)s::float8);
+
+-- due_schedules --
+-- Enabled schedules whose next tick has come (database clock), and that clock.
+SELECT id, name, task_path, cron, timezone, args, kwargs, queue_name, priority, catch_up, catch_up_limit,
+       next_run_at, now()
+FROM queueapp_schedule
+WHERE enabled AND next_run_at <= now()
+ORDER BY next_run_at;
+
+-- claim_tick --
+-- Exactly once per tick: the unique (schedule_id, tick_at) lets one of any number of racing
+-- schedulers insert a tick; the others wait for its transaction and then insert nothing (no row
+-- back), or insert it themselves if that transaction rolled back (its task was never enqueued).
+INSERT INTO queueapp_schedule_tick (schedule_id, tick_at, task_id, manual, enqueued_at)
+VALUES (%(schedule_id)s, %(tick_at)s, NULL, %(manual)s, now())
+ON CONFLICT (schedule_id, tick_at) DO NOTHING
+RETURNING id;
+
+-- set_tick_task --
+UPDATE queueapp_schedule_tick SET task_id = %(task_id)s WHERE id = %(id)s;
+
+-- advance_schedule --
+-- The cursor only moves forward: a scheduler that planned from an older cursor cannot move it back.
+UPDATE queueapp_schedule SET next_run_at = greatest(next_run_at, %(next_run_at)s)
+WHERE id = %(id)s;
+
+-- purge_schedule_ticks --
+-- A tick's row guards its uniqueness while a scheduler may still plan it: only one that read the
+-- schedule's cursor before the tick was enqueued can, a pass's time at most. Rows enqueued longer
+-- ago than older_than go (by enqueued_at, not tick_at: a catch-up enqueues old ticks now), except
+-- each schedule's latest, the console's "last run".
+DELETE FROM queueapp_schedule_tick t
+WHERE t.enqueued_at < now() - make_interval(secs => %(older_than)s::float8)
+  AND t.tick_at < (SELECT max(l.tick_at) FROM queueapp_schedule_tick l WHERE l.schedule_id = t.schedule_id);
+
+-- upsert_code_schedule --
+-- A schedule declared in code (setting or @periodic), written at worker start. Several workers may
+-- start at once: ON CONFLICT makes that safe. `enabled` is the console's to change and stays; the
+-- cursor moves to the given next tick only when the timing changed (or was never set).
+INSERT INTO queueapp_schedule AS s (name, task_path, cron, timezone, args, kwargs, queue_name, priority,
+                                    catch_up, catch_up_limit, enabled, source, next_run_at, created_at)
+VALUES (%(name)s, %(task_path)s, %(cron)s, %(timezone)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(queue_name)s,
+        %(priority)s, %(catch_up)s, %(catch_up_limit)s, true, 'code', %(next_run_at)s, now())
+ON CONFLICT (name) DO UPDATE
+SET task_path = excluded.task_path, cron = excluded.cron, timezone = excluded.timezone, args = excluded.args,
+    kwargs = excluded.kwargs, queue_name = excluded.queue_name, priority = excluded.priority,
+    catch_up = excluded.catch_up, catch_up_limit = excluded.catch_up_limit, source = 'code',
+    next_run_at = CASE WHEN s.next_run_at IS NULL OR s.cron <> excluded.cron OR s.timezone <> excluded.timezone
+                       THEN excluded.next_run_at ELSE s.next_run_at END;
+
+-- drop_code_schedules --
+-- Schedules once declared in code and no longer: gone with their ticks (tasks stay).
+DELETE FROM queueapp_schedule WHERE source = 'code' AND NOT (name = ANY(%(names)s::text[]));

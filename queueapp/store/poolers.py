@@ -16,10 +16,10 @@ import threading
 from collections.abc import Iterator
 
 import psycopg
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
+from queueapp import conf
 from queueapp.sql import QUERIES
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ _LOST = (psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlSta
 
 def prepared_mode() -> bool | None:
     """TASKQUEUE["PREPARED_STATEMENTS"] as True (on), False (off) or None (auto)."""
-    value = settings.TASKQUEUE.get("PREPARED_STATEMENTS", "auto")
+    value = conf.get().prepared_statements
     if isinstance(value, bool):
         return value
     if str(value).lower() not in MODES:

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.utils.json import normalize_json
 
-from queueapp import exceptions
+from queueapp import conf, exceptions
 
 NOTIFY_CHANNEL = "taskqueue"
 
@@ -31,6 +30,10 @@ class NewTask:
     run_after: datetime | None
     max_attempts: int
     timeout: float | None = None
+    unique_key: str | None = None
+    """No other live task may have this key: enqueueing it again returns the holder instead."""
+    unique_for: float = 0.0
+    """Seconds the key stays held after its task finished."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +59,7 @@ class TaskRow:
     return_value: Any
     cancel_requested: bool
     timeout: float | None
+    unique_key: str | None = None
 
 
 _JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
@@ -68,14 +72,16 @@ class Inserted:
     id: int
     run_after: datetime
     enqueued_at: datetime
+    created: bool = True
+    """False when a unique task's key was held: id is then the holder's (run_after and enqueued_at
+    are not read back)."""
 
 
-_ROW_FIELDS = TaskRow.__slots__
-
-
-def _to_row(values: Sequence[Any]) -> TaskRow:
+def task_row(columns: Sequence[str], values: Sequence[Any]) -> TaskRow:
+    """A TaskRow from one row of a statement whose columns are named as TaskRow's fields (all of them:
+    a missing or unknown column is a TypeError, never a value in the wrong field)."""
+    data = dict(zip(columns, values, strict=True))
     # Django's psycopg setup loads jsonb as text; decode it here, once.
-    data = dict(zip(_ROW_FIELDS, values, strict=False))
     for column in _JSON_COLUMNS:
         if data[column] is not None:
             data[column] = json.loads(data[column])
@@ -123,7 +129,7 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
         ) from exc
     size = _utf8_length(args_json) + _utf8_length(kwargs_json)
-    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    limit = conf.get().max_args_bytes
     if size > limit:
         raise exceptions.ArgumentsTooLarge(
             f"task arguments are {size} bytes of JSON; the limit is {limit} "
@@ -143,7 +149,7 @@ def encode_return_value(value: Any) -> str:
         text = _to_json(value)
     except (TypeError, ValueError) as exc:
         raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc
-    limit = settings.TASKQUEUE["MAX_RETURN_BYTES"]
+    limit = conf.get().max_return_bytes
     size = _utf8_length(text)
     if size > limit:
         raise exceptions.ReturnValueTooLarge(

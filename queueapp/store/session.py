@@ -21,6 +21,7 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
 
@@ -62,7 +63,7 @@ def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskR
             task_path=task_path,
             queue_name=queue_name,
             priority=priority,
-            status="RUNNING",
+            status=TaskStatus.RUNNING,
             args=_json(args),
             kwargs=_json(kwargs),
             run_after=run_after,
@@ -110,12 +111,20 @@ class WorkerSession:
     """One worker process's claim-and-finish connection (used by one thread at a time)."""
 
     def __init__(
-        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, using: str = "default"
+        self,
+        *,
+        worker_id: UUID,
+        queues: Sequence[str],
+        prepare: bool = True,
+        options: str = "",
+        using: str = "default",
     ):
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
         """False: never prepare; True: prepare where store.poolers allows it."""
+        self.options = options
+        """libpq `options` added to the connection's own (the worker's statement and lock timeouts)."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
 
@@ -132,6 +141,8 @@ class WorkerSession:
             connect_timeout=params.get("connect_timeout", 10),
         )
         params.setdefault("application_name", "taskqueue-worker")
+        if self.options:
+            params["options"] = f"{params.get('options', '')} {self.options}".strip()
         conn = psycopg.connect(**params)
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn

@@ -14,9 +14,11 @@ from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 from queueapp.store.cursors import prepared_cursor
-from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
+from queueapp.store.rows import Inserted, NewTask, TaskRow, task_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
+from queueapp.store.unique import insert_unique
 
 
 def _params(new: NewTask) -> dict[str, Any]:
@@ -39,6 +41,8 @@ def enqueue_task(new: NewTask, *, using: str = "default") -> Inserted:
 
 
 def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
+    if new.unique_key is not None:
+        return insert_unique(cursor, _params(new), new)
     cursor.execute(QUERIES["enqueue_task"], _params(new))
     task_id, run_after, enqueued_at, _ = cursor.fetchone()
     return Inserted(task_id, run_after, enqueued_at)
@@ -92,6 +96,21 @@ _LINES_PER_WRITE = 500
 _COPY_FROM = 10
 
 
+def enqueue_unique_tasks[T](
+    batch: list[NewTask], *, each: Callable[[int, NewTask, Inserted], T], using: str = "default"
+) -> list[T]:
+    """A batch with unique tasks: one statement each (COPY cannot skip a taken key), in one
+    transaction. Keys are taken in sorted order, so two batches with keys in common wait for each
+    other instead of deadlocking; a key twice in one batch gives the first task both times (the
+    second finds it held). Results keep the input order."""
+    order = sorted(range(len(batch)), key=lambda i: batch[i].unique_key or "")
+    made: dict[int, T] = {}
+    with transaction.atomic(using=using, savepoint=False), prepared_cursor(using) as cursor:
+        for index in order:
+            made[index] = each(index, batch[index], _insert(cursor, batch[index]))
+    return [made[index] for index in range(len(batch))]
+
+
 def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted], T], using: str) -> list[T]:
     # batch is a list already: a bad call raised before any statement, so no savepoint is needed
     # to keep a caller's transaction usable; a database error aborts a transaction as it would in
@@ -116,7 +135,7 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     A task that has never run: READY if due, else SCHEDULED."""
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
-    status = "READY" if due else "SCHEDULED"
+    status = TaskStatus.READY if due else TaskStatus.SCHEDULED
     return (
         f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
         f"{_json_text(new.args_json)}\t{_json_text(new.kwargs_json)}\t"
@@ -193,7 +212,8 @@ def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["get_task"], {"id": task_id})
         values = cursor.fetchone()
-    return _to_row(values) if values else None
+        columns = [column.name for column in cursor.description]
+    return task_row(columns, values) if values else None
 
 
 def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:

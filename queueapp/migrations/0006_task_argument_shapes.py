@@ -56,7 +56,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("queueapp", "0003_move_finished_tasks"),
+        ("queueapp", "0005_schedules"),
     ]
 
     operations = [
