@@ -9,7 +9,7 @@ DEVDB := $(PY) -m taskqueue_project.devdb
 # The project's own cluster for `make run`, unless DATABASE_URL says otherwise.
 DB_URL = $${DATABASE_URL:-$$($(DEVDB) url .pgdata)}
 
-.PHONY: run test manage demo lint bench bench-scaling bench-churn clean-db chromium promtool
+.PHONY: run test manage demo lint bench bench-scaling bench-churn clean-db chromium promtool pgbouncer
 
 $(VENV)/.requirements: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else "taskqueue needs Python 3.12; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.12)")'
@@ -37,7 +37,14 @@ promtool:
 		|| { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; } \
 		|| echo "could not install promtool: the rules check will be skipped"
 
-test: $(VENV)/.requirements-dev chromium promtool
+# The pooler test runs Debian's PgBouncer (its own instance, on a free port); as root, install it.
+pgbouncer:
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || [ "$$(id -u)" != 0 ] \
+		|| apt-get install -y -q pgbouncer >/dev/null \
+		|| { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; } \
+		|| echo "could not install pgbouncer: the PgBouncer tests will be skipped"
+
+test: $(VENV)/.requirements-dev chromium promtool pgbouncer
 	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check . \
 		&& $(VENV)/bin/mypy queueapp workers taskqueue_project'
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from queueapp import conf, models, schedules
+from queueapp import conf, models, schedules, store
 
 
 @checks.register()
@@ -63,3 +64,24 @@ def check_settings_are_known(app_configs: Any = None, **kwargs: Any) -> list[che
         )
         for key in conf.unknown_keys()
     ]
+
+
+@checks.register()
+def check_return_value_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    limit = conf.get().max_return_bytes
+    if limit <= 0:
+        return [
+            checks.Error(
+                f"TASKQUEUE['MAX_RETURN_BYTES'] is {limit}; it must be positive.", id="queueapp.E005"
+            )
+        ]
+    return []
+
+
+@checks.register()
+def check_prepared_statements(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        store.poolers.prepared_mode()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="queueapp.E006")]
+    return []

@@ -24,8 +24,10 @@ class QueueSettings:
     """Modules imported at start-up so that their tasks can be resolved by path."""
     max_args_bytes: int = 1_048_576
     """Largest JSON encoding of args plus kwargs accepted, in bytes."""
+    max_return_bytes: int = 1_048_576
+    """Largest JSON encoding of a task's return value stored; a larger one fails the attempt."""
     listen_database_url: str = ""
-    """A direct (not PgBouncer) URL for LISTEN; the default database when empty."""
+    """A direct (not PgBouncer) URL for LISTEN, read like DATABASE_URL; the default database when empty."""
     heartbeat_interval: float = 5.0
     stale_after: float = 30.0
     """A worker whose heartbeat is older is LOST; one that cannot beat for this long exits (its lease)."""
@@ -45,8 +47,9 @@ class QueueSettings:
     metrics_token: str = ""
     health_max_ready_age: float = 300.0
     """/api/health says degraded when a due READY task has waited longer (seconds)."""
-    prepared_statements: bool = True
-    """Enqueues and rounds as server-side prepared statements (PgBouncer needs 1.21+ for them)."""
+    prepared_statements: str | bool = "auto"
+    """Enqueues and rounds as server-side prepared statements: "on", "off", or "auto" (unless a
+    connection pooler is found in front of the database: store.poolers); True and False too."""
 
 
 _FIELDS = {f.name.upper(): f.name for f in dataclasses.fields(QueueSettings)}

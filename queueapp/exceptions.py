@@ -32,6 +32,14 @@ class ReturnValueNotJSON(TaskQueueError):
     """The task returned a value that cannot be stored as JSON."""
 
 
+class ReturnValueTooLarge(TaskQueueError):
+    """The task returned a value larger than TASKQUEUE["MAX_RETURN_BYTES"] as JSON."""
+
+
+class ArgumentsMalformed(TaskQueueError):
+    """The stored args are not a JSON array or the kwargs not a JSON object."""
+
+
 class WorkerLost(TaskQueueError):
     """The worker running the task stopped beating (or its process died) during the attempt."""
 

@@ -8,7 +8,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Func, Q, TextField
 from django.db.models.functions import Cast
-from django.db.models.lookups import LessThanOrEqual
+from django.db.models.lookups import Exact, LessThanOrEqual
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
 from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, TaskStatus, WorkerState
@@ -22,6 +22,10 @@ ARGS_HARD_LIMIT_BYTES = 16 * 1024 * 1024
 
 def _octet_length(field: str) -> Func:
     return Func(Cast(field, TextField()), function="octet_length", output_field=models.IntegerField())
+
+
+def _json_type(field: str) -> Func:
+    return Func(models.F(field), function="jsonb_typeof", output_field=TextField())
 
 
 class Worker(models.Model):
@@ -171,6 +175,13 @@ class LiveTask(TaskColumns):
             # adds no index entry (only the predicate is evaluated on insert).
             models.UniqueConstraint(
                 fields=["unique_key"], condition=Q(unique_key__isnull=False), name="task_live_unique_key"
+            ),
+            # A task's arguments as the API and enqueue write them: a string or an object as args
+            # would run with its characters or keys as arguments. History has the same checks
+            # (migration 0006, which adds them without a long lock).
+            models.CheckConstraint(condition=Exact(_json_type("args"), "array"), name="task_live_args_array"),
+            models.CheckConstraint(
+                condition=Exact(_json_type("kwargs"), "object"), name="task_live_kwargs_object"
             ),
         ]
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.db import connection
@@ -30,6 +33,19 @@ def database_url() -> str:
     s = connection.settings_dict
     auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@contextlib.contextmanager
+def postgres_reachable_dir(prefix: str) -> Iterator[Path]:
+    """A directory for a throwaway cluster or pooler, removed afterwards. Outside pytest's temporary
+    tree: every pytest run on the machine makes that 0700 again, which locks the postgres user (as
+    whom root runs them) out of a cluster that is running."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for[T](condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:

@@ -12,19 +12,19 @@ import pytest
 
 from queueapp.sql import QUERIES
 from taskqueue_project import devdb
-from tests.helpers import WorkerProcess, run_manage, wait_for
+from tests.helpers import WorkerProcess, postgres_reachable_dir, run_manage, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    datadir = tmp_path / "pg"
-    url = devdb.start(datadir)
-    try:
-        yield datadir, url
-    finally:
-        devdb.stop(datadir)
+def cluster() -> Iterator[tuple[Path, str]]:
+    with postgres_reachable_dir("taskqueue-restart-") as workdir:
+        datadir = workdir / "pg"
+        try:
+            yield datadir, devdb.start(datadir)
+        finally:
+            devdb.stop(datadir)
 
 
 def counts(url: str) -> dict[str, int]:

@@ -16,7 +16,7 @@ from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connec
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
-from queueapp import conf, store
+from queueapp import conf, database_urls, store
 
 logger = logging.getLogger(__name__)
 
@@ -166,22 +166,14 @@ def runs_tasks() -> None:
 
 def listen_conninfo(limits: ConnectionLimits) -> str:
     """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
-    default, held to limits."""
+    default database, with all its hosts and libpq options (target_session_attrs for failover),
+    held to limits."""
     url = conf.get().listen_database_url
-    given = psycopg.conninfo.conninfo_to_dict(str(url)) if url else {}
-    extra: dict[str, Any] = {
-        **limits.socket_params(),
-        "options": limits.libpq_options(str(given.get("options", ""))),
-    }
-    if url:
-        return psycopg.conninfo.make_conninfo(str(url), **extra)
-    params = settings.DATABASES["default"]
-    return psycopg.conninfo.make_conninfo(
-        dbname=params["NAME"],
-        user=params.get("USER") or None,
-        password=params.get("PASSWORD") or None,
-        host=params.get("HOST") or None,
-        port=str(params["PORT"]) if params.get("PORT") else None,
+    database = database_urls.parse(url) if url else settings.DATABASES["default"]
+    given = database.get("OPTIONS", {}).get("options", "")
+    return database_urls.conninfo(
+        database,
         application_name="taskqueue-listener",
-        **extra,
+        **limits.socket_params(),
+        options=limits.libpq_options(str(given)),
     )

@@ -107,6 +107,7 @@ class Executor:
         db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
         attempt = Attempt(row=row, started=time.monotonic())
         try:
+            store.check_arguments(row)
             task = registry.get(row.task_path)
             attempt.result = self.backend.to_result(task, row)
             task_started.send(type(self.backend), task_result=attempt.result)

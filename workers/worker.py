@@ -38,7 +38,7 @@ import prometheus_client
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import cancellation, conf, exceptions, store
+from queueapp import cancellation, exceptions, store
 from queueapp.backend import PostgresBackend
 from queueapp.states import WorkerState
 from workers import db
@@ -70,12 +70,7 @@ class Worker:
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
         self.exit_code: ExitCode = ExitCode.OK
         self.limits = db.ConnectionLimits(config.stale_after)
-        self.producer = Producer(
-            worker_id=self.id,
-            queues=config.queues,
-            prepare=conf.get().prepared_statements,
-            options=self.limits.libpq_options(),
-        )
+        self.producer = Producer(worker_id=self.id, queues=config.queues, options=self.limits.libpq_options())
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [

@@ -425,6 +425,11 @@ UPDATE queueapp_idempotency SET task_ids = %(task_ids)s::bigint[] WHERE id = %(i
 -- database_now --
 SELECT now();
 
+-- serving_backend --
+-- The server session that answers. A pooler announces a cancel key of its own when a client
+-- connects (libpq's backend pid), so a different pid here means one stands in between.
+SELECT pg_backend_pid();
+
 -- pickup_latency --
 -- Seconds from due to start of the latest 2,000 first attempts finished since a moment
 -- (task_finished_idx, newest first): a sample, so a busy window costs no more than a quiet one.

@@ -36,6 +36,7 @@ from queueapp.store.rows import (
     Inserted,
     NewTask,
     TaskRow,
+    check_arguments,
     encode_arguments,
     encode_return_value,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "advance_schedule",
     "beat_worker",
     "cancel_task",
+    "check_arguments",
     "claim_idempotency_key",
     "claim_tasks",
     "claim_tick",

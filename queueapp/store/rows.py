@@ -143,8 +143,35 @@ def _utf8_length(text: str) -> int:
 
 
 def encode_return_value(value: Any) -> str:
-    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none."""
+    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none and
+    ReturnValueTooLarge beyond TASKQUEUE["MAX_RETURN_BYTES"]."""
     try:
-        return _to_json(value)
+        text = _to_json(value)
     except (TypeError, ValueError) as exc:
         raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc
+    limit = conf.get().max_return_bytes
+    size = _utf8_length(text)
+    if size > limit:
+        raise exceptions.ReturnValueTooLarge(
+            f"task return value is {size} bytes of JSON; the limit is {limit} "
+            "(TASKQUEUE['MAX_RETURN_BYTES']): store large results elsewhere and return a reference"
+        )
+    return text
+
+
+_JSON_TYPES = {list: "an array", dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def check_arguments(row: TaskRow) -> None:
+    """Raise ArgumentsMalformed unless the row's args are a JSON array and its kwargs an object
+    (the database's checks say so; a row written around them must not run with a string's
+    characters as its arguments)."""
+    if not isinstance(row.args, list) or not isinstance(row.kwargs, dict):
+        raise exceptions.ArgumentsMalformed(
+            f"task {row.id} has args {_json_type(row.args)} and kwargs {_json_type(row.kwargs)}; "
+            "args must be a JSON array and kwargs a JSON object"
+        )
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "a number")

@@ -3,9 +3,9 @@
 A round is one round trip and one transaction: the fenced finish of every task that succeeded
 since the last round and the claim for the slots that frees are pipelined together, so a round
 costs one commit however many tasks it carries. The statements are prepared on the server the
-first time they run (set TASKQUEUE["PREPARED_STATEMENTS"] = False behind a pooler that cannot
-keep them), and the connection skips Django's cursor wrappers: nothing here is per task but the
-values themselves.
+first time they run (unless TASKQUEUE["PREPARED_STATEMENTS"] or a pooler in front of the database
+says otherwise: store.poolers), and the connection skips Django's cursor wrappers: nothing here is
+per task but the values themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from django.db import connections
 
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
+from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
 
 
@@ -121,6 +122,7 @@ class WorkerSession:
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
+        """False: never prepare; True: prepare where store.poolers allows it."""
         self.options = options
         """libpq `options` added to the connection's own (the worker's statement and lock timeouts)."""
         self.using = using
@@ -134,7 +136,7 @@ class WorkerSession:
         params.pop("context", None)
         params.update(
             cursor_factory=psycopg.Cursor,
-            prepare_threshold=0 if self.prepare else None,
+            prepare_threshold=0 if self.prepare and prepared_statements(self.using) else None,
             autocommit=True,
             connect_timeout=params.get("connect_timeout", 10),
         )
@@ -155,7 +157,7 @@ class WorkerSession:
             self.conn = self.connect()
         conn = self.conn
         finish = claim = None
-        with conn.pipeline(), conn.transaction():
+        with explain_lost_statements(), conn.pipeline(), conn.transaction():
             if successes:
                 finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
             if limit > 0:
