@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
 from bench.common import ROOT, scratch_database
 from taskqueue_project.devdb import find_bindir
 
@@ -105,6 +106,20 @@ def main() -> None:
     print(f"raw (peerbench drain k=100, {opts.clients} clients): {raw:,.0f} rows/s")
     print(f"taskqueue live table (worker's claim + finish):     {ours:,.0f} rows/s")
     print(f"ratio: {ours / raw:.0%} (target: at least 60%)")
+    rows = [
+        {"path": f"raw pgbench drain k=100, {opts.clients} clients", "rows_per_s": round(raw)},
+        {"path": f"taskqueue live table claim + finish, {opts.clients} clients", "rows_per_s": round(ours)},
+    ]
+    when = results.stamp()
+    base = results.save("ceiling", rows, about={"rows": opts.rows, "ratio": round(ours / raw, 3)}, when=when)
+    results.bar_chart(
+        base.with_suffix(".png"),
+        title=f"claim 100 + finish, {opts.rows:,} rows: {ours / raw:.0%} of the raw ceiling ({when})",
+        labels=[row["path"] for row in rows],
+        values=[row["rows_per_s"] for row in rows],
+        unit="rows/s",
+    )
+    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
 from bench.common import scratch_database
 
 PAGES = [
@@ -119,6 +121,7 @@ def main() -> None:
             f"{live:,} live and {history:,} finished tasks; median of 5 server-side renders"
             " (target: under 500 ms each):"
         )
+        rows: list[dict[str, Any]] = []
         for label, url in PAGES:
             timings = []
             for _ in range(5):
@@ -129,6 +132,17 @@ def main() -> None:
                     sys.exit(f"{url}: HTTP {response.status_code}")
             median = statistics.median(timings)
             print(f"  {label:40s} {median:7.1f} ms  {'ok' if median < 500 else 'SLOW'}")
+            rows.append({"page": label, "median_ms": round(median, 1)})
+    when = results.stamp()
+    base = results.save("console", rows, about={"live": live, "history": history}, when=when)
+    results.bar_chart(
+        base.with_suffix(".png"),
+        title=f"console pages, {live:,} live + {history:,} finished tasks, median of 5 ({when})",
+        labels=[row["page"] for row in rows],
+        values=[row["median_ms"] for row in rows],
+        unit="ms",
+    )
+    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

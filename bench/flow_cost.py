@@ -20,7 +20,7 @@ import psycopg
 from bench.claim_cost import FILL
 from bench.common import Figure, clear_tasks, scratch_database
 
-SETTINGS = "INSERT INTO queueapp_queuesettings (name, concurrency_limit, rate_limit)"
+SETTINGS = "INSERT INTO queueapp_queuecontrol (name, concurrency_limit, rate_limit)"
 
 
 def timed_ms(
@@ -64,7 +64,7 @@ def figures(ready: int = 10_000, samples: int = 300) -> list[Figure]:
         conn.execute("VACUUM ANALYZE queueapp_task_live")
         cost = {}
         for round_ in range(2):  # twice, alternating, so that a drift of the machine shows
-            conn.execute("DELETE FROM queueapp_queuesettings")
+            conn.execute("DELETE FROM queueapp_queuecontrol")
             cost["plain", round_] = timed_ms(conn, plain, params, samples)
             conn.execute(SETTINGS + " SELECT 'limited-' || g, 5, NULL FROM generate_series(1, 20) AS g")
             cost["beside", round_] = timed_ms(conn, plain, params, samples)

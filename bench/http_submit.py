@@ -4,7 +4,8 @@
 
 A load client of CLIENTS threads, each with one keep-alive connection, POSTs /api/tasks (one task
 per request, one transaction each). The baseline is the same number of one-per-transaction
-enqueues through django.tasks in this process, so the HTTP cost shows as a ratio.
+enqueues through django.tasks in this process, so the HTTP cost shows as a ratio. Both rates are
+saved to bench/results/ (JSON, CSV and a chart, not tracked).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
 from bench.common import ROOT, scratch_database, worker_env
 
 
@@ -114,6 +116,26 @@ def main() -> None:
         print(f"  Python API (task.enqueue), 1 thread      {python_rate:8,.0f} tasks/s")
         print(f"  HTTP POST /api/tasks, gunicorn 2x4, {clients} keep-alive clients {http_rate:8,.0f} tasks/s")
         print(f"  ratio HTTP / Python: {http_rate / python_rate:.2f}")
+        from bench.suite import environment
+
+        about = environment()
+    rows = [
+        {"path": "Python API (task.enqueue), 1 thread", "tasks_per_s": round(python_rate, 1)},
+        {
+            "path": f"HTTP POST /api/tasks, gunicorn 2x4, {clients} clients",
+            "tasks_per_s": round(http_rate, 1),
+        },
+    ]
+    when = results.stamp()
+    base = results.save("http_submit", rows, about={"machine": about, "requests": requests}, when=when)
+    results.bar_chart(
+        base.with_suffix(".png"),
+        title=f"one task per transaction, {requests:,} submissions ({when})",
+        labels=[row["path"] for row in rows],
+        values=[row["tasks_per_s"] for row in rows],
+        unit="tasks/s",
+    )
+    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Runs in a scratch database of its own: enqueue (one per transaction, bulk), drai
 worker processes, pickup latency, worker memory over 200,000 tasks, and the claim's cost at 10,000
 and 1,000,000 READY rows. Prints the table and appends it to docs/benchmarks.md with the date,
 the versions and the machine. With --profile it also records the worker at full speed with py-spy
-into docs/profiles/ (a flame graph and the hottest functions).
+into docs/profiles/ (a flame graph and the hottest functions). The figures are also saved to
+bench/results/ (JSON, CSV and a chart, not tracked).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import datetime as dt
 import os
 import platform
 import sys
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import results
 from bench.common import ROOT, Figure, scratch_database
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -73,6 +76,25 @@ def environment() -> str:
     )
 
 
+def ratio_value(text: str) -> float:
+    """A Figure's ratio as a number: "45.3%" is 0.453, "1.2x" is 1.2."""
+    return float(text.rstrip("%x")) / (100 if text.endswith("%") else 1)
+
+
+def save_results(figures: list[Figure], about: str) -> Path:
+    """The run's figures to bench/results/ (JSON, CSV) and a chart of each figure's ratio."""
+    when = results.stamp()
+    base = results.save("suite", [asdict(f) for f in figures], about={"machine": about}, when=when)
+    results.bar_chart(
+        base.with_suffix(".png"),
+        title=f"taskqueue suite {when}: each figure / its ceiling in the same run (latency: x bare NOTIFY)",
+        labels=[f.what for f in figures],
+        values=[ratio_value(f.ratio) for f in figures],
+        unit="x ceiling",
+    )
+    return base
+
+
 def main() -> None:
     profile = "--profile" in sys.argv[1:]
     with scratch_database("taskqueue_bench_suite"):
@@ -98,6 +120,8 @@ def main() -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = table(figures)
     print(f"\n{text}\n")
+    saved = save_results(figures, about)
+    print(f"saved {saved}.json, .csv and .png")
     section = f"\n### Suite run {when}\n\n{about}.\n\n{text}\n"
     if profiled:
         section += f"\n{profiled}\n"

@@ -13,3 +13,11 @@ def noop() -> None:
 
 
 http_tasks.expose("bench-noop")(noop)
+
+
+@task
+def sleep(seconds: float) -> None:
+    """Waits like a task that calls a slow service: what is measured is how many can wait at once."""
+    import time
+
+    time.sleep(seconds)

@@ -4,24 +4,27 @@ permission-checked actions that report what they did and what they skipped."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.tasks import task_backends
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from queueapp import admin_views, apikeys, models, reads, registry, store
+from queueapp import admin_views, apikeys, conf, models, reads, registry, store
 from queueapp.backend import PostgresBackend
 
 
@@ -42,6 +45,36 @@ class TaskPathFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[models.Task]) -> QuerySet[models.Task]:
         return queryset.filter(task_path=self.value()) if self.value() else queryset
+
+
+class WorkerFilter(admin.SimpleListFilter):
+    """The tasks a worker ran (any attempt), from its page's link; shown only while in use. Bounded
+    below by the worker's start, so only the history partitions since then are read."""
+
+    title = "worker"
+    parameter_name = "worker"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        value = self.value()
+        return [(value, value[:8])] if value else []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[models.Task]) -> QuerySet[models.Task]:
+        if not self.value():
+            return queryset
+        worker_id = _uuid_or_none(self.value())
+        worker = models.Worker.objects.filter(id=worker_id).first() if worker_id else None
+        if worker is None:
+            raise IncorrectLookupParameters(f"no worker {self.value()}")
+        return queryset.filter(worker_ids__contains=[worker.id]).filter(
+            Q(finished_at__isnull=True) | Q(finished_at__gte=worker.started_at)
+        )
+
+
+def _uuid_or_none(text: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(text))
+    except ValueError:
+        return None
 
 
 class QueueFilter(admin.SimpleListFilter):
@@ -87,18 +120,16 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
     list_display = (
         "id",
         "task_name",
-        "queue_name",
+        "queue",
         "coloured_status",
-        "priority",
         "attempts_of",
-        "enqueued_at",
-        "started_at",
+        "enqueued",
         "duration",
         "worker_link",
     )
-    list_filter = ("status", QueueFilter, TaskPathFilter)
+    list_filter = ("status", QueueFilter, TaskPathFilter, WorkerFilter)
     search_fields = ("task_path",)
-    search_help_text = "A task id, or the start of a task's dotted path"
+    search_help_text = "A task id, the start of a task's dotted path, or key:<unique key>"
     show_full_result_count = False
     paginator = admin_views.CappedCountPaginator
     list_per_page = 50
@@ -117,6 +148,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
                     "priority",
                     "attempts_of",
                     "cancel_requested",
+                    "unique_key",
                 )
             },
         ),
@@ -135,6 +167,8 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
             return queryset, False
         if term.isdigit():
             return queryset.filter(id=int(term)), False
+        if term.startswith("key:"):  # exact: task_live_unique_key and task_history_unique_key_idx
+            return queryset.filter(unique_key=term.removeprefix("key:").strip()), False
         return queryset.filter(task_path__startswith=term), False  # task_path_id_idx, no full scan
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -192,9 +226,20 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
     @admin.display(description="status", ordering="status")
     def coloured_status(self, task: models.Task) -> str:
-        return admin_views.status_badge(
-            task.status + (" (cancel requested)" if task.cancel_requested else "")
-        )
+        # A waiting task is cancelled at once; only a RUNNING one can have a request still pending.
+        pending = task.cancel_requested and task.status == models.TaskStatus.RUNNING
+        return admin_views.status_badge(task.status + (" (cancel requested)" if pending else ""))
+
+    # Started and priority are left out of the list (the duration says whether and how long it ran;
+    # the task's page has every time and its priority): with the sidebar open at 1,400 px every
+    # column then fits.
+    @admin.display(description="queue")
+    def queue(self, task: models.Task) -> str:
+        return task.queue_name
+
+    @admin.display(description="enqueued")
+    def enqueued(self, task: models.Task) -> str:
+        return date_format(timezone.localtime(task.enqueued_at), "m-d H:i:s T")
 
     @admin.display(description="attempts")
     def attempts_of(self, task: models.Task) -> str:
@@ -205,15 +250,14 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         if not task.started_at:
             return "-"
         seconds = ((task.finished_at or timezone.now()) - task.started_at).total_seconds()
-        return f"{seconds:.3f} s" + ("" if task.finished_at else " (running)")
+        return f"{seconds:.3f} s"  # still growing while the status says RUNNING
 
     @admin.display(description="worker")
     def worker_link(self, task: models.Task) -> str:
         if task.worker_id is None:
             return "-"
-        return format_html(
-            '<a href="../../worker/{}/change/">{}</a>', task.worker_id, str(task.worker_id)[:8]
-        )
+        url = reverse("admin:queueapp_worker_change", args=[task.worker_id])
+        return format_html('<a href="{}">{}</a>', url, str(task.worker_id)[:8])
 
     def _pre(self, value: Any) -> str:
         return format_html("<pre style='white-space:pre-wrap'>{}</pre>", json.dumps(value, indent=2))
@@ -248,7 +292,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
     @admin.display(description="held by")
     def waiting_on(self, task: models.Task) -> str:
-        holds = store.why_waiting(task.id, stale_after=settings.TASKQUEUE["STALE_AFTER"])
+        holds = store.why_waiting(task.id, stale_after=conf.get().stale_after)
         if holds is None:
             return "not waiting (running or finished)"
         if not holds:
@@ -262,6 +306,9 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
     def overview_view(self, request: HttpRequest) -> HttpResponse:
         return admin_views.overview(request, self.admin_site.each_context(request))
+
+
+RUNNING_SHOWN = 100
 
 
 @admin.register(models.Worker)
@@ -280,6 +327,20 @@ class WorkerAdmin(admin.ModelAdmin[models.Worker]):
     list_filter = ("state",)
     ordering = ("-started_at",)
     show_full_result_count = False
+    fields = (
+        "id",
+        "hostname",
+        "pid",
+        "health",
+        "queues",
+        "concurrency",
+        "started_at",
+        "last_heartbeat_at",
+        "stopped_at",
+        "running_now",
+        "ran",
+    )
+    readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[models.Worker]:
         return reads.workers_with_running_counts()
@@ -311,6 +372,33 @@ class WorkerAdmin(admin.ModelAdmin[models.Worker]):
     def running_tasks(self, worker: models.Worker) -> int:
         return int(getattr(worker, "running", 0))
 
+    @admin.display(description="running now")
+    def running_now(self, worker: models.Worker) -> str:
+        running = reads.running_tasks(worker.id, limit=RUNNING_SHOWN)
+        if not running:
+            return "-"
+        return format_html_join(
+            mark_safe("<br>"),
+            '<a href="{}">#{} {}</a> (attempt {}, since {})',
+            (
+                (
+                    reverse("admin:queueapp_task_change", args=[task.id]),
+                    task.id,
+                    task.task_path.rsplit(".", 1)[-1],
+                    task.attempts,
+                    date_format(timezone.localtime(task.started_at), "DATETIME_FORMAT")
+                    if task.started_at
+                    else "-",
+                )
+                for task in running
+            ),
+        )
+
+    @admin.display(description="tasks it ran")
+    def ran(self, worker: models.Worker) -> str:
+        url = reverse("admin:queueapp_task_changelist") + "?" + urlencode({"worker": str(worker.id)})
+        return format_html('<a href="{}">every task this worker started an attempt of →</a>', url)
+
 
 class ApiKeyForm(forms.ModelForm[models.ApiKey]):
     allowed_tasks = forms.CharField(
@@ -323,8 +411,8 @@ class ApiKeyForm(forms.ModelForm[models.ApiKey]):
         fields = ["name"]
 
 
-@admin.register(models.QueueSettings)
-class QueueSettingsAdmin(admin.ModelAdmin[models.QueueSettings]):
+@admin.register(models.QueueControl)
+class QueueControlAdmin(admin.ModelAdmin[models.QueueControl]):
     """The Queues page: every queue's figures and pause button above, the editable settings below.
     Rows are not deleted (a queue with keyed tasks needs its row): clear a limit to lift it."""
 
@@ -364,7 +452,7 @@ class QueueSettingsAdmin(admin.ModelAdmin[models.QueueSettings]):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def save_model(self, request: HttpRequest, obj: models.QueueSettings, form: Any, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: models.QueueControl, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         store.notify_settings(obj.name)
 
@@ -388,7 +476,7 @@ class QueueSettingsAdmin(admin.ModelAdmin[models.QueueSettings]):
         paused = request.POST.get("paused") == "1"
         store.set_paused(name, paused)
         self.message_user(request, f"{'Paused' if paused else 'Resumed'} queue {name}.", messages.SUCCESS)
-        return redirect("admin:queueapp_queuesettings_changelist")
+        return redirect("admin:queueapp_queuecontrol_changelist")
 
 
 @admin.register(models.ApiKey)
@@ -417,3 +505,6 @@ class ApiKeyAdmin(admin.ModelAdmin[models.ApiKey]):
     def revoke(self, request: HttpRequest, queryset: QuerySet[models.ApiKey]) -> None:
         revoked = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {revoked} key(s); requests with them now get 401.")
+
+
+from queueapp import admin_schedules  # noqa: E402, F401  (registers the schedule pages)

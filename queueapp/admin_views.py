@@ -30,7 +30,9 @@ STATUS_COLOURS = {
 
 def status_badge(status: str) -> str:
     return format_html(
-        '<span style="color:#fff;background:{};padding:1px 6px;border-radius:3px">{}</span>',
+        '<span style="color:#fff;background:{};padding:1px 5px;border-radius:3px;white-space:nowrap;'
+        'font-size:11px">'
+        "{}</span>",
         STATUS_COLOURS.get(status, "#000"),
         status,
     )
@@ -50,14 +52,19 @@ class CappedCountPaginator(Paginator[Any]):
         return query.order_by()[: COUNT_CAP + 1].count()
 
 
+CHART = {"left": 52, "width": 600, "right": 12, "bottom": 30, "tick_minutes": 10}
+
+
 def svg_bars(series: list[tuple[str, float]], *, colour: str, height: int = 80, unit: str = "") -> str:
-    """A bar chart of (label, value) as inline SVG; every label and value is escaped."""
-    width, bar = 600, 600 / max(len(series), 1)
+    """A bar chart of ("HH:MM", value) per minute as inline SVG, with a time axis labelled every ten
+    minutes (UTC) and the top of the value axis; every label and value is escaped."""
+    left, width = CHART["left"], CHART["width"]
+    bar = width / max(len(series), 1)
     top = max((value for _, value in series), default=0) or 1
     rects = [
         format_html(
             '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}{}</title></rect>',
-            round(i * bar, 1),
+            round(left + i * bar, 1),
             round(height - value / top * height, 1),
             round(max(bar - 1, 1), 1),
             round(value / top * height, 1),
@@ -68,14 +75,42 @@ def svg_bars(series: list[tuple[str, float]], *, colour: str, height: int = 80, 
         )
         for i, (label, value) in enumerate(series)
     ]
+    ticks = [
+        format_html(
+            '<line x1="{x}" y1="{y}" x2="{x}" y2="{y4}" stroke="#64748b"/>'
+            '<text x="{x}" y="{ty}" font-size="10" text-anchor="middle" class="tick">{}</text>',
+            label,
+            x=round(left + (i + 0.5) * bar, 1),
+            y=height,
+            y4=height + 4,
+            ty=height + 14,
+        )
+        for i, (label, _) in enumerate(series)
+        if int(label[-2:]) % CHART["tick_minutes"] == 0
+    ]
     return format_html(
         '<svg width="{}" height="{}" role="img" style="background:#f8fafc">{}'
-        '<text x="2" y="12" font-size="11">max {}{}</text></svg>',
-        width,
-        height,
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#64748b"/>{}'
+        '<text x="{}" y="10" font-size="10" text-anchor="end" class="value-max">{}{}</text>'
+        '<text x="{}" y="{}" font-size="10" text-anchor="end">0</text>'
+        '<text x="{}" y="{}" font-size="10" text-anchor="end" class="axis-title">{}</text>'
+        "</svg>",
+        left + width + CHART["right"],
+        height + CHART["bottom"],
         mark_safe("".join(rects)),  # noqa: S308  (each rect was built by format_html)
+        left,
+        height,
+        left + width,
+        height,
+        mark_safe("".join(ticks)),  # noqa: S308  (each tick was built by format_html)
+        left - 4,
         round(top, 3),
         unit,
+        left - 4,
+        height,
+        left + width,
+        height + 28,
+        "time (UTC), per minute",
     )
 
 

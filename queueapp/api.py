@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest
 from django.tasks import task_backends
 from django.utils import timezone
@@ -15,8 +13,9 @@ from ninja.errors import HttpError
 from pydantic import Field
 
 from queueapp import api_schemas as s
-from queueapp import http_tasks, models, reads, store, submissions
-from queueapp.api_support import ApiKeyAuth, StrictJsonParser, error, install_error_handlers
+from queueapp import conf, http_tasks, models, reads, store, submissions
+from queueapp import health as health_checks
+from queueapp.api_support import ApiKeyAuth, HealthAuth, StrictJsonParser, error, install_error_handlers
 from queueapp.backend import PostgresBackend, parse_result_id
 
 api = NinjaAPI(
@@ -71,6 +70,7 @@ def task_out(task: models.Task) -> dict[str, Any]:
         "worker_id": task.worker_id,
         "return_value": task.return_value,
         "errors": task.errors,
+        "unique_key": task.unique_key,
     }
 
 
@@ -100,7 +100,8 @@ def _submit(request: HttpRequest, items: list[s.TaskIn], body: Any) -> tuple[lis
 
 @api.post("/tasks", response={201: s.TaskOut, 200: s.TaskOut, **SUBMIT_ERRORS}, summary="Submit a task")
 def submit_task(request: HttpRequest, payload: TaskSubmission) -> Status[dict[str, Any]]:
-    """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body."""
+    """201 with the new task; 200 with the original when the Idempotency-Key was seen with this body,
+    or with the task holding the unique_key."""
     ids, created = _submit(request, [payload], payload.model_dump(mode="json"))
     return Status(201 if created else 200, tasks_by_id(ids)[0])
 
@@ -109,7 +110,8 @@ def submit_task(request: HttpRequest, payload: TaskSubmission) -> Status[dict[st
     "/tasks/bulk", response={201: s.BulkOut, 200: s.BulkOut, **SUBMIT_ERRORS}, summary="Submit up to 1,000"
 )
 def submit_bulk(request: HttpRequest, payload: BulkSubmission) -> Status[dict[str, Any]]:
-    """All or nothing, in one transaction."""
+    """All or nothing, in one transaction. 200 when no task was created (a replayed Idempotency-Key,
+    or every unique_key held: the holders are listed)."""
     ids, created = _submit(request, payload.tasks, payload.model_dump(mode="json"))
     return Status(201 if created else 200, {"tasks": tasks_by_id(ids)})
 
@@ -122,6 +124,7 @@ class ListParams(Schema):
     task: str | None = Field(default=None, max_length=255, description="HTTP name or dotted path")
     enqueued_after: s.IsoDateTime | None = None
     enqueued_before: s.IsoDateTime | None = None
+    unique_key: str | None = Field(default=None, max_length=255, description="Tasks with exactly this key")
     cursor: int | None = Field(
         default=None, ge=1, le=2**63 - 1, description="next_cursor of the previous page (smaller ids)"
     )
@@ -141,6 +144,7 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
             task_path=task_path,
             enqueued_after=params.enqueued_after,
             enqueued_before=params.enqueued_before,
+            unique_key=params.unique_key,
         ),
         before_id=params.cursor,
         limit=params.limit,
@@ -152,7 +156,7 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
 def get_task(request: HttpRequest, task_id: int) -> dict[str, Any]:
     """A waiting task says what holds it (waiting_on)."""
     task = get_task_or_404(task_id)
-    holds = store.why_waiting(task.id, stale_after=settings.TASKQUEUE["STALE_AFTER"])
+    holds = store.why_waiting(task.id, stale_after=conf.get().stale_after)
     return {**task_out(task), "waiting_on": None if holds is None else [asdict(h) for h in holds]}
 
 
@@ -167,11 +171,12 @@ def cancel_task(request: HttpRequest, task_id: int) -> Any:
 
 
 @api.post("/tasks/{task_id}/retry", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
-def retry_task(request: HttpRequest, task_id: int) -> Any:
-    """FAILED or CANCELLED back to READY with a fresh attempt budget, under the same id (the task
-    moves back from history and runs again); 409 from any other state."""
+def retry_task(request: HttpRequest, task_id: int, payload: s.RetryIn | None = None) -> Any:
+    """FAILED or CANCELLED back to READY under the same id (the task moves back from history and
+    runs again) with a fresh budget: `max_attempts` attempts from now (default: the task's own), the
+    backoff starting again from its base; 409 from any other state."""
     task = get_task_or_404(task_id)
-    if not backend().retry(str(task.id)):
+    if not backend().retry(str(task.id), max_attempts=payload.max_attempts if payload else None):
         current = get_task_or_404(task_id).status
         return error(
             409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
@@ -213,6 +218,11 @@ def _set_paused(request: HttpRequest, name: str, paused: bool) -> Any:
     return next(asdict(queue) for queue in store.queue_flow() if queue.name == name)
 
 
+@api.get("/schedules", response={200: s.SchedulesOut, **COMMON}, summary="Schedules and their next run")
+def list_schedules(request: HttpRequest) -> dict[str, Any]:
+    return {"schedules": [reads.schedule_out(schedule) for schedule in reads.list_schedules()]}
+
+
 @api.get("/workers", response={200: s.WorkersOut, **COMMON}, summary="Workers and their heartbeats")
 def list_workers(request: HttpRequest) -> dict[str, Any]:
     now = timezone.now()
@@ -235,25 +245,18 @@ def list_workers(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@api.get("/health", response={200: s.HealthOut, **COMMON}, summary="Is the queue healthy?")
-def health(request: HttpRequest) -> Any:
-    """503 when the database cannot be reached."""
-    try:
-        now = store.database_now()
-        totals = reads.summary(reads.status_counts())
-        finished = reads.throughput(now, HEALTH_WINDOW_MINUTES)
-        live = sum(1 for w in reads.list_workers() if reads.worker_health(w, now) == "alive")
-        oldest = reads.oldest_ready_age(now)
-    except (OperationalError, InterfaceError):
-        return error(503, "database_unavailable", "the database cannot be reached")
-    return {
-        "database": "ok",
-        "live_workers": live,
-        "pending": {status: totals.get(status, 0) for status in ("SCHEDULED", "READY", "RUNNING")},
-        "completed": {status: finished.get(status, 0) for status in ("SUCCESSFUL", "FAILED", "CANCELLED")},
-        "oldest_ready_age_seconds": oldest,
-        "timestamp": now,
-    }
+@api.get(
+    "/health",
+    response={**COMMON, 200: s.HealthOut, 503: s.HealthOut},
+    auth=HealthAuth(),
+    summary="Is the queue healthy?",
+)
+def health(request: HttpRequest) -> Status[dict[str, Any]]:
+    """`healthy`, `degraded` (the queue works, but not as it should) or `unhealthy` (503: the
+    database cannot be reached or migrations are missing), with the reasons."""
+    report = health_checks.report(HEALTH_WINDOW_MINUTES)
+    code = 503 if report.status == health_checks.UNHEALTHY else 200
+    return Status(code, {"status": report.status, "reasons": report.reasons, **report.figures})
 
 
 @api.get("/stats", response={200: s.StatsOut, **COMMON}, summary="Counts, throughput and latency")

@@ -34,6 +34,13 @@ def _utc(value: dt.datetime) -> dt.datetime:
         raise ValueError("date-time out of range") from None
 
 
+def _json_integer(value: Any) -> Any:
+    # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
 ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 IsoDateTime = Annotated[AwareDatetime, BeforeValidator(_iso_8601), AfterValidator(_utc)]
 
@@ -76,14 +83,21 @@ class TaskIn(Schema):
         description="Tasks of a queue with the same key run at most the queue's key_concurrency at a time "
         "(default 1).",
     )
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="While a task with this key is SCHEDULED, READY or RUNNING (or finished less than "
+        "unique_for seconds ago), no new task is made: the answer is 200 with that task instead of 201.",
+    )
+    unique_for: float | None = Field(
+        default=None, ge=0, le=366 * 86400, description="Seconds the key stays held after its task finished."
+    )
 
-    @field_validator("priority", "max_attempts", mode="before")
+    @field_validator("priority", "max_attempts", "unique_for", mode="before")
     @classmethod
     def numbers_are_numbers(cls, value: Any) -> Any:
-        # JSON's 5.0 is the integer 5, but "5" and true are not numbers.
-        if isinstance(value, bool | str):
-            raise ValueError("must be a JSON integer")
-        return value
+        return _json_integer(value)
 
     @field_validator("args", "kwargs")
     @classmethod
@@ -120,6 +134,21 @@ def bulk_schema(item: type[TaskIn]) -> type[BulkIn]:
         __base__=BulkIn,
         tasks=(list[item], Field(min_length=1, max_length=1000)),  # type: ignore[valid-type]
     )
+
+
+class RetryIn(Schema):
+    """An optional body for a retry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=1000, description="Attempts from the retry on; default: the task's own"
+    )
+
+    @field_validator("max_attempts", mode="before")
+    @classmethod
+    def a_number(cls, value: Any) -> Any:
+        return _json_integer(value)
 
 
 class TaskError(Schema):
@@ -185,6 +214,7 @@ class TaskOut(Schema):
         description="GET /api/tasks/{id} only, for a SCHEDULED or READY task: what holds it now "
         "(empty: nothing, a worker should take it at once).",
     )
+    unique_key: str | None = None
 
 
 class BulkOut(Schema):
@@ -216,14 +246,20 @@ class WorkersOut(Schema):
 
 
 class HealthOut(Schema):
-    database: str
-    live_workers: int
-    pending: dict[str, int] = Field(description="SCHEDULED, READY and RUNNING counts")
-    completed: dict[str, int] = Field(
-        description="SUCCESSFUL, FAILED and CANCELLED counts of tasks finished in the last 5 minutes"
+    status: Literal["healthy", "degraded", "unhealthy"] = Field(
+        description="degraded: tasks wait that no live worker will run, or wait too long, or workers "
+        "stopped beating; unhealthy (503): the database cannot be reached or migrations are missing"
     )
-    oldest_ready_age_seconds: float | None
-    timestamp: dt.datetime
+    reasons: list[str] = Field(description="Why the status is not healthy; empty when it is")
+    database: str = Field(description="ok or unavailable")
+    live_workers: int | None = None
+    pending: dict[str, int] | None = Field(default=None, description="SCHEDULED, READY and RUNNING counts")
+    completed: dict[str, int] | None = Field(
+        default=None,
+        description="SUCCESSFUL, FAILED and CANCELLED counts of tasks finished in the last 5 minutes",
+    )
+    oldest_ready_age_seconds: float | None = None
+    timestamp: dt.datetime | None = None
 
 
 class StatsOut(Schema):
@@ -231,6 +267,33 @@ class StatsOut(Schema):
     throughput: dict[str, dict[str, int]] = Field(description="finished tasks by status over 1m, 5m and 15m")
     pickup_latency_seconds: dict[str, float | None] = Field(description="p50 and p95 over 15 minutes")
     timestamp: dt.datetime
+
+
+class ScheduleOut(Schema):
+    name: str
+    task: str = Field(description="The task's dotted path")
+    cron: str
+    description: str = Field(description="The cron expression in words")
+    timezone: str
+    queue: str
+    priority: int
+    catch_up: str = Field(description="none, latest or all (with catch_up_limit)")
+    catch_up_limit: int
+    enabled: bool
+    source: str = Field(description="code (TASKQUEUE['SCHEDULE'] or @periodic) or admin")
+    next_run_at: dt.datetime | None = Field(description="The next tick not enqueued yet")
+    last_run: LastRunOut | None
+
+
+class LastRunOut(Schema):
+    tick_at: dt.datetime
+    manual: bool
+    task_id: int | None
+    status: str | None = Field(description="The task's status; null once it has been purged")
+
+
+class SchedulesOut(Schema):
+    schedules: list[ScheduleOut]
 
 
 class Error(Schema):

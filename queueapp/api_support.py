@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -20,7 +19,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security import HttpBearer
 
-from queueapp import apikeys, models
+from queueapp import apikeys, conf, models
 from queueapp.submissions import SubmissionError
 
 API_PREFIX = "/api/"
@@ -47,6 +46,18 @@ class ApiKeyAuth(HttpBearer):
             raise DatabaseUnavailable(str(exc)) from exc
 
 
+class HealthAuth(HttpBearer):
+    """/api/health's key check: when the database that holds the keys cannot be reached, the
+    request goes on to hear "unhealthy: database unreachable" (all /readyz tells anyone) instead of
+    an error that says nothing about health."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> models.ApiKey | str | None:
+        try:
+            return apikeys.authenticate(token)
+        except (OperationalError, InterfaceError):
+            return "unverified"
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (NaN and Infinity are refused)")
 
@@ -69,7 +80,7 @@ class BodyLimits:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path.startswith(API_PREFIX) and request.method in ("POST", "PUT", "PATCH"):
-            limit = settings.TASKQUEUE["API_MAX_BODY_BYTES"]
+            limit = conf.get().api_max_body_bytes
             if "CONTENT_LENGTH" not in request.META and "HTTP_TRANSFER_ENCODING" in request.META:
                 refused = read_unannounced_body(request, limit)
                 if refused is not None:
@@ -118,10 +129,21 @@ def read_unannounced_body(request: HttpRequest, limit: int) -> HttpResponse | No
     return None
 
 
+def _field_path(loc: Sequence[Any]) -> Sequence[Any]:
+    """A field's path in the request: ninja puts where it came from (body, query) and the view's
+    parameter name first; a field of the request is named "payload" only when it is called so."""
+    start = 0
+    if len(loc) > start and loc[start] in ("body", "query", "path"):
+        start += 1
+    if len(loc) > start and loc[start] == "payload":
+        start += 1
+    return loc[start:]
+
+
 def _validation_detail(exc: ValidationError) -> str:
     parts = []
     for item in exc.errors:
-        location = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "payload"))
+        location = ".".join(str(part) for part in _field_path(item.get("loc", ())))
         parts.append(f"{location or 'body'}: {item.get('msg', 'invalid')}")
     return "; ".join(parts) or "the request is invalid"
 
@@ -142,7 +164,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
         return error(404, "not_found", str(exc) or "no such resource")
 
     def on_submission(request: HttpRequest, exc: Any) -> HttpResponse:
-        headers = {"Retry_After": str(settings.TASKQUEUE["API_RETRY_AFTER"])} if exc.status == 429 else {}
+        headers = {"Retry_After": str(conf.get().api_retry_after)} if exc.status == 429 else {}
         return error(exc.status, exc.code, str(exc), **headers)
 
     def on_too_big(request: HttpRequest, exc: Any) -> HttpResponse:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.tasks import Task, TaskResult, TaskResultStatus
@@ -13,7 +15,8 @@ from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
 
-from queueapp import registry, store
+from queueapp import registry, signatures, store
+from queueapp.states import TaskStatus
 
 _MAX_BIGINT = 2**63 - 1
 
@@ -26,13 +29,13 @@ else:
 
 # SCHEDULED is a READY task that is not due yet; CANCELLED has no django.tasks word: it is a task
 # that did not succeed.
-_STATUS_FOR_DJANGO = {
-    "SCHEDULED": TaskResultStatus.READY,
-    "READY": TaskResultStatus.READY,
-    "RUNNING": TaskResultStatus.RUNNING,
-    "SUCCESSFUL": TaskResultStatus.SUCCESSFUL,
-    "FAILED": TaskResultStatus.FAILED,
-    "CANCELLED": TaskResultStatus.FAILED,
+_STATUS_FOR_DJANGO: dict[str, TaskResultStatus] = {
+    TaskStatus.SCHEDULED: TaskResultStatus.READY,
+    TaskStatus.READY: TaskResultStatus.READY,
+    TaskStatus.RUNNING: TaskResultStatus.RUNNING,
+    TaskStatus.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    TaskStatus.FAILED: TaskResultStatus.FAILED,
+    TaskStatus.CANCELLED: TaskResultStatus.FAILED,
 }
 
 
@@ -46,6 +49,13 @@ class QueueTask(AnyTask):
     """Seconds an attempt may run before its process is killed (`runworker --processes` only)."""
     concurrency_key: str | None = None
     """Runs with the same key in a queue run at most its key_concurrency at a time (default 1)."""
+    unique: bool | Callable[..., str] = False
+    """One live run at a time: True keys a run by the task and its arguments, a function of the
+    arguments returns the key itself. Enqueueing a held key returns the holder's result."""
+    unique_key: str | None = None
+    """A key for one call (``.using(unique_key=...)``), over what ``unique`` would make."""
+    unique_for: float | timedelta = 0.0
+    """Seconds (or a timedelta) the key stays held after the run finished."""
 
     def using(  # type: ignore[override,unused-ignore]
         self,
@@ -57,18 +67,37 @@ class QueueTask(AnyTask):
         max_attempts: int | None = None,
         timeout: float | None = None,
         concurrency_key: str | None = None,
+        unique_key: str | None = None,
+        unique_for: float | timedelta | None = None,
     ) -> QueueTask:
         task: AnyTask = Task.using(
             self, priority=priority, queue_name=queue_name, run_after=run_after, backend=backend
         )
         assert isinstance(task, QueueTask)
-        if max_attempts is not None:
-            task = replace(task, max_attempts=max_attempts)
-        if timeout is not None:
-            task = replace(task, timeout=timeout)
-        if concurrency_key is not None:
-            task = replace(task, concurrency_key=concurrency_key)
-        return task
+        extras: dict[str, Any] = {
+            "max_attempts": max_attempts,
+            "timeout": timeout,
+            "unique_key": unique_key,
+            "unique_for": unique_for,
+            "concurrency_key": concurrency_key,
+        }
+        changes = {name: value for name, value in extras.items() if value is not None}
+        return replace(task, **changes) if changes else task
+
+    def key_for(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """This run's unique key, or None when the task is not unique."""
+        if self.unique_key is not None:
+            return self.unique_key
+        if callable(self.unique):
+            return str(self.unique(*args, **kwargs))
+        if self.unique:
+            call = json.dumps([list(args), dict(kwargs)], sort_keys=True, separators=(",", ":"), default=str)
+            return f"{self.module_path}:{hashlib.sha256(call.encode()).hexdigest()}"
+        return None
+
+    def unique_seconds(self) -> float:
+        period = self.unique_for
+        return period.total_seconds() if isinstance(period, timedelta) else float(period)
 
     def enqueue_many(self, calls: Iterable[tuple[Sequence[Any], Mapping[str, Any]]]) -> list[AnyResult]:
         """Enqueue one run of this task per (args, kwargs) pair in one statement."""
@@ -111,6 +140,8 @@ class PostgresBackend(BaseTaskBackend):
         key = getattr(task, "concurrency_key", None)
         if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or "\x00" in key):
             raise InvalidTask(f"concurrency_key must be a string of 1 to 200 characters, not {key!r}.")
+        if isinstance(task, QueueTask):
+            _validate_unique(task)
         registry.register(task)
 
     def _task_fields(self, task: AnyTask) -> dict[str, Any]:
@@ -127,13 +158,24 @@ class PostgresBackend(BaseTaskBackend):
         }
 
     @staticmethod
-    def _new_task(fields: dict[str, Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> store.NewTask:
+    def _new_task(
+        fields: dict[str, Any], task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> store.NewTask:
         kwargs = dict(kwargs)
+        signatures.check_arguments(task, args, kwargs)
         args_json, kwargs_json = store.encode_arguments(args, kwargs)
-        return store.NewTask(**fields, args=args, kwargs=kwargs, args_json=args_json, kwargs_json=kwargs_json)
+        new = store.NewTask(**fields, args=args, kwargs=kwargs, args_json=args_json, kwargs_json=kwargs_json)
+        if _is_unique(task):
+            assert isinstance(task, QueueTask)
+            new.unique_key = _checked_key(task.key_for(args, kwargs))
+            new.unique_for = task.unique_seconds()
+        return new
 
     def enqueue(self, task: AnyTask, args: Sequence[Any], kwargs: Mapping[str, Any]) -> AnyResult:
-        new = self._new_task(self._task_fields(task), args, kwargs)
+        """Enqueue one run; for a unique task whose key is held, the holder's result instead."""
+        if _is_unique(task):
+            return self.enqueue_calls([(task, args, kwargs)])[0][0]
+        new = self._new_task(self._task_fields(task), task, args, kwargs)
         result = self.enqueued_result(task, new, store.enqueue_task(new, using=self.database))
         task_enqueued.send(type(self), task_result=result)
         return result
@@ -146,6 +188,13 @@ class PostgresBackend(BaseTaskBackend):
         All or nothing: an invalid call raises and nothing of the batch is stored (inside the
         caller's transaction, a savepoint keeps that transaction usable).
         """
+        return [result for result, _ in self.enqueue_calls(calls)]
+
+    def enqueue_calls(
+        self, calls: Iterable[tuple[AnyTask, Sequence[Any], Mapping[str, Any]]]
+    ) -> list[tuple[AnyResult, bool]]:
+        """enqueue_many, saying for each run whether it was created (False: a unique task's key
+        was held, and the result is the holder's)."""
         calls = list(calls)
         fields: dict[int, dict[str, Any]] = {}  # a batch mostly repeats one task: check each once
 
@@ -153,17 +202,24 @@ class PostgresBackend(BaseTaskBackend):
             for task, args, kwargs in calls:
                 if id(task) not in fields:
                     fields[id(task)] = self._task_fields(task)
-                yield self._new_task(fields[id(task)], args, kwargs)
+                yield self._new_task(fields[id(task)], task, args, kwargs)
 
-        results = store.enqueue_tasks(
-            len(calls),
-            batch(),
-            each=lambda index, new, inserted: self.enqueued_result(calls[index][0], new, inserted),
-            using=self.database,
-        )
-        for result in results:
-            task_enqueued.send(type(self), task_result=result)
-        return results
+        def each(index: int, new: store.NewTask, inserted: store.Inserted) -> tuple[AnyResult, bool]:
+            task = calls[index][0]
+            if inserted.created:
+                return self.enqueued_result(task, new, inserted), True
+            holder = store.get_task(inserted.id, using=self.database)
+            assert holder is not None  # read in the transaction that found it
+            return self.to_result(task, holder), False
+
+        if any(_is_unique(task) for task, _, _ in calls):
+            made = store.enqueue_unique_tasks(list(batch()), each=each, using=self.database)
+        else:
+            made = store.enqueue_tasks(len(calls), batch(), each=each, using=self.database)
+        for result, created in made:
+            if created:
+                task_enqueued.send(type(self), task_result=result)
+        return made
 
     def get_result(self, result_id: str) -> AnyResult:
         task_id = parse_result_id(result_id)
@@ -187,18 +243,24 @@ class PostgresBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(result_id)
         return False
 
-    def retry(self, result_id: str) -> bool:
-        """FAILED or CANCELLED back to READY with a fresh budget of attempts (the task's own
-        max_attempts, else the default). False when the task is in another state."""
+    def retry(self, result_id: str, *, max_attempts: int | None = None) -> bool:
+        """FAILED or CANCELLED back to READY with a fresh budget: max_attempts attempts counted from
+        now (by default the task's own max_attempts, else the backend's), and a backoff that starts
+        again from its base. False when the task is in another state."""
+        if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
+            raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
         task_id = parse_result_id(result_id)
         row = store.get_task(task_id, using=self.database) if task_id is not None else None
         if row is None:
             raise TaskResultDoesNotExist(result_id)
-        try:
-            budget = getattr(registry.get(row.task_path), "max_attempts", None) or self.max_attempts
-        except InvalidTask:  # not registered here: the default budget
-            budget = self.max_attempts
+        budget = max_attempts or self._default_budget(row.task_path)
         return store.retry_task(row.id, budget=budget, using=self.database)
+
+    def _default_budget(self, task_path: str) -> int:
+        try:
+            return getattr(registry.get(task_path), "max_attempts", None) or self.max_attempts
+        except InvalidTask:  # not registered here: the default budget
+            return self.max_attempts
 
     def enqueued_result(self, task: AnyTask, new: store.NewTask, inserted: store.Inserted) -> AnyResult:
         """The django.tasks view of a task just inserted (no need to read it back)."""
@@ -238,6 +300,26 @@ class PostgresBackend(BaseTaskBackend):
         )
         object.__setattr__(result, "_return_value", row.return_value)
         return result
+
+
+def _is_unique(task: AnyTask) -> bool:
+    return isinstance(task, QueueTask) and (task.unique_key is not None or bool(task.unique))
+
+
+def _validate_unique(task: QueueTask) -> None:
+    _checked_key(task.unique_key)
+    if not (isinstance(task.unique, bool) or callable(task.unique)):
+        raise InvalidTask(f"unique must be True, False or a function of the arguments, not {task.unique!r}.")
+    period = task.unique_for
+    seconds = period.total_seconds() if isinstance(period, timedelta) else period
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
+        raise InvalidTask(f"unique_for must be 0 or more seconds (or a timedelta), not {period!r}.")
+
+
+def _checked_key(key: str | None) -> str | None:
+    if key is not None and not (isinstance(key, str) and 1 <= len(key) <= 255 and "\x00" not in key):
+        raise InvalidTask(f"unique_key must be a string of 1 to 255 characters, not {key!r}.")
+    return key
 
 
 def parse_result_id(result_id: object) -> int | None:

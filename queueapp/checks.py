@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
-from queueapp import models
+from queueapp import conf, models, schedules, store
 
 
 @checks.register()
@@ -28,7 +28,7 @@ def check_database_is_postgresql(app_configs: Any = None, **kwargs: Any) -> list
 
 @checks.register()
 def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    limit = settings.TASKQUEUE.get("MAX_ARGS_BYTES", 0)
+    limit = conf.get().max_args_bytes
     if not 0 < limit <= models.ARGS_HARD_LIMIT_BYTES:
         return [
             checks.Error(
@@ -37,4 +37,51 @@ def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
                 id="queueapp.E002",
             )
         ]
+    return []
+
+
+@checks.register()
+def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Schedules declared in code: a bad cron expression, zone or task stops start-up with its
+    reason instead of a schedule that silently never runs."""
+    try:
+        specs = schedules.declared()
+    except ValueError as exc:
+        return [checks.Error(str(exc), id="queueapp.E003")]
+    return [
+        checks.Error(error, id="queueapp.E004") for spec in specs for error in schedules.spec_errors(spec)
+    ]
+
+
+@checks.register()
+def check_settings_are_known(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """A TASKQUEUE key nothing reads is most likely a typo, which would otherwise go unnoticed."""
+    return [
+        checks.Warning(
+            f"TASKQUEUE[{key!r}] is not a taskqueue setting; it is ignored.",
+            hint="The settings are the fields of queueapp.conf.QueueSettings, in upper case.",
+            id="queueapp.W001",
+        )
+        for key in conf.unknown_keys()
+    ]
+
+
+@checks.register()
+def check_return_value_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    limit = conf.get().max_return_bytes
+    if limit <= 0:
+        return [
+            checks.Error(
+                f"TASKQUEUE['MAX_RETURN_BYTES'] is {limit}; it must be positive.", id="queueapp.E005"
+            )
+        ]
+    return []
+
+
+@checks.register()
+def check_prepared_statements(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        store.poolers.prepared_mode()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="queueapp.E006")]
     return []

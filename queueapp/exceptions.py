@@ -24,8 +24,20 @@ class ArgumentsNotJSON(TaskQueueError, InvalidTask):
     """The task's arguments cannot be stored as JSON."""
 
 
+class ArgumentsDoNotMatch(TaskQueueError, InvalidTask):
+    """The arguments do not fit the task function's signature."""
+
+
 class ReturnValueNotJSON(TaskQueueError):
     """The task returned a value that cannot be stored as JSON."""
+
+
+class ReturnValueTooLarge(TaskQueueError):
+    """The task returned a value larger than TASKQUEUE["MAX_RETURN_BYTES"] as JSON."""
+
+
+class ArgumentsMalformed(TaskQueueError):
+    """The stored args are not a JSON array or the kwargs not a JSON object."""
 
 
 class WorkerLost(TaskQueueError):
@@ -38,3 +50,7 @@ class WorkerInterrupted(TaskQueueError):
 
 class TaskTimeout(TaskQueueError):
     """The attempt ran past the task's timeout and its process was killed."""
+
+
+class UniqueKeyContended(TaskQueueError):
+    """The unique key was taken and freed again on every attempt to enqueue it; try again."""

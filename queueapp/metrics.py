@@ -9,14 +9,13 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from queueapp import models, reads, store
+from queueapp import conf, models, reads, store
 
 
 class QueueCollector(Collector):
@@ -46,7 +45,14 @@ class QueueCollector(Collector):
                 states[state] += 1
         for state, count in states.items():
             workers.add_metric([state], count)
-        yield from (tasks, oldest, workers)
+        overdue = GaugeMetricFamily(
+            "taskqueue_schedule_overdue_seconds",
+            "How far behind its next tick each enabled schedule is (0 while schedulers keep up)",
+            labels=["schedule"],
+        )
+        for name, next_run_at in reads.schedule_cursors():
+            overdue.add_metric([name], max(0.0, (now - next_run_at).total_seconds()))
+        yield from (tasks, oldest, workers, overdue)
 
 
 class FlowCollector(Collector):
@@ -77,7 +83,7 @@ class FlowCollector(Collector):
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    token = settings.TASKQUEUE.get("METRICS_TOKEN")
+    token = conf.get().metrics_token
     if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
         return HttpResponse("metrics need `Authorization: Bearer <TASKQUEUE_METRICS_TOKEN>`\n", status=401)
     registry = CollectorRegistry(auto_describe=False)

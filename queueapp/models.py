@@ -8,8 +8,12 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Func, Q, TextField
 from django.db.models.functions import Cast
-from django.db.models.lookups import LessThanOrEqual
+from django.db.models.lookups import Exact, LessThanOrEqual
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
+
+from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, TaskStatus, WorkerState
+
+__all__ = ["LIVE_STATUSES", "TERMINAL_STATUSES", "TaskStatus", "WorkerState"]
 
 # Combined JSON size of args and kwargs the database accepts; the Python side checks
 # the configurable (smaller or equal) TASKQUEUE["MAX_ARGS_BYTES"] first with a clear error.
@@ -20,33 +24,8 @@ def _octet_length(field: str) -> Func:
     return Func(Cast(field, TextField()), function="octet_length", output_field=models.IntegerField())
 
 
-class TaskStatus(models.TextChoices):
-    SCHEDULED = "SCHEDULED", "Scheduled"
-    """Not due yet: deferred, or waiting for a retry (run_after is later). The stager makes it READY."""
-    READY = "READY", "Ready"
-    """Due: the claim takes READY tasks by priority, then run_after, then id."""
-    RUNNING = "RUNNING", "Running"
-    """Claimed by a worker, which holds it through the fenced worker_id and attempt."""
-    SUCCESSFUL = "SUCCESSFUL", "Successful"
-    """Terminal: returned a value."""
-    FAILED = "FAILED", "Failed"
-    """Terminal: the last attempt raised or its worker was lost."""
-    CANCELLED = "CANCELLED", "Cancelled"
-    """Terminal: cancelled before it could finish. django.tasks sees it as FAILED."""
-
-
-LIVE_STATUSES = (TaskStatus.SCHEDULED, TaskStatus.READY, TaskStatus.RUNNING)
-"""Statuses of tasks that can still run: they live in queueapp_task_live."""
-TERMINAL_STATUSES = (TaskStatus.SUCCESSFUL, TaskStatus.FAILED, TaskStatus.CANCELLED)
-"""Statuses of finished tasks: they live in queueapp_task_history, partitioned by finished_at."""
-
-
-class WorkerState(models.TextChoices):
-    ALIVE = "ALIVE", "Alive"
-    STOPPING = "STOPPING", "Stopping"
-    STOPPED = "STOPPED", "Stopped"
-    LOST = "LOST", "Lost"
-    """Its heartbeat stopped; the reaper took its tasks away."""
+def _json_type(field: str) -> Func:
+    return Func(models.F(field), function="jsonb_typeof", output_field=TextField())
 
 
 class Worker(models.Model):
@@ -61,11 +40,16 @@ class Worker(models.Model):
     started_at = models.DateTimeField(db_default=models.functions.Now())
     last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
     stopped_at = models.DateTimeField(null=True, blank=True)
+    flow_epoch = models.IntegerField(default=0, db_default=0, editable=False)
+    """Moved on by every flow-control change of the worker's queues: its plain claim claims nothing
+    until the worker has looked at the settings since (queries.sql, flow_changed)."""
 
     class Meta:
         indexes = [
             models.Index(
-                fields=["last_heartbeat_at"], name="worker_alive_beat_idx", condition=Q(state="ALIVE")
+                fields=["last_heartbeat_at"],
+                name="worker_alive_beat_idx",
+                condition=Q(state=WorkerState.ALIVE),
             ),
         ]
         constraints = [
@@ -108,7 +92,9 @@ class TaskColumns(models.Model):
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
     # NULL, not "": no key is not a key that all unkeyed tasks share.
     concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
-    """Tasks of a queue with the same key run at most QueueSettings.key_concurrency at a time."""
+    """Tasks of a queue with the same key run at most QueueControl.key_concurrency at a time."""
+    unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 (NULL: no key, unindexed)
+    """A unique task's key: no two live tasks share one (docs/scheduling.md, "Unique tasks")."""
 
     class Meta:
         abstract = True
@@ -139,6 +125,9 @@ class LiveTask(TaskColumns):
         related_name="live_tasks",
     )
     """The worker running the current attempt (None unless RUNNING)."""
+    retried_at_attempt = models.IntegerField(db_default=0)
+    """Attempts already used when the task was last retried by hand: its backoff counts from there,
+    so a retried task waits as little as a new one before its second attempt."""
 
     class Meta:
         db_table = "queueapp_task_live"
@@ -152,16 +141,20 @@ class LiveTask(TaskColumns):
                 "run_after",
                 "id",
                 name="task_live_claim_idx",
-                condition=Q(status="READY"),
+                condition=Q(status=TaskStatus.READY),
             ),
             # The stager: SCHEDULED tasks by the time they become due.
-            models.Index(fields=["run_after"], name="task_live_due_idx", condition=Q(status="SCHEDULED")),
+            models.Index(
+                fields=["run_after"], name="task_live_due_idx", condition=Q(status=TaskStatus.SCHEDULED)
+            ),
             # Back pressure counts one queue's READY tasks (up to its limit) without walking the others.
             models.Index(
-                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status="READY")
+                fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status=TaskStatus.READY)
             ),
             # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
-            models.Index(fields=["worker"], name="task_live_running_idx", condition=Q(status="RUNNING")),
+            models.Index(
+                fields=["worker"], name="task_live_running_idx", condition=Q(status=TaskStatus.RUNNING)
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -175,7 +168,7 @@ class LiveTask(TaskColumns):
                 condition=Q(timeout__gt=0) | Q(timeout__isnull=True), name="task_live_timeout_positive"
             ),
             models.CheckConstraint(
-                condition=Q(status="RUNNING", worker__isnull=False) | ~Q(status="RUNNING"),
+                condition=Q(status=TaskStatus.RUNNING, worker__isnull=False) | ~Q(status=TaskStatus.RUNNING),
                 name="task_live_running_has_worker",
             ),
             models.CheckConstraint(
@@ -183,6 +176,18 @@ class LiveTask(TaskColumns):
                     _octet_length("args") + _octet_length("kwargs"), ARGS_HARD_LIMIT_BYTES
                 ),
                 name="task_live_args_size_cap",
+            ),
+            # Unique tasks: one live task per key, whatever races. Partial, so a task without a key
+            # adds no index entry (only the predicate is evaluated on insert).
+            models.UniqueConstraint(
+                fields=["unique_key"], condition=Q(unique_key__isnull=False), name="task_live_unique_key"
+            ),
+            # A task's arguments as the API and enqueue write them: a string or an object as args
+            # would run with its characters or keys as arguments. History has the same checks
+            # (migration 0006, which adds them without a long lock).
+            models.CheckConstraint(condition=Exact(_json_type("args"), "array"), name="task_live_args_array"),
+            models.CheckConstraint(
+                condition=Exact(_json_type("kwargs"), "object"), name="task_live_kwargs_object"
             ),
         ]
 
@@ -261,11 +266,11 @@ class BreakerEvent(models.Model):
         return f"{self.queue_name} {'failed' if self.failed else 'succeeded'} at {self.at}"
 
 
-class QueueSettings(models.Model):
+class QueueControl(models.Model):
     """Flow control of one queue: pause, fleet-wide concurrency and rate limits (docs/flow-control.md).
 
     A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
-    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0004) by
+    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0008) by
     the claim that locks this row.
     """
 
@@ -381,3 +386,67 @@ class Idempotency(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.task_ids}"
+
+
+class CatchUp(models.TextChoices):
+    """What a schedule does with ticks missed while no worker ran (later than SCHEDULE_GRACE)."""
+
+    NONE = "none", "None: skip missed ticks"
+    LATEST = "latest", "Latest: run the latest missed tick once"
+    ALL = "all", "All: run every missed tick, up to the limit"
+
+
+class Schedule(models.Model):
+    """A periodic task: enqueued at every tick of a cron expression, in a time zone, by the
+    scheduler service every worker runs. Declared in code (source "code", kept in step at worker
+    start) or made in the admin (source "admin")."""
+
+    name = models.CharField(max_length=100, unique=True)
+    task_path = models.CharField(max_length=255)
+    cron = models.CharField(
+        max_length=100, help_text="Five fields (minute hour day month weekday), or six with seconds"
+    )
+    timezone = models.CharField(max_length=64, default="UTC", help_text="An IANA zone, e.g. Europe/Paris")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    queue_name = models.CharField(max_length=100, default="default")
+    priority = models.SmallIntegerField(default=0)
+    catch_up = models.CharField(max_length=10, choices=CatchUp.choices, default=CatchUp.LATEST)
+    catch_up_limit = models.PositiveIntegerField(default=100)
+    """With catch_up "all": at most this many missed ticks run (the latest ones)."""
+    enabled = models.BooleanField(default=True)
+    source = models.CharField(max_length=10, default="admin", editable=False)
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    """The first tick not handled yet: the scheduler's cursor (it only moves forward)."""
+    created_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(catch_up__in=CatchUp.values), name="schedule_catch_up_known"),
+            models.CheckConstraint(
+                condition=Q(priority__gte=TASK_MIN_PRIORITY, priority__lte=TASK_MAX_PRIORITY),
+                name="schedule_priority_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ScheduleTick(models.Model):
+    """One tick of a schedule that was enqueued. The unique (schedule, tick_at) is what makes a
+    tick run once however many schedulers race for it; "run now" adds a manual tick."""
+
+    schedule = models.ForeignKey(Schedule, on_delete=models.CASCADE, related_name="ticks")
+    tick_at = models.DateTimeField()
+    task_id = models.BigIntegerField(null=True)
+    """The task enqueued for the tick (no foreign key: tasks live in a view over two tables)."""
+    manual = models.BooleanField(default=False)
+    enqueued_at = models.DateTimeField(db_default=models.functions.Now())
+
+    class Meta:
+        db_table = "queueapp_schedule_tick"
+        constraints = [models.UniqueConstraint(fields=["schedule", "tick_at"], name="schedule_tick_once")]
+
+    def __str__(self) -> str:
+        return f"{self.schedule_id} @ {self.tick_at}"

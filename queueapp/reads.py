@@ -9,15 +9,15 @@ goes through store.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from queueapp import models, store
+from queueapp import conf, cron, models, store
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +27,7 @@ class TaskFilter:
     task_path: str | None = None
     enqueued_after: dt.datetime | None = None
     enqueued_before: dt.datetime | None = None
+    unique_key: str | None = None
 
 
 def list_tasks(
@@ -44,6 +45,8 @@ def list_tasks(
         tasks = tasks.filter(enqueued_at__gte=filters.enqueued_after)
     if filters.enqueued_before:
         tasks = tasks.filter(enqueued_at__lt=filters.enqueued_before)
+    if filters.unique_key:
+        tasks = tasks.filter(unique_key=filters.unique_key)
     if before_id is not None:
         tasks = tasks.filter(id__lt=before_id)
     page = list(tasks.order_by("-id")[: limit + 1])
@@ -54,7 +57,7 @@ def list_tasks(
 
 def worker_health(worker: models.Worker, now: dt.datetime) -> str:
     """ALIVE workers whose heartbeat is older than STALE_AFTER show as stale until a reaper runs."""
-    stale_after = dt.timedelta(seconds=settings.TASKQUEUE["STALE_AFTER"])
+    stale_after = dt.timedelta(seconds=conf.get().stale_after)
     if worker.state == models.WorkerState.ALIVE and now - worker.last_heartbeat_at > stale_after:
         return "stale"
     return worker.state.lower()
@@ -64,7 +67,7 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     """Workers, each with `running`: how many tasks it holds. A correlated count per worker reads
     task_running_worker_idx; a join with a filter would hash the whole task table."""
     running = (
-        models.LiveTask.objects.filter(worker=OuterRef("pk"), status="RUNNING")
+        models.LiveTask.objects.filter(worker=OuterRef("pk"), status=models.TaskStatus.RUNNING)
         .order_by()
         .values("worker")
         .annotate(n=Count("*"))
@@ -73,10 +76,23 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
     return models.Worker.objects.annotate(running=Coalesce(Subquery(running), 0))
 
 
+def running_tasks(worker_id: uuid.UUID, *, limit: int) -> list[models.LiveTask]:
+    """The tasks a worker is running, oldest start first (task_live_running_idx)."""
+    return list(
+        models.LiveTask.objects.filter(worker_id=worker_id, status="RUNNING").order_by("started_at", "id")[
+            :limit
+        ]
+    )
+
+
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since
-    recent = Q(state__in=["ALIVE", "STOPPING"]) | Q(stopped_at__gte=since) | Q(last_heartbeat_at__gte=since)
+    recent = (
+        Q(state__in=[models.WorkerState.ALIVE, models.WorkerState.STOPPING])
+        | Q(stopped_at__gte=since)
+        | Q(last_heartbeat_at__gte=since)
+    )
     return list(workers_with_running_counts().filter(recent).order_by("-started_at")[:500])
 
 
@@ -86,17 +102,6 @@ def status_counts() -> dict[str, dict[str, int]]:
     for row in models.LiveTask.objects.values("queue_name", "status").annotate(n=Count("id")).order_by():
         counts.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
     return counts
-
-
-def oldest_ready_age(now: dt.datetime) -> float | None:
-    """Seconds the longest-waiting due READY task has waited past its run_after."""
-    oldest = (
-        models.LiveTask.objects.filter(status="READY", run_after__lte=Now())
-        .order_by("run_after")
-        .values_list("run_after", flat=True)
-        .first()
-    )
-    return (now - oldest).total_seconds() if oldest else None
 
 
 def throughput(now: dt.datetime, minutes: int) -> dict[str, int]:
@@ -123,3 +128,62 @@ def summary(counts: dict[str, dict[str, int]]) -> dict[str, Any]:
         for status, n in per_status.items():
             totals[status] = totals.get(status, 0) + n
     return totals
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """A schedule's latest tick and its task (status None: the task was purged)."""
+
+    tick_at: dt.datetime
+    manual: bool
+    task_id: int | None
+    status: str | None
+
+
+def schedule_cursors() -> list[tuple[str, dt.datetime]]:
+    """(name, next_run_at) of every enabled schedule."""
+    enabled = models.Schedule.objects.filter(enabled=True, next_run_at__isnull=False)
+    return [
+        (name, next_run_at) for name, next_run_at in enabled.values_list("name", "next_run_at") if next_run_at
+    ]
+
+
+def list_schedules() -> list[models.Schedule]:
+    """Every schedule by name, each with .last_run (LastRun or None)."""
+    found = list(models.Schedule.objects.order_by("name"))
+    latest = {
+        tick.schedule_id: tick
+        for tick in models.ScheduleTick.objects.filter(schedule__in=found)
+        .order_by("schedule_id", "-tick_at")
+        .distinct("schedule_id")
+    }
+    task_ids = [tick.task_id for tick in latest.values() if tick.task_id is not None]
+    statuses = dict(models.Task.objects.filter(id__in=task_ids).values_list("id", "status"))
+    for schedule in found:
+        tick = latest.get(schedule.id)
+        schedule.last_run = (  # type: ignore[attr-defined]
+            LastRun(tick.tick_at, tick.manual, tick.task_id, statuses.get(tick.task_id or 0))
+            if tick
+            else None
+        )
+    return found
+
+
+def schedule_out(schedule: models.Schedule) -> dict[str, Any]:
+    """A schedule as the API and `manage.py schedules` show it."""
+    last: LastRun | None = schedule.last_run  # type: ignore[attr-defined]
+    return {
+        "name": schedule.name,
+        "task": schedule.task_path,
+        "cron": schedule.cron,
+        "description": cron.describe(schedule.cron),
+        "timezone": schedule.timezone,
+        "queue": schedule.queue_name,
+        "priority": schedule.priority,
+        "catch_up": schedule.catch_up,
+        "catch_up_limit": schedule.catch_up_limit,
+        "enabled": schedule.enabled,
+        "source": schedule.source,
+        "next_run_at": schedule.next_run_at if schedule.enabled else None,
+        "last_run": last.__dict__ if last else None,
+    }

@@ -14,10 +14,9 @@ from importlib.util import find_spec
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.tasks import Task
 
-from queueapp import exceptions
+from queueapp import conf, exceptions
 
 logger = logging.getLogger(__name__)
 
@@ -55,5 +54,5 @@ def autodiscover() -> None:
         name = f"{app_config.name}.tasks"
         if find_spec(name) is not None:
             import_module(name)
-    for name in settings.TASKQUEUE.get("IMPORTS", []):
+    for name in conf.get().imports:
         import_module(name)

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTask
 
-from queueapp import http_tasks, models, store
+from queueapp import conf, http_tasks, models, store
 from queueapp.backend import AnyTask, PostgresBackend
 from queueapp.exceptions import TaskQueueError
 
@@ -67,6 +66,8 @@ class Submission:
     run_after: datetime | None = None
     max_attempts: int | None = None
     concurrency_key: str | None = None
+    unique_key: str | None = None
+    unique_for: float | None = None
 
 
 def request_hash(body: Any) -> str:
@@ -74,8 +75,8 @@ def request_hash(body: Any) -> str:
 
 
 def queue_limit(queue: str) -> int | None:
-    limits: dict[str, int] = settings.TASKQUEUE.get("QUEUE_LIMITS", {})
-    return limits.get(queue, settings.TASKQUEUE.get("MAX_READY_PER_QUEUE"))
+    limits = conf.get()
+    return limits.queue_limits.get(queue, limits.max_ready_per_queue)
 
 
 def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
@@ -91,6 +92,8 @@ def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
             run_after=item.run_after,
             max_attempts=item.max_attempts,
             concurrency_key=item.concurrency_key,
+            unique_key=item.unique_key,
+            unique_for=item.unique_for,
         )
     except InvalidTask as exc:
         raise InvalidSubmission(f"{item.task}: {exc}") from exc
@@ -107,7 +110,8 @@ def submit(
     api_key: models.ApiKey, items: Sequence[Submission], *, idempotency_key: str | None, body_hash: str
 ) -> tuple[list[int], bool]:
     """Enqueue items in one transaction; returns (task ids, created). A replayed Idempotency-Key
-    with the same body returns the original ids and created=False."""
+    with the same body returns the original ids and created=False; so do unique keys that were all
+    held (the ids are then the holders')."""
     backend = task_backends["default"]
     assert isinstance(backend, PostgresBackend)
     tasks = [_resolve(api_key, item) for item in items]
@@ -127,12 +131,12 @@ def submit(
                 return earlier[1], False
         _check_back_pressure(tasks)
         try:
-            results = backend.enqueue_many(
+            made = backend.enqueue_calls(
                 (task, item.args, item.kwargs) for task, item in zip(tasks, items, strict=True)
             )
         except InvalidTask as exc:
             raise InvalidSubmission(str(exc)) from exc
-        ids = [int(result.id) for result in results]
+        ids = [int(result.id) for result, _ in made]
         if claimed is not None:
             store.set_idempotency_tasks(claimed, ids)
-    return ids, True
+    return ids, any(created for _, created in made)

@@ -82,10 +82,12 @@ def init(datadir: Path, bindir: Path) -> None:
 
 
 def port_of(datadir: Path) -> int:
-    for line in (datadir / "postgresql.conf").read_text().splitlines():
-        if line.startswith("port = "):
-            return int(line.split("=")[1])
-    raise SystemExit(f"no port in {datadir}/postgresql.conf")
+    """The cluster's port: the last one set (a standby's own comes after the primary's it copied)."""
+    lines = (datadir / "postgresql.conf").read_text().splitlines()
+    ports = [line for line in lines if line.startswith("port = ")]
+    if not ports:
+        raise SystemExit(f"no port in {datadir}/postgresql.conf")
+    return int(ports[-1].split("=")[1])
 
 
 def _let_postgres_in(datadir: Path) -> None:
@@ -143,6 +145,29 @@ def restart(datadir: Path) -> None:
             "restart",
         ]
     )
+
+
+def start_standby(primary: Path, datadir: Path) -> str:
+    """A streaming standby of the running cluster in primary (failover tests): a base backup with
+    its replication settings (pg_basebackup -R), started on a port of its own; returns its URL."""
+    bindir = find_bindir()
+    datadir.mkdir(parents=True)
+    if os.geteuid() == 0:
+        _let_postgres_in(datadir)
+        shutil.chown(datadir, "postgres", "postgres")
+        os.chmod(datadir, 0o700)
+    source = ["-h", "127.0.0.1", "-p", str(port_of(primary)), "-U", "postgres"]
+    _run([str(bindir / "pg_basebackup"), *source, "-D", str(datadir), "-R", "-X", "stream", "-c", "fast"])
+    port = _free_port()
+    with open(datadir / "postgresql.conf", "a") as conf:
+        conf.write(f"\n# standby\nport = {port}\nunix_socket_directories = '{datadir}'\n")
+    _run([str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(datadir / "server.log"), "-w", "start"])
+    return f"postgres://postgres@127.0.0.1:{port}/{DATABASE}"
+
+
+def promote(datadir: Path) -> None:
+    """Make the standby in datadir a primary (failover tests)."""
+    _run([str(find_bindir() / "pg_ctl"), "-D", str(datadir), "-w", "promote"])
 
 
 def with_temp(cmd: list[str]) -> int:

@@ -45,7 +45,7 @@ def main() -> int:
     children = {
         name: subprocess.Popen(cmd, cwd=ROOT, env=env, process_group=0) for name, cmd in commands.items()
     }
-    print("taskqueue: admin at http://127.0.0.1:8000/admin/ (a login: make manage ARGS=createsuperuser)")
+    print("taskqueue: http://127.0.0.1:8000/ (a login for the console: make manage ARGS=createsuperuser)")
     print("taskqueue: in another shell, `make demo` enqueues demo tasks; Ctrl+C stops everything")
 
     stopping = False

@@ -10,6 +10,8 @@ from pathlib import Path
 import django_stubs_ext
 import environ
 
+from queueapp import database_urls
+
 # Lets typed code subscript Django's generic classes (ModelAdmin[Task]) at run time too.
 django_stubs_ext.monkeypatch()
 
@@ -25,7 +27,7 @@ else:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "queueapp.admin_site.ConsoleAdminConfig",  # django.contrib.admin with the console's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -66,8 +68,9 @@ TEMPLATES = [
     },
 ]
 
-# DATABASE_URL is required: postgres://user:password@host:port/name
-DATABASES = {"default": env.db_url("DATABASE_URL")}
+# DATABASE_URL is required: postgres://user:password@host:port/name, or several hosts for a
+# standby set-up: postgres://user@primary:5432,standby:5432/name?target_session_attrs=read-write
+DATABASES = {"default": database_urls.parse(env.str("DATABASE_URL"))}
 # Persistent connections: a new PostgreSQL connection per request would cost more than the request.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -106,7 +109,9 @@ TASKQUEUE = {
     "IMPORTS": env.list("TASKQUEUE_IMPORTS", default=["taskqueue_project.demo_tasks"]),
     # Largest JSON encoding of args plus kwargs accepted, in bytes.
     "MAX_ARGS_BYTES": env.int("TASKQUEUE_MAX_ARGS_BYTES", default=1_048_576),
-    # A direct (not PgBouncer) URL for LISTEN; DATABASE_URL when unset.
+    # Largest JSON encoding of a task's return value stored; a larger one fails the attempt.
+    "MAX_RETURN_BYTES": env.int("TASKQUEUE_MAX_RETURN_BYTES", default=1_048_576),
+    # A direct (not PgBouncer) URL for LISTEN, read like DATABASE_URL; DATABASE_URL when unset.
     "LISTEN_DATABASE_URL": env.str("TASKQUEUE_LISTEN_DATABASE_URL", default=""),
     "HEARTBEAT_INTERVAL": env.float("TASKQUEUE_HEARTBEAT_INTERVAL", default=5.0),
     # REST API: largest request body, and back pressure (READY tasks per queue before 429).
@@ -122,13 +127,20 @@ TASKQUEUE = {
     # When set, /metrics wants `Authorization: Bearer <token>`.
     "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),
+    # /api/health says "degraded" when a due READY task has waited longer than this many seconds.
+    "HEALTH_MAX_READY_AGE": env.float("TASKQUEUE_HEALTH_MAX_READY_AGE", default=300.0),
     # Seconds between the stager's runs in each worker: a deferred task or a retry becomes READY at
     # most about this long after it is due.
     "STAGE_INTERVAL": env.float("TASKQUEUE_STAGE_INTERVAL", default=1.0),
+    # Periodic tasks (docs/scheduling.md): each worker's scheduler looks for due ticks this often; a
+    # tick later than SCHEDULE_GRACE seconds is missed and its schedule's catch_up decides.
+    "SCHEDULE_INTERVAL": env.float("TASKQUEUE_SCHEDULE_INTERVAL", default=1.0),
+    "SCHEDULE_GRACE": env.float("TASKQUEUE_SCHEDULE_GRACE", default=10.0),
+    # Schedules declared here: {name: {"task": dotted path, "cron": "*/5 * * * *", ...}}.
+    "SCHEDULE": {},
     # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
-    # once per connection). Behind PgBouncer in transaction mode that needs PgBouncer 1.21 or later
-    # with max_prepared_statements set; otherwise turn it off.
-    "PREPARED_STATEMENTS": env.bool("TASKQUEUE_PREPARED_STATEMENTS", default=True),
+    # once per connection): on, off, or auto (off, with a WARNING, behind a connection pooler).
+    "PREPARED_STATEMENTS": env.str("TASKQUEUE_PREPARED_STATEMENTS", default="auto"),
 }
 
 # The API's body limit applies to every request Django reads.

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from django.db import connection
@@ -29,6 +33,19 @@ def database_url() -> str:
     s = connection.settings_dict
     auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
     return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@contextlib.contextmanager
+def postgres_reachable_dir(prefix: str) -> Iterator[Path]:
+    """A directory for a throwaway cluster or pooler, removed afterwards. Outside pytest's temporary
+    tree: every pytest run on the machine makes that 0700 again, which locks the postgres user (as
+    whom root runs them) out of a cluster that is running."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def wait_for[T](condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:
@@ -86,6 +103,7 @@ class WorkerProcess:
     def stop(self) -> None:
         """Kill it, and any supervisor's children (they would stop by themselves, a heartbeat later)."""
         if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)  # a supervisor must not start new children meanwhile
             for child in child_pids(self.process.pid):
                 os.kill(child, 9)
             self.process.kill()
@@ -170,8 +188,8 @@ class GunicornServer:
 
         try:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-            conn.request("GET", "/api/health")
-            return conn.getresponse().status == 401
+            conn.request("GET", "/healthz")
+            return conn.getresponse().status == 200
         except OSError:
             return False
 
@@ -191,7 +209,7 @@ def end_task(task_id: int, status: str, **changes: object) -> None:
     columns = (
         "id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at, started_at, "
         "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, "
-        "worker_id"
+        "worker_id, unique_key"
     )
     values = columns.replace("status,", "%(status)s,").replace("finished_at,", "now(),")
     with connection.cursor() as cursor:

@@ -88,8 +88,37 @@ def wait_for_cancel(context: TaskContext) -> str:
 
 
 @task
+def record_then_sleep(key: str, seconds: float) -> str:
+    """record(key), so that a test knows the task has started, then sleep."""
+    import time
+
+    record.call(key)
+    time.sleep(seconds)
+    return key
+
+
+@task(takes_context=True)
+def record_then_wait_for_cancel(context: TaskContext, key: str) -> str:
+    """record(key), so that a test knows the task has started, then wait_for_cancel."""
+    record.call(key)
+    return wait_for_cancel.func(context)  # type: ignore[no-any-return]
+
+
+@task
 def returns_a_set() -> set[int]:
     return {1, 2}
+
+
+@task(unique=True)
+def refresh(account: int) -> int:
+    """One live run per account (the key is made from the arguments)."""
+    return account
+
+
+@task(unique=lambda report, **_: f"report:{report}", unique_for=3600)
+def build_report(report: str, *, requested_by: str = "") -> str:
+    """One run per report an hour, whoever asks (the key is a function of the arguments)."""
+    return report
 
 
 # Exposed for HTTP submission under these names (queueapp.http_tasks).

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from bench import drain, profile_worker
 from bench.common import rate_figure
 from queueapp import models
-from tests.helpers import database_url
+from tests.helpers import ROOT, database_url
 
 
 @pytest.mark.django_db(transaction=True)
@@ -41,3 +45,38 @@ def test_a_rate_meets_its_target_only_at_or_above_the_ratio() -> None:
     assert rate_figure("x", 80, 100, "ceiling", at_least=0.8).met
     assert not rate_figure("x", 79, 100, "ceiling", at_least=0.8).met
     assert rate_figure("x", 1, 100, "ceiling", at_least=None).target == "-"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_small_scaling_run_measures_verified_tasks_and_saves_json_csv_and_a_chart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from bench import results, scaling
+
+    monkeypatch.setenv("DATABASE_URL", database_url())
+    monkeypatch.setattr(scaling, "LATENCY_TASKS", 5)
+    monkeypatch.setattr(scaling, "NOOP_TASKS", 50)
+    monkeypatch.setattr(scaling, "SLEEP_TASKS_PER_SLOT", 2)
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    row = scaling.measure("threads", 2, 0.05)
+    assert row["mode"] == "threads"
+    assert row["workers"] == 2
+    assert row["noop_tasks_per_s"] > 0
+    assert row["sleep_ideal_tasks_per_s"] == 40.0  # 2 slots, each a task per 50 ms at best
+    assert 0 < row["sleep_tasks_per_s"] <= 42.0
+    assert 0 < row["pickup_p50_ms"] <= row["pickup_p95_ms"] <= row["pickup_max_ms"]
+    assert models.Task.objects.count() == 0  # every step verified its tasks and emptied the tables
+
+    rows = [row, {**row, "mode": "processes"}]
+    base = results.save("scaling", rows, about={"machine": "test"}, when="T")
+    assert json.loads(base.with_suffix(".json").read_text())["rows"] == rows
+    assert base.with_suffix(".csv").read_text().splitlines()[0].startswith("mode,workers,noop_tasks_per_s")
+    png = scaling.chart(rows, base.with_suffix(".png"), sleep=0.05, about="test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_results_are_not_tracked() -> None:
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "bench/results/scaling-x.json"], cwd=ROOT, capture_output=True
+    )
+    assert ignored.returncode == 0

@@ -12,19 +12,19 @@ import pytest
 
 from queueapp.sql import QUERIES
 from taskqueue_project import devdb
-from tests.helpers import WorkerProcess, run_manage, wait_for
+from tests.helpers import WorkerProcess, postgres_reachable_dir, run_manage, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    datadir = tmp_path / "pg"
-    url = devdb.start(datadir)
-    try:
-        yield datadir, url
-    finally:
-        devdb.stop(datadir)
+def cluster() -> Iterator[tuple[Path, str]]:
+    with postgres_reachable_dir("taskqueue-restart-") as workdir:
+        datadir = workdir / "pg"
+        try:
+            yield datadir, devdb.start(datadir)
+        finally:
+            devdb.stop(datadir)
 
 
 def counts(url: str) -> dict[str, int]:
@@ -103,10 +103,13 @@ def test_the_api_answers_503_while_the_database_is_down(cluster: tuple[Path, str
     try:
         assert get("/api/health")[0] == 200
         devdb.stop(datadir)
-        for path in ("/api/health", "/api/tasks"):
-            status, body = get(path)
-            assert status == 503, body
-            assert body["error"] == "database_unavailable"
+        status, body = get("/api/tasks")
+        assert status == 503, body
+        assert body["error"] == "database_unavailable"
+        status, body = get("/api/health")  # the verdict, with why
+        assert status == 503, body
+        assert (body["status"], body["database"]) == ("unhealthy", "unavailable")
+        assert body["reasons"][0].startswith("database unreachable: ")
         devdb.start(datadir)
         wait_for(lambda: get("/api/health")[0] == 200, timeout=15, message="the API to recover")
     finally:

@@ -174,7 +174,7 @@ def test_enqueue_is_prepared_once_on_the_callers_connection() -> None:
 def test_prepared_statements_can_be_turned_off_for_poolers_that_cannot_keep_them(settings: Any) -> None:
     from django.db import connection
 
-    settings.TASKQUEUE = {**settings.TASKQUEUE, "PREPARED_STATEMENTS": False}
+    settings.TASKQUEUE = {**settings.TASKQUEUE, "PREPARED_STATEMENTS": "off"}
     connection.close()
     results = [tasks.echo.enqueue(i) for i in range(3)] + tasks.echo.enqueue_many([((9,), {})])
     assert models.Task.objects.filter(id__in=[int(result.id) for result in results]).count() == 4

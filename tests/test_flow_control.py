@@ -23,12 +23,15 @@ def session_for(made: list[store.WorkerSession], queues: list[str]) -> store.Wor
     return session
 
 
-def claim(session: store.WorkerSession, limit: int, *, flow: bool = True) -> list[store.TaskRow]:
-    return session.round([], limit, flow=flow)[1]
+def claim(
+    session: store.WorkerSession, limit: int, *, view: store.FlowView | None = None
+) -> list[store.TaskRow]:
+    """A worker's round, with the flow view it holds: by default a fresh look, as its listener gives."""
+    return session.round([], limit, view=session.flow_view() if view is None else view)[1]
 
 
 def settle(name: str, **values: object) -> None:
-    models.QueueSettings.objects.update_or_create(name=name, defaults=values)
+    models.QueueControl.objects.update_or_create(name=name, defaults=values)
 
 
 def running(queue: str) -> int:
@@ -42,8 +45,10 @@ def test_a_concurrency_limit_holds_across_workers_and_the_plain_claim_leaves_the
     first = session_for(sessions, ["reports", "default"])
     second = session_for(sessions, ["reports"])
 
-    assert {row.queue_name for row in claim(first, 4, flow=False)} == {"default"}
-    assert len(claim(first, 10)) == 3
+    view = first.flow_view()
+    assert view.queues == {"reports"}  # the plain claim is given "default" only
+    claimed = [row.queue_name for row in claim(first, 10, view=view)]
+    assert sorted(claimed) == ["default"] * 2 + ["reports"] * 3
     assert claim(second, 10) == []
     assert running("reports") == 3
 
@@ -63,7 +68,7 @@ def test_racing_claimers_never_exceed_the_limit(sessions) -> None:
         held: list[store.Success] = []
         with session.connect() as probe:
             for _ in range(25):
-                rows = session.round(held, 3, flow=True)[1]
+                rows = session.round(held, 3, view=session.flow_view())[1]
                 held = [store.Success(row.id, row.attempts, "null") for row in rows]
                 seen.append(probe.execute(RUNNING_REPORTS, ["reports"]).fetchone()[0])
 
@@ -77,12 +82,13 @@ def test_racing_claimers_never_exceed_the_limit(sessions) -> None:
 
 
 def test_a_key_at_its_limit_does_not_block_other_keys_behind_it(sessions) -> None:
+    worker = session_for(sessions, ["reports"])
+    before = worker.flow_view()  # "reports" is a plain queue yet
     for key in ["a", "a", "a", "b", "b", "c"]:
         tasks.add.using(queue_name="reports", concurrency_key=key).enqueue(1, 2)
-    worker = session_for(sessions, ["reports"])
 
-    assert models.QueueSettings.objects.get(name="reports").has_keys  # the enqueue marked the queue
-    assert claim(worker, 10, flow=False) == []  # keyed tasks never go through the plain claim
+    assert models.QueueControl.objects.get(name="reports").has_keys  # the enqueue marked the queue
+    assert claim(worker, 10, view=before) == []  # a view from before: the plain claim is fenced off
     first = claim(worker, 10)
     assert sorted(
         models.LiveTask.objects.filter(id__in=[r.id for r in first]).values_list("concurrency_key", flat=True)
@@ -96,21 +102,23 @@ def test_a_keyed_bulk_enqueue_marks_its_queue() -> None:
     tasks.add.using(queue_name="emails", concurrency_key="customer-7").enqueue_many(
         ((i, i), {}) for i in range(20)
     )
-    assert models.QueueSettings.objects.get(name="emails").has_keys
+    assert models.QueueControl.objects.get(name="emails").has_keys
     assert set(models.LiveTask.objects.values_list("concurrency_key", flat=True)) == {"customer-7"}
 
 
 def test_a_paused_queue_is_not_claimed_and_resumes(sessions) -> None:
     tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(3))
     worker = session_for(sessions, ["reports"])
+    before = worker.flow_view()
     store.set_paused("reports", True)
 
-    assert claim(worker, 10, flow=False) == []
+    assert claim(worker, 10, view=before) == []  # a view from before the pause: fenced off
     assert claim(worker, 10) == []
     assert worker.flow_queues == [store.FlowQueue("reports", True, None)]
     tasks.add.using(queue_name="reports").enqueue(1, 1)  # enqueueing still works
     store.set_paused("reports", False)
-    assert len(claim(worker, 10, flow=False)) == 4  # no limit left: the plain claim takes it again
+    assert worker.flow_view().queues == set()
+    assert len(claim(worker, 10)) == 4  # no limit left: the plain claim takes it again
 
 
 def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) -> None:
@@ -122,7 +130,7 @@ def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) 
     assert claim(worker, 5) == []
     assert worker.flow_queues == [store.FlowQueue("reports", False, 1 / 3600)]
     with connection.cursor() as cursor:  # an hour passes, as far as the bucket can tell
-        cursor.execute("UPDATE queueapp_queuesettings SET tokens_at = tokens_at - interval '1 hour'")
+        cursor.execute("UPDATE queueapp_queuecontrol SET tokens_at = tokens_at - interval '1 hour'")
     assert len(claim(worker, 5)) == 1
     assert claim(worker, 5) == []
 
@@ -201,7 +209,7 @@ def fail(session: store.WorkerSession, row: store.TaskRow) -> None:
 def cool_off_ends(queue: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE queueapp_queuesettings SET breaker_until = now() - interval '1 second' WHERE name = %s",
+            "UPDATE queueapp_queuecontrol SET breaker_until = now() - interval '1 second' WHERE name = %s",
             [queue],
         )
 
@@ -232,7 +240,7 @@ def test_the_breaker_opens_on_failures_stays_open_for_its_cool_off_and_closes_af
     )
     assert len(claim(worker, 4)) == 4
     assert worker.breaker_changes == [store.BreakerChange("reports", "closed", 4, 5)]
-    assert models.QueueSettings.objects.get(name="reports").breaker_state == "closed"
+    assert models.QueueControl.objects.get(name="reports").breaker_state == "closed"
 
 
 def test_a_failed_trial_opens_the_breaker_again(sessions) -> None:
@@ -247,4 +255,4 @@ def test_a_failed_trial_opens_the_breaker_again(sessions) -> None:
     fail(worker, trial)
     assert claim(worker, 2) == []
     assert worker.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]
-    assert not models.QueueSettings.objects.filter(breaker_state="closed").exists()
+    assert not models.QueueControl.objects.filter(breaker_state="closed").exists()

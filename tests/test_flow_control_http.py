@@ -39,7 +39,7 @@ def test_pause_and_resume_need_a_key_that_may_manage_queues() -> None:
     refused = reader.post("/api/queues/imports/pause", content_type="application/json")
     assert refused.status_code == 403
     assert "can_manage_queues" in refused.json()["detail"]
-    assert not models.QueueSettings.objects.filter(name="imports").exists()
+    assert not models.QueueControl.objects.filter(name="imports").exists()
 
     paused = ops.post("/api/queues/imports/pause", content_type="application/json")
     assert paused.status_code == 200
@@ -52,7 +52,7 @@ def test_pause_and_resume_need_a_key_that_may_manage_queues() -> None:
 
 
 def test_get_queues_shows_limits_and_figures() -> None:
-    models.QueueSettings.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
+    models.QueueControl.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
     put("emails")
     put("emails", later=True)
     queue = next(q for q in bearer(manage=False).get("/api/queues").json()["queues"] if q["name"] == "emails")
@@ -91,27 +91,27 @@ def test_the_task_page_says_why_a_task_waits(sessions, admin_client: Client) -> 
 
 def test_the_queues_page_shows_every_queue_and_pauses_one(admin_client: Client) -> None:
     put("imports")
-    page = admin_client.get("/admin/queueapp/queuesettings/")
+    page = admin_client.get("/admin/queueapp/queuecontrol/")
     assert page.status_code == 200
     assert "imports" in page.content.decode()
-    response = admin_client.post("/admin/queueapp/queuesettings/imports/pause/", {"paused": "1"}, follow=True)
+    response = admin_client.post("/admin/queueapp/queuecontrol/imports/pause/", {"paused": "1"}, follow=True)
     assert "Paused queue imports" in response.content.decode()
-    assert models.QueueSettings.objects.get(name="imports").paused
+    assert models.QueueControl.objects.get(name="imports").paused
 
 
 def test_the_admin_refuses_invalid_limits_with_a_clear_message(admin_client: Client) -> None:
     response = admin_client.post(
-        "/admin/queueapp/queuesettings/add/",
+        "/admin/queueapp/queuecontrol/add/",
         {"name": "emails", "concurrency_limit": "0", "key_concurrency": "1", "rate_period": "1"},
     )
     assert "A concurrency limit is at least 1" in response.content.decode()
-    assert not models.QueueSettings.objects.exists()
+    assert not models.QueueControl.objects.exists()
     response = admin_client.post(
-        "/admin/queueapp/queuesettings/add/",
+        "/admin/queueapp/queuecontrol/add/",
         {"name": "emails", "key_concurrency": "1", "rate_limit": "10", "rate_period": "0"},
     )
     assert "The rate period is a positive number of seconds" in response.content.decode()
-    assert not models.QueueSettings.objects.exists()
+    assert not models.QueueControl.objects.exists()
 
 
 def seeding(seeds: dict[str, dict[str, object]]) -> dict[str, object]:
@@ -121,7 +121,7 @@ def seeding(seeds: dict[str, dict[str, object]]) -> dict[str, object]:
 def test_the_command_pauses_resumes_lists_and_seeds() -> None:
     out = io.StringIO()
     call_command("queues", "pause", "imports", "emails", stdout=out)
-    assert set(models.QueueSettings.objects.filter(paused=True).values_list("name", flat=True)) == {
+    assert set(models.QueueControl.objects.filter(paused=True).values_list("name", flat=True)) == {
         "imports",
         "emails",
     }
@@ -131,19 +131,19 @@ def test_the_command_pauses_resumes_lists_and_seeds() -> None:
 
     with override_settings(TASKQUEUE=seeding({"reports": {"concurrency_limit": 2}, "imports": {}})):
         call_command("queues", "seed", stdout=out)
-    assert models.QueueSettings.objects.get(name="reports").concurrency_limit == 2
-    assert models.QueueSettings.objects.get(name="imports").paused  # existing rows are left alone
+    assert models.QueueControl.objects.get(name="reports").concurrency_limit == 2
+    assert models.QueueControl.objects.get(name="imports").paused  # existing rows are left alone
     with (
         override_settings(TASKQUEUE=seeding({"y": {"rate_limit": 5}, "x": {"concurency_limit": 2}})),
         pytest.raises(CommandError, match="unknown settings"),
     ):
         call_command("queues", "seed")
-    assert not models.QueueSettings.objects.filter(name__in=["x", "y"]).exists()
+    assert not models.QueueControl.objects.filter(name__in=["x", "y"]).exists()
 
 
 def test_metrics_show_flow_control() -> None:
-    models.QueueSettings.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
-    models.QueueSettings.objects.create(name="payments", breaker_threshold=0.5)
+    models.QueueControl.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
+    models.QueueControl.objects.create(name="payments", breaker_threshold=0.5)
     store.set_paused("imports", True)
     make_worker(["emails"])
     text = Client().get("/metrics").content.decode()
@@ -151,13 +151,13 @@ def test_metrics_show_flow_control() -> None:
     assert 'taskqueue_queue_concurrency_limit{queue="emails"} 5.0' in text
     assert 'taskqueue_queue_rate_limit_per_second{queue="emails"} 10.0' in text
     assert 'taskqueue_queue_breaker_open{queue="payments"} 0.0' in text
-    models.QueueSettings.objects.filter(name="payments").update(breaker_state="open")
+    models.QueueControl.objects.filter(name="payments").update(breaker_state="open")
     assert 'taskqueue_queue_breaker_open{queue="payments"} 1.0' in Client().get("/metrics").content.decode()
 
 
 def test_an_open_breaker_shows_on_the_queues_page_and_in_the_api(admin_client: Client) -> None:
-    models.QueueSettings.objects.create(name="payments", breaker_threshold=0.5, breaker_state="open")
-    assert 'data-breaker="open"' in admin_client.get("/admin/queueapp/queuesettings/").content.decode()
+    models.QueueControl.objects.create(name="payments", breaker_threshold=0.5, breaker_state="open")
+    assert 'data-breaker="open"' in admin_client.get("/admin/queueapp/queuecontrol/").content.decode()
     listed = {q["name"]: q for q in bearer(manage=False).get("/api/queues").json()["queues"]}
     assert listed["payments"]["breaker_state"] == "open"
     assert listed["payments"]["breaker_threshold"] == 0.5

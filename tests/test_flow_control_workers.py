@@ -26,7 +26,7 @@ DECLARE s text;
 BEGIN
   -- The queue's settings row first, as the flow-controlled claim takes it: a finish that took the
   -- counters first would deadlock with a claim that holds the queue and waits for the counters.
-  PERFORM 1 FROM queueapp_queuesettings WHERE name = OLD.queue_name FOR UPDATE;
+  PERFORM 1 FROM queueapp_queuecontrol WHERE name = OLD.queue_name FOR UPDATE;
   IF TG_OP <> 'INSERT' AND OLD.status = 'RUNNING' THEN
     FOREACH s IN ARRAY array_remove(ARRAY[OLD.queue_name, 'key:' || OLD.concurrency_key], NULL) LOOP
       UPDATE flow_audit SET running = running - 1 WHERE flow_audit.scope = s;
@@ -63,7 +63,7 @@ def drained(queue: str) -> bool:
 
 
 def test_a_queue_limited_to_3_never_runs_more_than_3(audit, workers: Callable[..., WorkerProcess]) -> None:
-    models.QueueSettings.objects.create(name="reports", concurrency_limit=3)
+    models.QueueControl.objects.create(name="reports", concurrency_limit=3)
     tasks.sleep_then_return.using(queue_name="reports").enqueue_many(((0.005,), {}) for _ in range(2000))
     workers(*FLEET, "--queues", "reports,default")
 
@@ -89,7 +89,7 @@ def test_50_keys_with_one_at_a_time_each(audit, workers: Callable[..., WorkerPro
 def test_a_rate_limit_of_20_per_second_and_an_unlimited_queue_beside_it(
     workers: Callable[..., WorkerProcess],
 ) -> None:
-    models.QueueSettings.objects.create(name="reports", rate_limit=20, rate_period=1.0)
+    models.QueueControl.objects.create(name="reports", rate_limit=20, rate_period=1.0)
     tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(620))
     tasks.add.enqueue_many(((i, i), {}) for i in range(3000))
     workers(*FLEET, "--queues", "reports,default")

@@ -261,12 +261,23 @@ def test_a_migration_moves_an_installations_finished_tasks_in_batches() -> None:
                 "SELECT count(*) FROM pg_indexes WHERE indexname IN"
                 " ('task_status_id_idx', 'task_queue_id_idx', 'task_path_id_idx', 'task_finished_idx')"
             ).fetchone()
+            # 0004: the unique-key indexes, built concurrently, valid on live and on every partition.
+            unique_indexes = conn.execute(
+                "SELECT bool_and(i.indisvalid), count(*)"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname IN ('task_live_unique_key', 'task_history_unique_key_idx')"
+                " OR c.relname LIKE 'queueapp_task_history_%%_unique_key_idx'"
+            ).fetchone()
+            partitions = conn.execute(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'queueapp_task_history'::regclass"
+            ).fetchone()
         assert live == {"READY": 2000, "RUNNING": 2000, "SCHEDULED": 2000}
         assert history == {"SUCCESSFUL": 2000, "FAILED": 2000, "CANCELLED": 2000}
         assert view == (12_000, 12_000)
         assert sample == (0,)
         assert validated == (True,)
         assert old_indexes == (0,)
+        assert unique_indexes == (True, 2 + partitions[0])
     finally:
         with psycopg.connect(base.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -105,7 +105,25 @@ def test_reap_stale_command_reports_and_dry_run_changes_nothing(raw_conn: psycop
 
     bad = run_manage("reap_stale", "--stale-after", "0")
     assert bad.returncode != 0
-    assert "--stale-after must be more than 0 seconds" in bad.stderr
+    assert "--stale-after 0 is too short" in bad.stderr
+
+
+def test_reap_stale_refuses_a_stale_after_that_would_write_off_live_workers(
+    raw_conn: psycopg.Connection,
+) -> None:
+    worker = make_worker()
+    age_heartbeat(raw_conn, worker, 6)  # a live worker between two beats of 5 s (and a late one)
+    env = {"TASKQUEUE_HEARTBEAT_INTERVAL": "5"}
+
+    refused = run_manage("reap_stale", "--stale-after", "9", env=env)
+    assert refused.returncode != 0
+    assert "workers beat every 5 s" in refused.stderr
+    assert "at least two intervals (10 s)" in refused.stderr
+    assert models.Worker.objects.get(id=worker.id).state == "ALIVE"
+
+    allowed = run_manage("reap_stale", "--stale-after", "10", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "marked workers_lost=0" in allowed.stdout
 
 
 def test_four_reapers_at_the_stale_boundary_never_reopen_a_finished_task(
@@ -229,12 +247,13 @@ def test_purge_tasks_drops_old_days_and_deletes_the_rest_in_batches(raw_conn: ps
     only_failed = run_manage("purge_tasks", "--older-than", "14d", "--status", "failed", "--batch", "1")
     assert (
         only_failed.stdout.strip()
-        == "dropped partitions=0 (about 0 tasks) deleted tasks=2 idempotency_keys=0"
+        == "dropped partitions=0 (about 0 tasks) deleted tasks=2 idempotency_keys=0 workers=0"
     )
     raw_conn.execute(f"ANALYZE {partition}")
     everything = run_manage("purge_tasks", "--older-than", "14d")
     assert (
-        everything.stdout.strip() == "dropped partitions=1 (about 5 tasks) deleted tasks=0 idempotency_keys=0"
+        everything.stdout.strip()
+        == "dropped partitions=1 (about 5 tasks) deleted tasks=0 idempotency_keys=0 workers=0"
     )
     assert partition not in store.history_partitions()
     assert sorted(models.Task.objects.values_list("id", flat=True)) == sorted(new_done + waiting)
@@ -243,3 +262,35 @@ def test_purge_tasks_drops_old_days_and_deletes_the_rest_in_batches(raw_conn: ps
     assert refused.returncode != 0
     assert "only finished statuses" in refused.stderr
     assert "like 14d" in run_manage("purge_tasks", "--older-than", "two weeks").stderr
+
+
+def test_purge_tasks_removes_old_worker_rows_but_keeps_those_running_tasks_still_name(
+    raw_conn: psycopg.Connection,
+) -> None:
+    def worker(state: str, days_ago: float) -> models.Worker:
+        made = make_worker()
+        raw_conn.execute(
+            "UPDATE queueapp_worker SET state = %s, last_heartbeat_at = now() - make_interval(days => %s),"
+            " stopped_at = CASE WHEN %s IN ('STOPPED', 'LOST') THEN now() - make_interval(days => %s) END"
+            " WHERE id = %s",
+            [state, days_ago, state, days_ago, made.id],
+        )
+        return made
+
+    old_stopped, old_lost, recent_stopped = worker("STOPPED", 20), worker("LOST", 20), worker("STOPPED", 1)
+    alive = worker("ALIVE", 0)
+    holding = make_worker()  # lost long ago with a task still RUNNING on it: the reaper needs the row
+    tasks.add.enqueue(1, 1)
+    store.claim_tasks(worker_id=holding.id, queues=["default"], limit=1)
+    raw_conn.execute(
+        "UPDATE queueapp_worker SET state = 'LOST', stopped_at = now() - interval '20 days' WHERE id = %s",
+        [holding.id],
+    )
+
+    purged = run_manage("purge_tasks", "--older-than", "14d")
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.strip().endswith("workers=2")
+    remaining = set(models.Worker.objects.values_list("id", flat=True))
+    assert remaining == {recent_stopped.id, alive.id, holding.id}
+    assert old_stopped.id not in remaining
+    assert old_lost.id not in remaining

@@ -223,10 +223,11 @@ def test_a_paused_worker_is_reaped_and_after_sigcont_changes_nothing_and_exits(
     paused.signal(signal.SIGCONT)
     code = paused.wait(30)
 
-    assert code == 2, paused.output()  # it found itself LOST
+    # Its lease ran out while it was paused: it exits without another word to the database.
+    assert code == 4, paused.output()
     assert list(models.Task.objects.order_by("id").values()) == before_tasks
     assert models.Worker.objects.filter(id=paused_row.id).values().get() == before_worker
-    assert "worker_lost" in paused.output()
+    assert "reason=lease_expired" in paused.output()
 
 
 def test_sigterm_lets_running_tasks_finish_and_exits_0(workers: Start) -> None:

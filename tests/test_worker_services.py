@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -10,12 +12,14 @@ import pytest
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 
-from queueapp import models, store
+from queueapp import cancellation, models, store
 from tests import tasks
 from tests.conftest import conninfo, make_worker
 from tests.helpers import wait_for
+from workers import db
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
+from workers.lease import Lease
 from workers.listener import Listener
 from workers.producer import Producer
 
@@ -186,10 +190,15 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
     wake, stop = threading.Event(), threading.Event()
-    listener = Listener(conninfo(), queues=["emails"], wake=wake, stop=stop)
+    views: list[store.FlowView] = []
+    worker = make_worker(["emails"])
+    listener = Listener(
+        conninfo(), queues=["emails"], wake=wake, stop=stop, worker_id=worker.id, on_settings=views.append
+    )
     try:
         listener.run_once(timeout=0.1)  # connects and LISTENs (and wakes: it may have missed something)
         assert wake.is_set()
+        assert views == [store.FlowView(0, frozenset())]  # and tells the producer what it found
         wake.clear()
         tasks.add.enqueue(1, 1)  # queue 'default': not ours
         listener.run_once(timeout=0.5)
@@ -197,6 +206,9 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         tasks.send_email.enqueue("a@example.com")
         listener.run_once(timeout=5)
         assert wake.is_set()
+        store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once
+        listener.run_once(timeout=5)
+        assert views[-1] == store.FlowView(1, frozenset({"emails"}))
 
         wake.clear()
         assert listener.conn is not None
@@ -262,6 +274,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
 
     try:
         producer.session.conn = producer.session.connect()
+        producer.settings_seen(producer.session.flow_view())  # as the listener does on connecting
         producer.session.conn.cursor_factory = Counting
         _, rows = round_(producer, 10)
         assert len(round_statements) == 2  # the plan setting, the claim
@@ -299,18 +312,18 @@ def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_suc
         first, second = (worker.inbox.get_nowait() for _ in range(2))
         done = worker.executor.run(first)
         assert done.success is not None
-        worker.succeeded.append(done)
+        worker.ledger.succeeded.append(done)
 
         # The lost round: it records `first` and claims one more, then its answer never arrives.
         assert worker.producer.session.round([done.success], 1) is not None
-        worker.uncertain = True
+        worker.completer.uncertain = True
 
         assert worker.round(claim=True) == 1  # reconciles first, then a normal round
         assert done.outcome == "SUCCESSFUL"
-        assert not worker.uncertain
+        assert not worker.completer.uncertain
         running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id)
-        assert sorted(running.values_list("id", flat=True)) == sorted(worker.held)
-        assert second.id in worker.held
+        assert sorted(running.values_list("id", flat=True)) == sorted(worker.ledger.held)
+        assert second.id in worker.ledger.held
         assert models.Task.objects.get(id=first.id).status == "SUCCESSFUL"
         assert set(models.Task.objects.filter(status="READY").values_list("attempts", flat=True)) == {0}
     finally:
@@ -338,7 +351,7 @@ def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
         thread.start()
     try:
         assert worker.round(claim=True) == 2
-        wait_for(lambda: len(worker.succeeded) == 2, timeout=10, message="the first two tasks to run")
+        wait_for(lambda: len(worker.ledger.succeeded) == 2, timeout=10, message="the first two tasks to run")
         claimed = worker.round(claim=True)
         assert claimed == (5 if claims_ahead else 2)
         running = models.Task.objects.filter(status="RUNNING", worker_id=worker.id).count()
@@ -347,3 +360,62 @@ def test_a_worker_claims_ahead_of_its_threads_only_while_tasks_are_short(
         for _ in worker.threads:
             worker.inbox.put(None)
         worker.producer.close()
+
+
+def test_a_beat_that_reaches_the_database_renews_the_lease_and_one_refused_does_not(
+    raw_conn: psycopg.Connection,
+) -> None:
+    worker = make_worker()
+    lease = Lease(duration=60, on_expired=lambda: None)
+    heartbeat = Heartbeat(worker.id, on_lost=lambda: None, lease=lease)
+    before = lease.renewed_at
+    assert heartbeat.run_once() is True
+    renewed = lease.renewed_at
+    assert renewed > before
+    raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST'")
+    assert heartbeat.run_once() is False
+    assert lease.renewed_at == renewed
+
+
+def test_a_lease_not_renewed_in_time_expires_once_and_for_good() -> None:
+    expired: list[bool] = []
+    lease = Lease(duration=0.2, on_expired=lambda: expired.append(True))
+    assert lease.run_once() is True
+    wait_for(lambda: not lease.run_once(), timeout=5, message="the lease to run out")
+    lease.renew(time.monotonic())  # a beat that got through after all comes too late
+    assert lease.run_once() is False
+    assert expired == [True]
+
+
+def test_a_written_off_worker_asks_its_running_tasks_to_stop_without_the_database() -> None:
+    worker = make_worker()
+    tasks.wait_for_cancel.enqueue()
+    (row,) = claim(worker)
+    cancellation.stop_all.set()  # what Worker.lease_expired does
+    try:
+        attempt = executor_for(worker).run(row)
+    finally:
+        cancellation.stop_all.clear()
+    assert attempt.success is not None
+    assert json.loads(attempt.success.return_value_json) == "stopped early"
+
+
+def test_the_error_policy_tries_again_only_what_a_fresh_connection_may_cure(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """One policy for every worker thread: a broken connection gives None (and the next call a fresh
+    connection); an error that would come back the same (a data error) propagates."""
+    from django.db import DataError, connection
+
+    worker = make_worker()
+    connection.ensure_connection()
+    raw_conn.execute("SELECT pg_terminate_backend(%s)", [connection.connection.info.backend_pid])
+    assert db.unless_unreachable(lambda: store.beat_worker(worker.id), "test_beat_failed") is None
+    assert db.unless_unreachable(lambda: store.beat_worker(worker.id), "test_beat_failed") is True
+
+    def divide_by_zero() -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+
+    with pytest.raises(DataError):
+        db.unless_unreachable(divide_by_zero, "test_failed")

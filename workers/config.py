@@ -1,4 +1,4 @@
-"""Worker settings: command-line options over settings.TASKQUEUE over defaults, checked once.
+"""Worker settings: command-line options over TASKQUEUE (queueapp.conf) over defaults, checked once.
 
 The fields are the one list of runworker's options: a field with `option(...)` metadata is a flag
 (`max_tasks` is `--max-tasks`), parsed by `add_arguments`, read by `from_options` and passed on to
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID, uuid4
 
-from django.conf import settings
 from django.tasks import task_backends
 
+from queueapp import conf
 from queueapp.backend import PostgresBackend
 
 _OPTION = "runworker_option"
@@ -96,6 +96,10 @@ class WorkerConfig:
     stage_interval: float = 1.0
     """Seconds between runs of the stager, which makes due SCHEDULED tasks READY: a deferred task
     or a retry starts at most about this long after it is due."""
+    schedule_interval: float = 1.0
+    """Seconds between passes of the scheduler, which enqueues the due ticks of schedules."""
+    schedule_grace: float = 10.0
+    """A tick enqueued later than this many seconds is missed: its schedule's catch_up decides."""
     backoff_base: float = 2.0
     backoff_max: float = 3600.0
     worker_id: UUID = field(
@@ -170,17 +174,20 @@ class WorkerConfig:
     @classmethod
     def from_settings(cls, **options: object) -> WorkerConfig:
         """Build and validate; raises ValueError with a message that names the bad option."""
-        conf = settings.TASKQUEUE
+        given = conf.get()
         backend = task_backends["default"]
         if not isinstance(backend, PostgresBackend):
             raise ValueError("TASKS['default'] must use queueapp.backend.PostgresBackend")
-        stale_after = float(conf.get("STALE_AFTER", 30.0))
         values: dict[str, object] = {
             "queues": tuple(sorted(backend.queues)),
-            "heartbeat_interval": float(conf.get("HEARTBEAT_INTERVAL", 5.0)),
-            "stale_after": stale_after,
-            "reap_interval": float(conf.get("REAP_INTERVAL", stale_after / 2)),
-            "stage_interval": float(conf.get("STAGE_INTERVAL", 1.0)),
+            "heartbeat_interval": float(given.heartbeat_interval),
+            "stale_after": float(given.stale_after),
+            "reap_interval": float(
+                given.stale_after / 2 if given.reap_interval is None else given.reap_interval
+            ),
+            "stage_interval": float(given.stage_interval),
+            "schedule_interval": float(given.schedule_interval),
+            "schedule_grace": float(given.schedule_grace),
             "backoff_base": backend.backoff_base,
             "backoff_max": backend.backoff_max,
         }
@@ -206,6 +213,11 @@ class WorkerConfig:
         if not self.stage_interval > 0:
             raise ValueError(
                 f"TASKQUEUE STAGE_INTERVAL must be more than 0 seconds, not {self.stage_interval}"
+            )
+        if not 0 < self.schedule_interval < self.schedule_grace:
+            raise ValueError(
+                f"TASKQUEUE SCHEDULE_INTERVAL ({self.schedule_interval}) must be above 0 and below "
+                f"SCHEDULE_GRACE ({self.schedule_grace})"
             )
         if not self.poll_interval > 0:
             raise ValueError(f"--poll-interval must be more than 0 seconds, not {self.poll_interval}")

@@ -1,12 +1,22 @@
-"""Connection care for long-running worker threads (Django's request cycle does this for views)."""
+"""Connection care for long-running worker threads (Django's request cycle does this for views): the
+one policy for database errors (which are worth another try, how long to wait between tries) and the
+limits every worker connection is held to."""
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
+
+from queueapp import conf, database_urls, store
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +33,67 @@ def reset_connection() -> None:
         logger.debug("closing a broken connection failed", exc_info=True)
 
 
+# -- the connection-error policy: which errors are worth another try, and how long to wait --------
+
+
+class Backoff:
+    """Waits between tries at something that needs the database: doubling from FIRST_DELAY up to
+    MOST_DELAY, from the start again after a success (reset())."""
+
+    FIRST_DELAY = 0.1
+    MOST_DELAY = 2.0
+
+    def __init__(self) -> None:
+        self.delay = self.FIRST_DELAY
+
+    def next(self) -> float:
+        """The wait before the next try."""
+        delay = self.delay
+        self.delay = min(delay * 2, self.MOST_DELAY)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.FIRST_DELAY
+
+
+def unless_unreachable[T](
+    call: Callable[[], T],
+    event: str,
+    *fields: object,
+    reset: Callable[[], None] = reset_connection,
+    level: int = logging.WARNING,
+) -> T | None:
+    """call(), or None when the database could not be reached (CONNECTION_ERRORS): logged as `event`
+    with `error=` appended, and the connection dropped (reset) so that the next call opens a fresh
+    one. Any other error propagates: it would fail the same way again."""
+    try:
+        return call()
+    except CONNECTION_ERRORS as exc:
+        logger.log(level, event + " error=%s", *fields, exc)
+        reset()
+        return None
+
+
+def retry_while_unreachable[T](
+    call: Callable[[], T], *, until: threading.Event, event: str, fields: tuple[object, ...] = ()
+) -> T | None:
+    """call(), tried again (Backoff) for as long as the database cannot be reached; None once `until`
+    is set (a hard stop: the caller leaves the rest to the reaper). Each failure is a WARNING `event`
+    with `error=` and `retry_in=`."""
+    backoff = Backoff()
+    while True:
+        try:
+            return call()
+        except CONNECTION_ERRORS as exc:
+            reset_connection()
+            if until.is_set():
+                logger.error(event + " error=%s: given up, the reaper will clean up", *fields, exc)
+                return None
+            delay = backoff.next()
+            logger.warning(event + " error=%s retry_in=%.1fs", *fields, exc, delay)
+            until.wait(delay)
+
+
 def ensure_usable_connection() -> None:
     """Before a unit of work: replace this thread's connection if an error may have broken it."""
     if connection.connection is not None and connection.errors_occurred:
@@ -32,17 +103,77 @@ def ensure_usable_connection() -> None:
             reset_connection()
 
 
-def listen_conninfo() -> str:
-    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the default."""
-    url = settings.TASKQUEUE.get("LISTEN_DATABASE_URL")
-    if url:
-        return str(url)
-    params = settings.DATABASES["default"]
-    return psycopg.conninfo.make_conninfo(
-        dbname=params["NAME"],
-        user=params.get("USER") or None,
-        password=params.get("PASSWORD") or None,
-        host=params.get("HOST") or None,
-        port=str(params["PORT"]) if params.get("PORT") else None,
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What every connection of a worker process is held to, so that a socket that stops answering
+    (packets dropped, nothing closed) becomes an error within about STALE_AFTER instead of a hang.
+
+    TCP keepalives find a dead peer while a connection waits for an answer or idles; tcp_user_timeout
+    drops a connection whose sent data goes unacknowledged; statement and lock timeouts bound what
+    the server itself may take. The lease (workers.lease) does not rely on any of them.
+    """
+
+    stale_after: float
+
+    def socket_params(self) -> dict[str, int]:
+        """libpq parameters for the socket: a silent peer is given up on after about 2/3 STALE_AFTER."""
+        return {
+            "keepalives": 1,
+            "keepalives_idle": max(1, round(self.stale_after / 3)),
+            "keepalives_interval": max(1, round(self.stale_after / 9)),
+            "keepalives_count": 3,
+            "tcp_user_timeout": max(1, round(self.stale_after * 1000)),
+        }
+
+    @property
+    def statement_timeout_ms(self) -> int:
+        return max(1, round(self.stale_after * 1000))
+
+    @property
+    def lock_timeout_ms(self) -> int:
+        return max(1, self.statement_timeout_ms // 2)
+
+    def libpq_options(self, given: str = "") -> str:
+        """libpq's `options` with the statement and lock timeouts after any given ones."""
+        ours = f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout={self.lock_timeout_ms}"
+        return f"{given} {ours}".strip()
+
+    def install(self) -> None:
+        """From now on in this process: every Django connection gets the socket parameters, and
+        those of threads other than task threads the statement limits too."""
+        settings_dict = connections.settings[DEFAULT_DB_ALIAS]
+        settings_dict["OPTIONS"] = {**settings_dict.get("OPTIONS", {}), **self.socket_params()}
+        connection_created.connect(self.limit_statements, weak=False, dispatch_uid="taskqueue-limits")
+        reset_connection()  # one opened before now would keep the old parameters
+
+    def limit_statements(self, sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
+        if not getattr(_thread, "runs_tasks", False):
+            store.limit_statements(
+                statement_timeout_ms=self.statement_timeout_ms,
+                lock_timeout_ms=self.lock_timeout_ms,
+                using=connection.alias,
+            )
+
+
+_thread = threading.local()
+
+
+def runs_tasks() -> None:
+    """This thread runs task code: its connection gets no statement limits (its queries are the
+    task's business; a task may run a long report), only the socket parameters."""
+    _thread.runs_tasks = True
+
+
+def listen_conninfo(limits: ConnectionLimits) -> str:
+    """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
+    default database, with all its hosts and libpq options (target_session_attrs for failover),
+    held to limits."""
+    url = conf.get().listen_database_url
+    database = database_urls.parse(url) if url else settings.DATABASES["default"]
+    given = database.get("OPTIONS", {}).get("options", "")
+    return database_urls.conninfo(
+        database,
         application_name="taskqueue-listener",
+        **limits.socket_params(),
+        options=limits.libpq_options(str(given)),
     )

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -23,16 +24,17 @@ from django.tasks.signals import task_finished, task_started
 
 from queueapp import registry, store
 from queueapp.backend import PostgresBackend
+from queueapp.states import Outcome
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
 
 # Outcome of an attempt -> what django.tasks' task_finished receivers see.
 _FINAL_STATUS = {
-    "SUCCESSFUL": TaskResultStatus.SUCCESSFUL,
-    "retry": TaskResultStatus.READY,
-    "FAILED": TaskResultStatus.FAILED,
-    "CANCELLED": TaskResultStatus.FAILED,
+    Outcome.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    Outcome.RETRY: TaskResultStatus.READY,
+    Outcome.FAILED: TaskResultStatus.FAILED,
+    Outcome.CANCELLED: TaskResultStatus.FAILED,
 }
 
 
@@ -76,15 +78,16 @@ def fail_attempt(
 
 @dataclass(slots=True, eq=False)
 class Attempt:
-    """One claimed task on its way through the worker."""
+    """One claimed task on its way through the worker. Owned by the pool thread that runs it until
+    handed to the ledger (Ledger.returned); from then on by the main thread (workers.completer)."""
 
     row: store.TaskRow
     started: float
     result: TaskResult[Any, Any] | None = None
     success: store.Success | None = None
     """Set when the task returned: recorded with the next round, together with other successes."""
-    outcome: str | None = None
-    """Set once the attempt is recorded: SUCCESSFUL, retry, FAILED, CANCELLED or dropped."""
+    outcome: Outcome | None = None
+    """Set once the attempt is recorded."""
 
 
 class Executor:
@@ -104,6 +107,7 @@ class Executor:
         db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
         attempt = Attempt(row=row, started=time.monotonic())
         try:
+            store.check_arguments(row)
             task = registry.get(row.task_path)
             attempt.result = self.backend.to_result(task, row)
             task_started.send(type(self.backend), task_result=attempt.result)
@@ -156,13 +160,13 @@ class Executor:
         """The attempt's recorded status (None: taken away meanwhile): fire task_finished, log, count."""
         row = attempt.row
         attempt.outcome = outcome = self.outcome(row, status)
-        if attempt.result is not None and outcome != "dropped":
+        if attempt.result is not None and outcome != Outcome.DROPPED:
             object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
             task_finished.send(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and
         # the console, /metrics and the task itself say the same. Every other outcome at INFO.
-        level = logging.DEBUG if outcome == "SUCCESSFUL" else logging.INFO
+        level = logging.DEBUG if outcome == Outcome.SUCCESSFUL else logging.INFO
         if logger.isEnabledFor(level):
             logger.log(
                 level,
@@ -181,7 +185,7 @@ class Executor:
             return task.call(TaskContext(task_result=result), *row.args, **row.kwargs)
         return task.call(*row.args, **row.kwargs)
 
-    def outcome(self, row: store.TaskRow, status: str | None) -> str:
+    def outcome(self, row: store.TaskRow, status: str | None) -> Outcome:
         if status is None:
             logger.warning(
                 "result_dropped id=%s task=%s attempt=%s: the task was taken from this worker (reaped or "
@@ -190,20 +194,8 @@ class Executor:
                 row.task_path,
                 row.attempts,
             )
-            return "dropped"
-        return "retry" if status in ("SCHEDULED", "READY") else status
+        return Outcome.of(status)
 
-    def write(self, write: Any) -> Any:
+    def write[T](self, write: Callable[[], T]) -> T | None:
         """Run a fenced write, retrying while the database is unreachable (until a hard stop)."""
-        delay = 0.1
-        while True:
-            try:
-                return write()
-            except db.CONNECTION_ERRORS as exc:
-                db.reset_connection()
-                if self.give_up.is_set():
-                    logger.error("write_abandoned error=%s: the reaper will requeue the task", exc)
-                    return None
-                logger.warning("write_failed error=%s retry_in=%.1fs", exc, delay)
-                self.give_up.wait(delay)
-                delay = min(delay * 2, 2.0)
+        return db.retry_while_unreachable(write, until=self.give_up, event="write_failed")

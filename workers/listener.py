@@ -10,10 +10,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from uuid import UUID
 
 import psycopg
 
 from queueapp import store
+from workers import db
 
 logger = logging.getLogger(__name__)
 
@@ -28,18 +30,20 @@ class Listener:
         queues: Collection[str],
         wake: threading.Event,
         stop: threading.Event,
+        worker_id: UUID,
+        on_settings: Callable[[store.FlowView], None],
         idle_check: float = 5.0,
-        on_settings: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.conninfo = conninfo
         self.queues = frozenset(queues)
         self.wake = wake
         self.stop = stop
         self.idle_check = idle_check
+        self.worker_id = worker_id
         self.on_settings = on_settings
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
-        self.retry_delay = 0.1
+        self.backoff = db.Backoff()
 
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
@@ -47,7 +51,7 @@ class Listener:
         self.conn = conn
         self.look_at_settings()  # changes from here on are notified
         conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
-        self.retry_delay = 0.1
+        self.backoff.reset()
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.wake.set()  # anything enqueued while we were away was not announced to us
@@ -70,19 +74,17 @@ class Listener:
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.look_at_settings()  # also checks the idle connection
                 self.last_checked = time.monotonic()
-        except psycopg.Error as exc:
-            logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, self.retry_delay)
+        except psycopg.Error as exc:  # any error on a connection that only listens: reconnect
+            delay = self.backoff.next()
+            logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, delay)
             self.close()
             self.wake.set()  # the producer polls while we reconnect
-            self.stop.wait(self.retry_delay)
-            self.retry_delay = min(self.retry_delay * 2, 2.0)
+            self.stop.wait(delay)
 
     def look_at_settings(self) -> None:
         """Tell the producer which of our queues are flow-controlled (it claims those apart)."""
         assert self.conn is not None
-        flow = store.flow_queues_of(self.conn, self.queues)
-        if self.on_settings is not None:
-            self.on_settings(flow)
+        self.on_settings(store.flow_view(self.conn, self.worker_id, self.queues))
 
     def close(self) -> None:
         if self.conn is not None:

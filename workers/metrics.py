@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from queueapp.states import Outcome
+
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 TASKS_FINISHED = Counter(
@@ -24,12 +26,18 @@ PICKUP_LATENCY = Histogram(
 )
 RETRIES = Counter("taskqueue_task_retries", "Failed attempts that will be retried", ["task"])
 REAPED = Counter("taskqueue_reaped_tasks", "Tasks taken back from lost workers", ["outcome"])
+SCHEDULE_TICKS = Counter(
+    "taskqueue_schedule_ticks",
+    "Schedule ticks by outcome: enqueued by this worker, duplicate (another worker enqueued it), "
+    "missed (late, left out by catch_up), failed (task unknown or refused)",
+    ["schedule", "outcome"],
+)
 
 
 @functools.cache
 def _children(task: str, outcome: str) -> tuple[Any, Any, Any]:
     # labels() takes a lock and builds a key on every call; a task's children never change.
-    retries = RETRIES.labels(task) if outcome == "retry" else None
+    retries = RETRIES.labels(task) if outcome == Outcome.RETRY else None
     return TASKS_FINISHED.labels(task, outcome), TASK_DURATION.labels(task), retries
 
 

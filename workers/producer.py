@@ -17,22 +17,27 @@ logger = logging.getLogger(__name__)
 class Producer:
     name = "producer"
 
-    def __init__(self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True) -> None:
+    def __init__(
+        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, options: str = ""
+    ) -> None:
         self.worker_id = worker_id
-        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare)
+        self.session = store.WorkerSession(
+            worker_id=worker_id, queues=queues, prepare=prepare, options=options
+        )
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
-        self.flow_queues: set[str] = set()
-        """The worker's flow-controlled queues, as the listener last saw them."""
+        self.view: store.FlowView | None = None
+        """The worker's flow view as the listener (or the first claiming round) last read it: the
+        plain claim is given only the queues without flow control."""
         self.settings_changed = threading.Event()
         """Set by the listener when it looked at the settings: the next flow round steps breakers."""
         self.retry_in: float | None = None
         """After a round that left slots free while a rate limit held a queue back: seconds until
         its bucket has a token again (the worker polls then instead of at its poll interval)."""
 
-    def settings_seen(self, flow_queues: set[str]) -> None:
+    def settings_seen(self, view: store.FlowView) -> None:
         """The listener's look at the settings (on connecting, when notified, every few seconds)."""
-        self.flow_queues = flow_queues
+        self.view = view
         self.settings_changed.set()
 
     def run_once(
@@ -40,18 +45,30 @@ class Producer:
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
-        flow = free_slots > 0 and bool(self.flow_queues)
+        if free_slots > 0 and self.view is None:
+            # Before the listener's first look: a plain claim must not take a flow-controlled queue.
+            self.view = db.unless_unreachable(
+                self.session.flow_view, "round_failed worker=%s", self.worker_id, reset=self.session.close
+            )
+            if self.view is None:
+                self.healthy = False
+                return None
+        view = self.view or store.FlowView()
+        flow = free_slots > 0 and bool(view.queues)
         refresh = flow and self.settings_changed.is_set()
         if refresh:
             self.settings_changed.clear()  # a change seen from now on is read by a later round
-        try:
-            statuses, rows = self.session.round(successes, free_slots, flow=flow, refresh=refresh)
-        except db.CONNECTION_ERRORS as exc:
-            if self.healthy:
-                logger.warning("round_failed error=%s", exc)
+        done = db.unless_unreachable(
+            lambda: self.session.round(successes, free_slots, view=view, refresh=refresh),
+            "round_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+            level=logging.WARNING if self.healthy else logging.DEBUG,  # once per outage
+        )
+        if done is None:
             self.healthy = False
-            self.session.close()
             return None
+        statuses, rows = done
         if not self.healthy:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
@@ -76,12 +93,12 @@ class Producer:
         self, held: Sequence[int], successes: Sequence[store.Success]
     ) -> tuple[list[int], dict[int, str]] | None:
         """WorkerSession.reconcile, or None when the database is still away."""
-        try:
-            return self.session.reconcile(held, successes)
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("reconcile_failed error=%s", exc)
-            self.session.close()
-            return None
+        return db.unless_unreachable(
+            lambda: self.session.reconcile(held, successes),
+            "reconcile_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+        )
 
     def close(self) -> None:
         self.session.close()

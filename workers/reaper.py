@@ -28,16 +28,16 @@ class Reaper:
 
     def run_once(self, worker_ids: Sequence[UUID] = ()) -> store.ReapOutcome | None:
         """One guarded reap; worker_ids are reaped whatever their heartbeat (their process died)."""
-        try:
-            outcome = store.reap_workers(
+        outcome = db.unless_unreachable(
+            lambda: store.reap_workers(
                 stale_after=self.stale_after,
                 backoff_base=self.backoff_base,
                 backoff_max=self.backoff_max,
                 worker_ids=worker_ids,
-            )
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("reap_failed error=%s", exc)
-            db.reset_connection()
+            ),
+            "reap_failed",
+        )
+        if outcome is None:
             return None
         self.keep_partitions()
         metrics.REAPED.labels("requeued").inc(outcome.tasks_requeued)
@@ -55,10 +55,5 @@ class Reaper:
         now = time.monotonic()
         if self.partitions_checked is not None and now - self.partitions_checked < PARTITIONS_EVERY:
             return
-        try:
-            store.ensure_history_partitions()
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("history_partitions_failed error=%s", exc)
-            db.reset_connection()
-            return
-        self.partitions_checked = now
+        if db.unless_unreachable(store.ensure_history_partitions, "history_partitions_failed") is not None:
+            self.partitions_checked = now

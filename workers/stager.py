@@ -23,17 +23,15 @@ class Stager:
 
     def run_once(self) -> int | None:
         """Stage everything due, a batch per transaction; how many tasks, or None if the database is away."""
-        total = 0
-        try:
-            while True:
-                staged = sum(store.stage_tasks(limit=self.batch).values())
-                total += staged
-                if staged < self.batch:
-                    break
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("stage_failed error=%s", exc)
-            db.reset_connection()
-            return None
+        total = db.unless_unreachable(self.stage_all, "stage_failed")
         if total:
             logger.debug("staged tasks=%s", total)
         return total
+
+    def stage_all(self) -> int:
+        total = 0
+        while True:
+            staged = sum(store.stage_tasks(limit=self.batch).values())
+            total += staged
+            if staged < self.batch:
+                return total

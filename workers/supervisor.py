@@ -7,12 +7,15 @@ mode must be chosen before the metrics are made.
 It also enforces task timeouts, which threads cannot: a child running a task past its timeout is
 killed, the task fails through the normal retry path, the child's other tasks are requeued as
 "worker lost", and a fresh child takes its place. A child that dies on its own is reaped at once
-by the supervisor (its tasks do not wait for the heartbeat to go stale).
+by the supervisor (its tasks do not wait for the heartbeat to go stale). Every exit but 0 is
+followed by a fresh child, a child whose lease ran out (exit 4: cut off from the database) too: it
+registers once the database answers again, and until then claims nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -32,6 +35,7 @@ from queueapp import exceptions, store
 from workers import db
 from workers.config import WorkerConfig
 from workers.executor import fail_attempt
+from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
 from workers.reaper import Reaper
 
@@ -65,6 +69,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
+        db.ConnectionLimits(self.config.stale_after).install()  # inherited by forked children
         with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
             if self.config.metrics_port is not None:
                 self.serve_metrics(metrics_dir)
@@ -118,10 +123,11 @@ class Supervisor:
             recycled = code == 0
             logger.log(
                 logging.INFO if recycled else logging.ERROR,
-                "child_exited pid=%s worker=%s exit_code=%s",
+                "child_exited pid=%s worker=%s exit_code=%s reason=%s",
                 child.process.pid,
                 child.worker_id,
                 code,
+                ExitCode.describe(code),
             )
             if not recycled:
                 self.reaper.run_once(worker_ids=[child.worker_id])
@@ -137,11 +143,8 @@ class Supervisor:
 
     def kill_timed_out(self) -> None:
         alive = {child.worker_id: child for child in self.children if child.process.poll() is None}
-        try:
-            late = store.timed_out_tasks(list(alive))
-        except db.CONNECTION_ERRORS as exc:
-            logger.warning("timeout_check_failed error=%s", exc)
-            db.reset_connection()
+        late = db.unless_unreachable(lambda: store.timed_out_tasks(list(alive)), "timeout_check_failed")
+        if late is None:
             return
         for task_id, worker_id, attempt, timeout in late:
             child = alive.get(worker_id)
@@ -156,19 +159,20 @@ class Supervisor:
             )
             child.process.kill()
             child.process.wait()
-            try:
-                fail_attempt(
+            # Unrecorded, the next pass reaps the dead child: the task is retried as "worker lost".
+            db.unless_unreachable(
+                functools.partial(
+                    fail_attempt,
                     exceptions.TaskTimeout(f"attempt {attempt} ran past its timeout of {timeout} s"),
                     task_id=task_id,
                     worker_id=worker_id,
                     attempt=attempt,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
-                )
-            except db.CONNECTION_ERRORS as exc:
-                # The next pass reaps the dead child: the task is retried as "worker lost" instead.
-                logger.warning("timeout_record_failed id=%s error=%s", task_id, exc)
-                db.reset_connection()
+                ),
+                "timeout_record_failed id=%s",
+                task_id,
+            )
             # Its other tasks, then a fresh child, on the next pass.
 
     def handle_signal(self, signum: int, frame: FrameType | None) -> None:

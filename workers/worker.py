@@ -1,15 +1,23 @@
-"""One worker process: rounds in the main thread, tasks in a pool of threads, and the listener,
-heartbeat and reaper in threads of their own.
+"""One worker process: its lifecycle. Rounds in the main thread, tasks in a pool of threads, and the
+listener, heartbeat, reaper, stager and lease in threads of their own.
 
-The main thread runs rounds (workers.producer): each records the tasks that succeeded since the
-last one and claims for the free slots, in one round trip. Pool threads take claimed rows from an
-inbox, run them, record failures themselves and hand successes back, waking the main thread.
+The main thread runs rounds (workers.completer over workers.producer): each records the tasks that
+succeeded since the last one and claims for the free slots, in one round trip. Pool threads take
+claimed rows from an inbox, run them, record failures themselves and hand successes back through the
+ledger (workers.ledger, the one record of what this worker holds), waking the main thread.
 
 Shutdown: the first SIGTERM/SIGINT stops claiming, hands back tasks claimed but not started, lets
 running ones finish within the grace period, marks the worker STOPPED and exits 0. A second signal
 (or the grace running out) takes the running tasks back through the failure path, attempt counted,
 and exits 1. A worker that finds itself marked LOST exits 2; one whose heartbeat or listener thread
-died exits 3. The stager (due SCHEDULED tasks to READY) runs in a thread of its own too.
+died exits 3. The stager (due SCHEDULED tasks to READY) and the scheduler (due ticks of schedules)
+run in threads of their own too.
+
+A worker whose lease runs out (no heartbeat reached the database within STALE_AFTER: workers.lease)
+stops claiming and starting tasks, asks running ones to stop (queueapp.cancellation), gives them a
+heartbeat interval at most, and exits 4 without another word to the database: the reaper has its
+tasks, or will. Every connection it has is held to workers.db.ConnectionLimits, so a dead socket
+errors instead of hanging.
 """
 
 from __future__ import annotations
@@ -27,30 +35,28 @@ from collections.abc import Callable
 from types import FrameType
 
 import prometheus_client
-import psycopg
-from django.conf import settings
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import exceptions, store
+from queueapp import cancellation, exceptions, store
 from queueapp.backend import PostgresBackend
+from queueapp.states import WorkerState
 from workers import db
+from workers.completer import Completer
 from workers.config import WorkerConfig
-from workers.executor import Attempt, Executor, fail_attempt
+from workers.executor import Executor, fail_attempt
+from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
+from workers.lease import Lease
+from workers.ledger import Ledger
 from workers.listener import Listener
 from workers.producer import Producer
 from workers.reaper import Reaper
+from workers.scheduler import Scheduler
 from workers.services import ServiceThread
 from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_INTERRUPTED, EXIT_LOST, EXIT_SERVICE_DIED = 0, 1, 2, 3
-
-CLAIM_AHEAD_WINDOW = 0.1
-"""Seconds of work a worker claims ahead of its threads: as many tasks as they run in that time on
-average (at most --prefetch), so that a task waits in the worker about this long at worst."""
 
 
 class Worker:
@@ -62,52 +68,68 @@ class Worker:
         self.wake = threading.Event()
         self.stopping = threading.Event()  # first signal: stop claiming
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
-        self.exit_code = EXIT_OK
-        self.producer = Producer(
-            worker_id=self.id,
-            queues=config.queues,
-            prepare=bool(settings.TASKQUEUE.get("PREPARED_STATEMENTS", True)),
-        )
+        self.exit_code: ExitCode = ExitCode.OK
+        self.limits = db.ConnectionLimits(config.stale_after)
+        self.producer = Producer(worker_id=self.id, queues=config.queues, options=self.limits.libpq_options())
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [
             threading.Thread(target=self.run_tasks, name=f"taskqueue-task-{n}", daemon=True)
             for n in range(config.concurrency)
         ]
-        self.lock = threading.Lock()
-        self.held: dict[int, store.TaskRow] = {}
-        """Claimed and not yet recorded: waiting in the inbox, running, or succeeded (below)."""
-        self.succeeded: list[Attempt] = []
-        """Run to success, to be recorded by the next round."""
-        self.uncertain = False
-        """A round failed for want of the database: it may have committed all the same."""
-        self.done_count = 0
-        self.average_run: float | None = None
-        """Moving average of task run times (seconds): tasks are claimed ahead only while it is short."""
+        self.ledger = Ledger(
+            concurrency=config.concurrency, prefetch_max=config.prefetch_max, max_tasks=config.max_tasks
+        )
+        self.completer = Completer(
+            worker_id=self.id,
+            ledger=self.ledger,
+            producer=self.producer,
+            executor=self.executor,
+            dispatch=self.dispatch,
+        )
         self.services_stop = threading.Event()
         self.listener = Listener(
-            db.listen_conninfo(),
+            db.listen_conninfo(self.limits),
             queues=config.queues,
             wake=self.wake,
             stop=self.services_stop,
+            worker_id=self.id,
             on_settings=self.producer.settings_seen,
         )
+        self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
-            self.id, on_lost=self.lost, parent_pid=config.parent_pid, on_orphaned=self.orphaned
+            self.id,
+            on_lost=self.lost,
+            parent_pid=config.parent_pid,
+            on_orphaned=self.orphaned,
+            lease=self.lease,
         )
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
         self.stager = Stager()
+        self.scheduler = Scheduler(grace=config.schedule_grace)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def run(self) -> int:
         self.install_signal_handlers()
+        self.limits.install()
         if self.config.metrics_port is not None:
             prometheus_client.start_http_server(self.config.metrics_port)
-        self.register()
+        if not self.register():
+            logger.info("worker_exit worker=%s exit_code=0: stopped before it could register", self.id)
+            return ExitCode.OK
+        # Never touches the database: a hung socket cannot hold it. Checked often enough that the
+        # lease is found expired well within a heartbeat interval of its end.
+        lease = ServiceThread(
+            self.lease,
+            interval=min(0.5, self.config.heartbeat_interval),
+            stop=self.services_stop,
+            on_crash=self.service_died,
+        )
         threads = [
+            lease,
             ServiceThread(self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died),
             ServiceThread(
                 self.heartbeat,
@@ -127,6 +149,12 @@ class Worker:
                 stop=self.services_stop,
                 on_crash=self.service_died,
             ),
+            ServiceThread(
+                self.scheduler,
+                interval=self.config.schedule_interval,
+                stop=self.services_stop,
+                on_crash=self.service_died,
+            ),
         ]
         for thread in [*threads, *self.threads]:
             thread.start()
@@ -134,41 +162,47 @@ class Worker:
             self.loop()
             self.drain()
         finally:
+            if self.lease.expired:
+                lease.join()  # lease_expired ends the process, once running tasks had their chance
             self.services_stop.set()
             for thread in threads:
                 thread.join(5)
             # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
             # A LOST worker stays LOST (the statement matches nothing).
-            self.safe_write(lambda: store.set_worker_state(self.id, "STOPPED"))
+            self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPED))
             self.listener.close()
             self.producer.close()
             for _ in self.threads:
                 self.inbox.put(None)  # a task thread still running a task is a daemon: not waited for
             connection.close()
         logger.info(
-            "worker_exit worker=%s exit_code=%s tasks_done=%s", self.id, self.exit_code, self.done_count
+            "worker_exit worker=%s exit_code=%s tasks_done=%s",
+            self.id,
+            self.exit_code,
+            self.ledger.done_count,
         )
         return self.exit_code
 
-    def register(self) -> None:
-        delay = 0.5
-        while True:
-            try:
-                store.register_worker(
-                    worker_id=self.id,
-                    hostname=socket.gethostname(),
-                    pid=os.getpid(),
-                    queues=self.config.queues,
-                    concurrency=self.config.concurrency,
-                )
-                break
-            except db.CONNECTION_ERRORS as exc:
-                if self.stopping.is_set():
-                    raise
-                logger.warning("register_failed error=%s retry_in=%.1fs", exc, delay)
-                db.reset_connection()
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+    def register(self) -> bool:
+        """Record this worker ALIVE, trying until the database answers; False if stopped first."""
+
+        def register_once() -> float:
+            sent_at = time.monotonic()
+            store.register_worker(
+                worker_id=self.id,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                queues=self.config.queues,
+                concurrency=self.config.concurrency,
+            )
+            return sent_at
+
+        sent_at = db.retry_while_unreachable(
+            register_once, until=self.stopping, event="register_failed worker=%s", fields=(self.id,)
+        )
+        if sent_at is None:
+            return False
+        self.lease.renew(sent_at)
         logger.info(
             "worker_started worker=%s pid=%s queues=%s concurrency=%s",
             self.id,
@@ -176,17 +210,19 @@ class Worker:
             ",".join(self.config.queues),
             self.config.concurrency,
         )
+        return True
 
     def loop(self) -> None:
         """A round whenever woken (a task done, NOTIFY) or when the poll timer fires."""
         while not self.stopping.is_set():
             self.wake.clear()
-            if self.config.max_tasks is not None and self.done_count >= self.config.max_tasks:
-                logger.info("max_tasks_reached worker=%s tasks=%s", self.id, self.done_count)
+            done = self.ledger.done_count
+            if self.config.max_tasks is not None and done >= self.config.max_tasks:
+                logger.info("max_tasks_reached worker=%s tasks=%s", self.id, done)
                 self.stopping.set()
                 break
             claimed = self.round(claim=True)
-            if self.config.burst and claimed == 0 and self.idle() and self.producer.healthy:
+            if self.config.burst and claimed == 0 and self.ledger.idle() and self.producer.healthy:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
                 self.stopping.set()
                 break
@@ -195,73 +231,14 @@ class Worker:
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
         tasks were claimed."""
-        if self.uncertain and not self.reconcile():
-            return 0
-        with self.lock:
-            attempts, self.succeeded = self.succeeded, []
-            limit = self.free_slots(recording=len(attempts)) if claim else 0
-        if not attempts and not limit:
-            return 0
-        successes = [attempt.success for attempt in attempts if attempt.success is not None]
-        try:
-            done = self.producer.run_once(limit, successes)
-        except psycopg.Error as exc:  # refused, not unreachable: find the success it cannot hold
-            if not successes:
-                raise
-            logger.warning("round_refused error=%s: recording %s successes one by one", exc, len(successes))
-            for attempt in attempts:
-                self.executor.record_alone(attempt)
-            done = self.producer.run_once(limit)  # the claim that round did not make
-        if done is None:  # the database is away: what is not recorded yet goes in the next round
-            self.uncertain = True
-            with self.lock:
-                self.succeeded[:0] = [attempt for attempt in attempts if attempt.outcome is None]
-                self.forget([attempt for attempt in attempts if attempt.outcome is not None])
-            return 0
-        statuses, rows = done
-        with self.lock:
-            self.forget(attempts)
-            for row in rows:
-                self.held[row.id] = row
+        if self.lease.expired:
+            return 0  # written off: not another word to the database
+        return self.completer.round(claim=claim)
+
+    def dispatch(self, rows: list[store.TaskRow]) -> None:
+        """Claimed rows to the pool threads."""
         for row in rows:
             self.inbox.put(row)
-        for attempt in attempts:
-            if attempt.outcome is None:
-                self.executor.complete(attempt, statuses.get(attempt.row.id))
-        return len(rows)
-
-    def reconcile(self) -> bool:
-        """After a failed round, before the next: that round's COMMIT may have gone through with only
-        its answer lost. Its claims (RUNNING under this worker, unknown here) are released; its
-        successes that were recorded are reported as such, not sent again. False if still away."""
-        with self.lock:
-            held = list(self.held)
-            pending = list(self.succeeded)
-        found = self.producer.reconcile(held, [attempt.success for attempt in pending if attempt.success])
-        if found is None:
-            return False
-        released, statuses = found
-        recorded = [attempt for attempt in pending if attempt.row.id in statuses]
-        with self.lock:
-            self.succeeded = [attempt for attempt in self.succeeded if attempt.row.id not in statuses]
-            self.forget(recorded)
-        for attempt in recorded:
-            self.executor.complete(attempt, statuses[attempt.row.id])
-        if released or recorded:
-            logger.warning(
-                "round_reconciled worker=%s released=%s recorded=%s: the failed round had committed",
-                self.id,
-                len(released),
-                len(recorded),
-            )
-        self.uncertain = False
-        return True
-
-    def forget(self, attempts: list[Attempt]) -> None:
-        """Recorded attempts free their slots (call with the lock held)."""
-        for attempt in attempts:
-            del self.held[attempt.row.id]
-        self.done_count += len(attempts)
 
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
@@ -271,71 +248,34 @@ class Worker:
 
     def drain(self) -> None:
         """Finish or hand back what this worker holds (run() then records it STOPPED)."""
-        self.safe_write(lambda: store.set_worker_state(self.id, "STOPPING"))
+        self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPING))
         self.release_unstarted()
         deadline = time.monotonic() + self.config.grace
-        while self.held and not self.hard_stop.is_set() and time.monotonic() < deadline:
+        while not self.ledger.idle() and not self.hard_stop.is_set() and time.monotonic() < deadline:
             self.round(claim=False)
             self.wake.wait(0.1)
             self.wake.clear()
         self.round(claim=False)
-        if self.running():
+        if self.ledger.running():
             self.interrupt_running()
-            self.exit_code = self.exit_code or EXIT_INTERRUPTED
+            self.exit_code = self.exit_code or ExitCode.INTERRUPTED
 
     # -- tasks -----------------------------------------------------------------------------------
 
     def run_tasks(self) -> None:
         """A pool thread: run claimed rows from the inbox until handed None."""
+        db.runs_tasks()
         while (row := self.inbox.get()) is not None:
+            if not self.ledger.start():  # written off: the task may be running elsewhere already
+                continue
             started = time.monotonic()
             try:
                 attempt = self.executor.run(row)
             except Exception:
                 logger.exception("executor_crashed id=%s: the reaper will requeue the task", row.id)
                 attempt = None
-            ran = time.monotonic() - started
-            with self.lock:
-                average = self.average_run
-                self.average_run = ran if average is None else average + (ran - average) * 0.1
-                if attempt is not None and attempt.success is not None:
-                    self.succeeded.append(attempt)
-                else:  # recorded already (a failure), or lost to a bug
-                    self.held.pop(row.id, None)
-                    self.done_count += 1
+            self.ledger.returned(row, attempt, time.monotonic() - started)
             self.wake.set()
-
-    def free_slots(self, *, recording: int = 0) -> int:
-        """Slots free once `recording` succeeded tasks are recorded (call with the lock held).
-
-        While tasks are short, the worker also claims tasks beyond its threads (claim_ahead): they
-        wait in the inbox (RUNNING under this worker, fenced like the others, handed back at
-        shutdown, requeued by the reaper if the worker dies) so that a thread that finishes finds its
-        next task at once instead of waiting a round trip, and a round carries more tasks.
-        """
-        held = len(self.held) - recording
-        free = self.config.concurrency + self.claim_ahead() - held
-        if self.config.max_tasks is not None:  # never claim past --max-tasks
-            free = min(free, self.config.max_tasks - (self.done_count + recording) - held)
-        return max(free, 0)
-
-    def claim_ahead(self) -> int:
-        """Tasks to claim beyond the threads: what they run in CLAIM_AHEAD_WINDOW on average, at most
-        --prefetch; none until a task has run (its length is unknown), none for long tasks, so a
-        task never waits behind one that runs for minutes while another worker is idle."""
-        if not self.average_run:
-            return 0
-        ahead = int(self.config.concurrency * CLAIM_AHEAD_WINDOW / self.average_run)
-        return min(ahead, self.config.prefetch_max)
-
-    def idle(self) -> bool:
-        with self.lock:
-            return not self.held
-
-    def running(self) -> list[store.TaskRow]:
-        with self.lock:
-            recording = {attempt.row.id for attempt in self.succeeded}
-            return [row for task_id, row in self.held.items() if task_id not in recording]
 
     def release_unstarted(self) -> None:
         unstarted = []
@@ -353,14 +293,12 @@ class Worker:
                 worker_id=self.id, claimed=[(row.id, row.attempts) for row in unstarted]
             )
         )
-        with self.lock:
-            for row in unstarted:
-                del self.held[row.id]
+        self.ledger.released(unstarted)
         logger.info("released_unstarted worker=%s tasks=%s", self.id, released)
 
     def interrupt_running(self) -> None:
         """Take running tasks back through the failure path (attempt counted): READY or FAILED."""
-        for row in self.running():
+        for row in self.ledger.running():
             outcome = self.safe_write(
                 functools.partial(
                     fail_attempt,
@@ -381,12 +319,9 @@ class Worker:
             )
 
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
-        try:
-            return write()
-        except db.CONNECTION_ERRORS as exc:
-            logger.error("shutdown_write_failed worker=%s error=%s: the reaper will clean up", self.id, exc)
-            db.reset_connection()
-            return None
+        if self.lease.expired:
+            return None  # written off: not another word to the database
+        return db.unless_unreachable(write, "shutdown_write_failed worker=%s", self.id)
 
     # -- signals and failures --------------------------------------------------------------------
 
@@ -409,7 +344,7 @@ class Worker:
         self.wake.set()
 
     def lost(self) -> None:
-        self.exit_code = EXIT_LOST
+        self.exit_code = ExitCode.LOST
         self.stopping.set()
         self.hard_stop.set()
         self.wake.set()
@@ -421,6 +356,32 @@ class Worker:
 
     def service_died(self, name: str) -> None:
         logger.error("worker_stopping worker=%s reason=%s_thread_died", self.id, name)
-        self.exit_code = EXIT_SERVICE_DIED
+        self.exit_code = ExitCode.SERVICE_DIED
         self.stopping.set()
         self.wake.set()
+
+    def lease_expired(self) -> None:
+        """The lease thread's last act: no heartbeat reached the database within STALE_AFTER, so a
+        reaper may have given this worker's tasks to others already. Claim and start nothing more,
+        ask running tasks to stop, and end the process with no further write (any other thread may be
+        stuck on a socket that will never answer). Running tasks get a heartbeat interval (at most
+        --grace) to return: enough for one that checks for a cancel, and not the full grace, since
+        whatever a task does from now on may be done again by the worker that takes it over."""
+        self.exit_code = ExitCode.LEASE_EXPIRED
+        self.stopping.set()
+        self.hard_stop.set()
+        self.wake.set()
+        running = self.ledger.close()
+        cancellation.stop_all.set()
+        abandoned = self.ledger.wait_for_running(min(self.config.grace, self.config.heartbeat_interval))
+        logger.error(
+            "worker_exit worker=%s exit_code=%s reason=lease_expired tasks_asked_to_stop=%s "
+            "tasks_abandoned=%s tasks_done=%s",
+            self.id,
+            int(ExitCode.LEASE_EXPIRED),
+            running,
+            abandoned,
+            self.ledger.done_count,
+        )
+        logging.shutdown()
+        os._exit(ExitCode.LEASE_EXPIRED)

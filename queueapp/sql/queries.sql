@@ -28,6 +28,52 @@ WITH inserted AS (
 SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
 FROM inserted;
 
+-- enqueue_unique_task --
+-- enqueue_task for a task with a unique key: the unique index task_live_unique_key keeps one live
+-- task per key, and ON CONFLICT makes a taken key insert nothing (no row back) instead of failing,
+-- so concurrent enqueues of one key make one row. A key is also held for unique_for seconds after
+-- its task finished: a task with the key in history that recent inserts nothing either
+-- (task_history_unique_key_idx; unique_for = 0 reads no history).
+WITH inserted AS (
+  INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
+                                  enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
+                                  unique_key, concurrency_key)
+  SELECT %(task_path)s, %(queue_name)s, %(priority)s,
+         CASE WHEN due.run_after > now() THEN 'SCHEDULED' ELSE 'READY' END, %(args)s::jsonb, %(kwargs)s::jsonb,
+         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false, %(unique_key)s::text,
+         %(concurrency_key)s
+  FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
+  WHERE NOT (%(unique_for)s::float8 > 0 AND EXISTS (
+    SELECT 1 FROM queueapp_task_history h
+    WHERE h.unique_key = %(unique_key)s::text AND h.finished_at > now() - make_interval(secs => %(unique_for)s::float8)))
+  ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
+  RETURNING id, run_after, enqueued_at, queue_name, status
+)
+SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
+FROM inserted;
+
+-- unique_key_holder --
+-- Which task holds a key: the live one, else the latest that finished less than unique_for seconds
+-- ago. A new statement, so it sees what committed while enqueue_unique_task waited on the index.
+(SELECT id, run_after, enqueued_at FROM queueapp_task_live WHERE unique_key = %(unique_key)s::text)
+UNION ALL
+(SELECT id, run_after, enqueued_at FROM queueapp_task_history
+ WHERE %(unique_for)s::float8 > 0 AND unique_key = %(unique_key)s::text
+   AND finished_at > now() - make_interval(secs => %(unique_for)s::float8)
+ ORDER BY finished_at DESC LIMIT 1)
+LIMIT 1;
+
+-- finished_unique_holder --
+-- After enqueue_unique_task inserted: did the key's previous task finish while the insert waited
+-- for it (its move to history was not in the insert's snapshot)? Then the key was still held.
+SELECT id, run_after, enqueued_at FROM queueapp_task_history
+WHERE unique_key = %(unique_key)s::text AND finished_at > now() - make_interval(secs => %(unique_for)s::float8)
+ORDER BY finished_at DESC LIMIT 1;
+
+-- withdraw_task --
+-- Undo an insert of this transaction (nobody else has seen it).
+DELETE FROM queueapp_task_live WHERE id = %(id)s;
+
 -- reserve_task_ids --
 -- Bulk enqueue, step 1: ids for n tasks from the table's own identity sequence, and the
 -- transaction's clock (now() is fixed within a transaction: the copied rows get exactly what
@@ -54,17 +100,15 @@ SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 -- claimers pass each other's locked rows instead of queueing behind them. The ORDER BY matches
 -- task_live_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows;
 -- only due tasks are READY, so no deferred entry lies in its path (run_after <= now() is a guard).
--- Flow-controlled queues (the view queueapp_flow_queue: paused, limited, with a breaker or with
--- concurrency keys) are left to claim_flow_tasks: they are taken out of the worker's queues once
--- per statement (an InitPlan over a table of a few rows). Planner trap: written as a filter of its
--- own (`<> ALL (...)`, or NOT EXISTS) it made the estimate one row, and the plan read the whole
--- table and sorted it.
+-- queues are the worker's queues without flow control (flow_view): the others are claim_flow_tasks'.
 WITH picked AS (
   SELECT id FROM queueapp_task_live
-  WHERE status = 'READY' AND run_after <= now()
-    AND queue_name = ANY (ARRAY(SELECT unnest(%(queues)s::text[]) EXCEPT SELECT name FROM queueapp_flow_queue))
-    -- A worker already marked LOST (a zombie back from a pause) claims nothing.
-    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+  WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
+    -- A worker already marked LOST (a zombie back from a pause) claims nothing; nor does one whose
+    -- flow_view is older than the last flow-control change of its queues (flow_changed), until it
+    -- looked again: its queue list may hold a queue paused or limited since.
+    AND EXISTS (SELECT 1 FROM queueapp_worker w
+                WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE' AND w.flow_epoch = %(flow_epoch)s)
   ORDER BY priority DESC, run_after, id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -77,6 +121,17 @@ WHERE t.id = picked.id
 -- Only what can differ between claimed tasks comes back (status, worker, result are known).
 RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
           t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout;
+
+-- claim_plan --
+-- Before the claim, in its transaction. Planner trap: without statistics (a table just filled by a
+-- burst, before autovacuum's ANALYZE) or with stale ones (a queue that is usually empty), the planner
+-- takes the claim for a few rows and reads every READY task of the queue through
+-- task_live_ready_queue_idx, then sorts them: each claim then costs as much as the backlog (measured:
+-- 850 tasks/s with 40,000 waiting, 3,000 with none). With sorting priced out, the only plan left is
+-- the claim index read in order, which stops after LIMIT rows whatever the statistics say. LOCAL:
+-- it ends with the transaction, so it holds behind a pooler too, and it is in force when the claim
+-- is planned (custom plans) and when its generic plan is built and cached.
+SET LOCAL enable_sort = off;
 
 -- lock_flow_queues --
 -- The flow-controlled claim, step 1: lock the settings rows of the worker's flow-controlled queues,
@@ -174,7 +229,7 @@ claimed AS (
             t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout
 ),
 spent AS (
-  UPDATE queueapp_queuesettings q
+  UPDATE queueapp_queuecontrol q
   SET tokens = CASE WHEN s.rated THEN s.tokens - n.claimed ELSE q.tokens END,
       tokens_at = CASE WHEN s.rated THEN statement_timestamp() ELSE q.tokens_at END,
       -- a half-open breaker's trial is out: the next one waits for its outcome or a cool-off
@@ -186,10 +241,12 @@ spent AS (
 )
 SELECT * FROM claimed;
 
--- flow_queues_of --
--- Which of a worker's queues are flow-controlled: its listener asks on connecting, when told of a
--- change of settings, and every few seconds, so that rounds of a worker without any pay nothing.
-SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]);
+-- flow_view --
+-- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it) and which
+-- of its queues are flow-controlled. Its listener asks on connecting, when told of a change of
+-- settings, and every few seconds, so that rounds of a worker without any pay nothing.
+SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), 0),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]));
 
 -- step_breakers --
 -- The flow-controlled claim, between steps 1 and 2, under the same locks: each circuit breaker of
@@ -207,7 +264,7 @@ WITH seen AS (
            AS failures,
          bool_or(NOT e.failed AND e.at >= q.breaker_changed_at) AS trial_succeeded,
          bool_or(e.failed AND e.at >= q.breaker_changed_at) AS trial_failed
-  FROM queueapp_queuesettings q
+  FROM queueapp_queuecontrol q
   LEFT JOIN queueapp_breakerevent e ON e.queue_name = q.name
   WHERE q.name = ANY(%(queues)s::text[]) AND q.breaker_threshold IS NOT NULL
   GROUP BY q.name
@@ -222,7 +279,7 @@ next AS (
   FROM seen
 ),
 changed AS (
-  UPDATE queueapp_queuesettings q
+  UPDATE queueapp_queuecontrol q
   SET breaker_state = n.new_state, breaker_changed_at = statement_timestamp(),
       breaker_until = CASE n.new_state WHEN 'open' THEN statement_timestamp() + make_interval(secs => n.breaker_cooloff)
                                        WHEN 'half_open' THEN statement_timestamp() END
@@ -231,7 +288,7 @@ changed AS (
   RETURNING q.name, q.breaker_state, n.failures, n.attempts
 ),
 purged AS (
-  DELETE FROM queueapp_breakerevent e USING queueapp_queuesettings q
+  DELETE FROM queueapp_breakerevent e USING queueapp_queuecontrol q
   WHERE e.queue_name = q.name AND q.name = ANY(%(queues)s::text[]) AND q.breaker_threshold IS NOT NULL
     AND (e.at < statement_timestamp() - make_interval(secs => q.breaker_window)
          OR q.name IN (SELECT name FROM changed WHERE breaker_state = 'closed'))
@@ -246,32 +303,39 @@ SET LOCAL jit = off;
 
 -- ensure_keyed_queues --
 -- Tasks with a concurrency key need the flow-controlled claim: the first one enqueued in a queue
--- marks it (and tells workers to look again). The queue's row is only written, and so only locked,
--- when it is not marked yet: later enqueues read it and pass.
-WITH marked AS (
-  INSERT INTO queueapp_queuesettings AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
-  SELECT k.queue, false, 1, 1.0, true, 0, now() FROM unnest(%(queues)s::text[]) AS k(queue)
-  WHERE NOT EXISTS (SELECT 1 FROM queueapp_queuesettings s WHERE s.name = k.queue AND s.has_keys)
-  ON CONFLICT (name) DO UPDATE SET has_keys = true, updated_at = now()
-  RETURNING q.name
-)
-SELECT pg_notify('taskqueue_settings', name) FROM marked;
+-- marks it (the caller then runs flow_changed). The queue's row is only written, and so only
+-- locked, when it is not marked yet: later enqueues read it and pass.
+INSERT INTO queueapp_queuecontrol AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
+SELECT k.queue, false, 1, 1.0, true, 0, now() FROM unnest(%(queues)s::text[]) AS k(queue)
+WHERE NOT EXISTS (SELECT 1 FROM queueapp_queuecontrol s WHERE s.name = k.queue AND s.has_keys)
+ON CONFLICT (name) DO UPDATE SET has_keys = true, updated_at = now()
+RETURNING q.name;
 
--- notify_settings --
--- A queue's settings changed (pause, resume, limits): workers look again at once. Its own channel,
--- so that the many enqueue notifications do not make every worker re-read settings.
-SELECT pg_notify('taskqueue_settings', %(queue)s), pg_notify('taskqueue', %(queue)s);
+-- flow_changed --
+-- Queues' flow control changed (pause, resume, limits, a first keyed task), in the transaction of
+-- the change. Every live worker that listens on one of them moves to a new flow_epoch: from the
+-- commit on, its plain claim (which checks the epoch) claims nothing until the worker has looked at
+-- the settings again (flow_view), so that no worker claims a queue as plain after it was paused or
+-- limited, whatever its listener has heard yet. Worker rows are locked in id order (two changes
+-- cannot deadlock). Then workers are told, on a channel of its own (the many enqueue notifications
+-- do not make every worker re-read settings), and woken (a resumed queue is claimed at once).
+WITH listening AS (
+  SELECT id FROM queueapp_worker
+  WHERE state = 'ALIVE' AND queues && %(queues)s::varchar[]
+  ORDER BY id
+  FOR UPDATE
+),
+moved AS (
+  UPDATE queueapp_worker w SET flow_epoch = w.flow_epoch + 1 FROM listening WHERE w.id = listening.id
+)
+SELECT pg_notify('taskqueue_settings', q), pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 
 -- set_paused --
--- Pause or resume: the row is made if the queue had none. Paused queues are flow-controlled, so the
--- plain claim leaves them as soon as this commits; claim_flow_tasks skips them.
-WITH changed AS (
-  INSERT INTO queueapp_queuesettings AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
-  VALUES (%(queue)s, %(paused)s, 1, 1.0, false, 0, now())
-  ON CONFLICT (name) DO UPDATE SET paused = %(paused)s, updated_at = now()
-  RETURNING q.name
-)
-SELECT pg_notify('taskqueue_settings', name), pg_notify('taskqueue', name) FROM changed;
+-- Pause or resume (then flow_changed): the row is made if the queue had none. Paused queues are
+-- flow-controlled; claim_flow_tasks skips them.
+INSERT INTO queueapp_queuecontrol AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
+VALUES (%(queue)s, %(paused)s, 1, 1.0, false, 0, now())
+ON CONFLICT (name) DO UPDATE SET paused = %(paused)s, updated_at = now();
 
 -- why_waiting --
 -- What holds one READY or SCHEDULED task: the figures the console and the API turn into reasons.
@@ -296,7 +360,7 @@ SELECT t.status, t.run_after > now() AS not_due, t.queue_name AS queue, t.concur
         WHERE w.state = 'ALIVE' AND t.queue_name = ANY(w.queues)
           AND w.last_heartbeat_at >= now() - make_interval(secs => %(stale_after)s::float8)) AS listeners
 FROM queueapp_task_live t
-LEFT JOIN queueapp_queuesettings q ON q.name = t.queue_name
+LEFT JOIN queueapp_queuecontrol q ON q.name = t.queue_name
 WHERE t.id = %(id)s;
 
 -- queue_flow --
@@ -304,7 +368,7 @@ WHERE t.id = %(id)s;
 -- deferred (SCHEDULED), RUNNING, started in the last minute (live tasks by started_at, finished ones
 -- from history), and the wait of the oldest READY task.
 WITH names AS (
-  SELECT name FROM queueapp_queuesettings
+  SELECT name FROM queueapp_queuecontrol
   UNION
   SELECT DISTINCT queue_name FROM queueapp_task_live
 )
@@ -313,7 +377,7 @@ SELECT n.name, coalesce(q.paused, false), q.concurrency_limit, coalesce(q.key_co
        live.ready, live.scheduled, live.running, live.started_live + finished.started, live.oldest_ready,
        q.breaker_threshold, coalesce(q.breaker_state, 'closed')
 FROM names n
-LEFT JOIN queueapp_queuesettings q ON q.name = n.name
+LEFT JOIN queueapp_queuecontrol q ON q.name = n.name
 CROSS JOIN LATERAL (
   SELECT count(*) FILTER (WHERE status = 'READY') AS ready,
          count(*) FILTER (WHERE status = 'SCHEDULED') AS scheduled,
@@ -328,17 +392,6 @@ CROSS JOIN LATERAL (
     AND started_at >= now() - interval '1 minute'
 ) AS finished
 ORDER BY n.name;
-
--- claim_plan --
--- Before the claim, in its transaction. Planner trap: without statistics (a table just filled by a
--- burst, before autovacuum's ANALYZE) or with stale ones (a queue that is usually empty), the planner
--- takes the claim for a few rows and reads every READY task of the queue through
--- task_live_ready_queue_idx, then sorts them: each claim then costs as much as the backlog (measured:
--- 850 tasks/s with 40,000 waiting, 3,000 with none). With sorting priced out, the only plan left is
--- the claim index read in order, which stops after LIMIT rows whatever the statistics say. LOCAL:
--- it ends with the transaction, so it holds behind a pooler too, and it is in force when the claim
--- is planned (custom plans) and when its generic plan is built and cached.
-SET LOCAL enable_sort = off;
 
 -- release_unknown_claims --
 -- After a round whose outcome is unknown (the connection broke before its COMMIT's answer came
@@ -378,12 +431,12 @@ WITH done AS (
 moved AS (
 INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                    enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                   errors, return_value, timeout, cancel_requested, worker_id, concurrency_key)
+                                   errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
 SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
        args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids, errors,
        CASE WHEN cancel_requested THEN NULL
             ELSE ((%(return_values)s::text[])[array_position(%(ids)s::bigint[], id)])::jsonb END,
-       timeout, cancel_requested, worker_id, concurrency_key
+       timeout, cancel_requested, worker_id, unique_key, concurrency_key
 FROM done
 RETURNING id, status, queue_name
 ),
@@ -391,7 +444,7 @@ counted AS (
   INSERT INTO queueapp_breakerevent (queue_name, at, failed)
   SELECT queue_name, now(), false FROM moved
   WHERE status = 'SUCCESSFUL'
-    AND queue_name IN (SELECT name FROM queueapp_queuesettings WHERE breaker_threshold IS NOT NULL)
+    AND queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
 )
 SELECT id, status FROM moved;
 
@@ -411,13 +464,13 @@ WITH failed AS (
 counted AS (
   INSERT INTO queueapp_breakerevent (queue_name, at, failed)
   SELECT queue_name, now(), true FROM failed
-  WHERE queue_name IN (SELECT name FROM queueapp_queuesettings WHERE breaker_threshold IS NOT NULL)
+  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
 ),
 retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
   RETURNING t.status, t.run_after
@@ -429,10 +482,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, concurrency_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id, concurrency_key
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING status, run_after
 )
@@ -459,9 +512,9 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, concurrency_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, 'CANCELLED', args, kwargs, run_after, enqueued_at, started_at,
-         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id, concurrency_key
+         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING status
 )
@@ -473,9 +526,16 @@ SELECT status FROM moved;
 -- Through the view: the live table's primary key, then each history partition's id index.
 SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
        started_at, finished_at, attempts, max_attempts, worker_id, worker_ids, errors,
-       return_value, cancel_requested, timeout
+       return_value, cancel_requested, timeout, unique_key
 FROM queueapp_task
 WHERE id = %(id)s;
+
+-- limit_statements --
+-- A worker's own connections (not its task threads', whose queries are the tasks' business): no
+-- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
+-- heartbeat. For the session (false): it holds until the connection closes.
+SELECT set_config('statement_timeout', %(statement_timeout)s, false),
+       set_config('lock_timeout', %(lock_timeout)s, false);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
@@ -549,7 +609,7 @@ requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -561,10 +621,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, concurrency_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id, concurrency_key
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING id
 )
@@ -597,18 +657,23 @@ WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout
 -- retry_task --
 -- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same
 -- id (its result id stays valid) with its errors kept and a fresh budget of attempts. attempts
--- only ever grows (it fences workers), so the budget is added on top of it. Two concurrent
--- retries: the second waits for the first's row lock, finds the row gone, and matches nothing.
+-- only ever grows (it fences workers), so the budget is added on top of it, and retried_at_attempt
+-- remembers where it started: the backoff (fail_task, reap_workers) counts from there, as for a new
+-- task. Two concurrent retries: the second waits for the first's row lock, finds the row gone, and
+-- matches nothing. A unique task whose key another live task holds now stays where it is (nothing
+-- comes back).
 WITH back AS (
-  DELETE FROM queueapp_task_history WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+  DELETE FROM queueapp_task_history h WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+    AND NOT EXISTS (SELECT 1 FROM queueapp_task_live l WHERE l.unique_key = h.unique_key)
   RETURNING *
 ),
 ready AS (
   INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                  errors, return_value, timeout, cancel_requested, worker_id, concurrency_key)
+                                  errors, return_value, timeout, cancel_requested, worker_id, unique_key,
+                                  retried_at_attempt, concurrency_key)
   SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
-         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, concurrency_key
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key, attempts, concurrency_key
   FROM back
   RETURNING status, queue_name
 )
@@ -642,6 +707,11 @@ UPDATE queueapp_idempotency SET task_ids = %(task_ids)s::bigint[] WHERE id = %(i
 
 -- database_now --
 SELECT now();
+
+-- serving_backend --
+-- The server session that answers. A pooler announces a cancel key of its own when a client
+-- connects (libpq's backend pid), so a different pid here means one stands in between.
+SELECT pg_backend_pid();
 
 -- pickup_latency --
 -- Seconds from due to start of the latest 2,000 first attempts finished since a moment
@@ -715,6 +785,16 @@ WITH doomed AS (
 )
 DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.finished_at = doomed.finished_at;
 
+-- purge_workers --
+-- Retention of worker rows (one per process start): those STOPPED or LOST before the cutoff go,
+-- except a LOST one that still holds RUNNING tasks (the reaper has yet to take them back through
+-- it). The check reads task_live_running_idx. Finished tasks keep the id of the worker that ran
+-- them; the console shows it without a link once the row is gone.
+DELETE FROM queueapp_worker w
+WHERE w.state IN ('STOPPED', 'LOST')
+  AND coalesce(w.stopped_at, w.last_heartbeat_at) < now() - make_interval(secs => %(older_than)s::float8)
+  AND NOT EXISTS (SELECT 1 FROM queueapp_task_live t WHERE t.status = 'RUNNING' AND t.worker_id = w.id);
+
 -- count_purgeable --
 SELECT count(*) FROM queueapp_task_history
 WHERE finished_at < now() - make_interval(secs => %(older_than)s::float8) AND status = ANY(%(statuses)s::text[]);
@@ -769,3 +849,56 @@ WHERE c.oid = 'queueapp_task_live'::regclass
 
 -- purge_idempotency_keys --
 DELETE FROM queueapp_idempotency WHERE created_at < now() - make_interval(secs => %(older_than)s::float8);
+
+-- due_schedules --
+-- Enabled schedules whose next tick has come (database clock), and that clock.
+SELECT id, name, task_path, cron, timezone, args, kwargs, queue_name, priority, catch_up, catch_up_limit,
+       next_run_at, now()
+FROM queueapp_schedule
+WHERE enabled AND next_run_at <= now()
+ORDER BY next_run_at;
+
+-- claim_tick --
+-- Exactly once per tick: the unique (schedule_id, tick_at) lets one of any number of racing
+-- schedulers insert a tick; the others wait for its transaction and then insert nothing (no row
+-- back), or insert it themselves if that transaction rolled back (its task was never enqueued).
+INSERT INTO queueapp_schedule_tick (schedule_id, tick_at, task_id, manual, enqueued_at)
+VALUES (%(schedule_id)s, %(tick_at)s, NULL, %(manual)s, now())
+ON CONFLICT (schedule_id, tick_at) DO NOTHING
+RETURNING id;
+
+-- set_tick_task --
+UPDATE queueapp_schedule_tick SET task_id = %(task_id)s WHERE id = %(id)s;
+
+-- advance_schedule --
+-- The cursor only moves forward: a scheduler that planned from an older cursor cannot move it back.
+UPDATE queueapp_schedule SET next_run_at = greatest(next_run_at, %(next_run_at)s)
+WHERE id = %(id)s;
+
+-- purge_schedule_ticks --
+-- A tick's row guards its uniqueness while a scheduler may still plan it: only one that read the
+-- schedule's cursor before the tick was enqueued can, a pass's time at most. Rows enqueued longer
+-- ago than older_than go (by enqueued_at, not tick_at: a catch-up enqueues old ticks now), except
+-- each schedule's latest, the console's "last run".
+DELETE FROM queueapp_schedule_tick t
+WHERE t.enqueued_at < now() - make_interval(secs => %(older_than)s::float8)
+  AND t.tick_at < (SELECT max(l.tick_at) FROM queueapp_schedule_tick l WHERE l.schedule_id = t.schedule_id);
+
+-- upsert_code_schedule --
+-- A schedule declared in code (setting or @periodic), written at worker start. Several workers may
+-- start at once: ON CONFLICT makes that safe. `enabled` is the console's to change and stays; the
+-- cursor moves to the given next tick only when the timing changed (or was never set).
+INSERT INTO queueapp_schedule AS s (name, task_path, cron, timezone, args, kwargs, queue_name, priority,
+                                    catch_up, catch_up_limit, enabled, source, next_run_at, created_at)
+VALUES (%(name)s, %(task_path)s, %(cron)s, %(timezone)s, %(args)s::jsonb, %(kwargs)s::jsonb, %(queue_name)s,
+        %(priority)s, %(catch_up)s, %(catch_up_limit)s, true, 'code', %(next_run_at)s, now())
+ON CONFLICT (name) DO UPDATE
+SET task_path = excluded.task_path, cron = excluded.cron, timezone = excluded.timezone, args = excluded.args,
+    kwargs = excluded.kwargs, queue_name = excluded.queue_name, priority = excluded.priority,
+    catch_up = excluded.catch_up, catch_up_limit = excluded.catch_up_limit, source = 'code',
+    next_run_at = CASE WHEN s.next_run_at IS NULL OR s.cron <> excluded.cron OR s.timezone <> excluded.timezone
+                       THEN excluded.next_run_at ELSE s.next_run_at END;
+
+-- drop_code_schedules --
+-- Schedules once declared in code and no longer: gone with their ticks (tasks stay).
+DELETE FROM queueapp_schedule WHERE source = 'code' AND NOT (name = ANY(%(names)s::text[]));

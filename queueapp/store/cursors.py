@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from django.conf import settings
 from django.db import connections
 from django.db.backends.utils import CursorWrapper
+
+from queueapp.store.poolers import explain_lost_statements, prepared_statements
 
 _ONLY_WHEN_ASKED = 2**62
 
@@ -20,13 +21,15 @@ _ONLY_WHEN_ASKED = 2**62
 class _PreparingCursor(psycopg.Cursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("prepare", True)
-        return super().execute(query, params, **kwargs)
+        with explain_lost_statements():
+            return super().execute(query, params, **kwargs)
 
 
 def prepared_cursor(using: str) -> CursorWrapper:
-    """A cursor for the queue's own statements: prepared when TASKQUEUE["PREPARED_STATEMENTS"]."""
+    """A cursor for the queue's own statements: prepared unless TASKQUEUE["PREPARED_STATEMENTS"] or
+    a pooler in front of the database says otherwise (store.poolers)."""
     db = connections[using]
-    if not settings.TASKQUEUE.get("PREPARED_STATEMENTS", True):
+    if not prepared_statements(using):
         return db.cursor()
     db.close_if_health_check_failed()
     db.ensure_connection()

@@ -5,9 +5,10 @@ The limits themselves are enforced by the claim (claim_flow_tasks, run by store.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from django.core.exceptions import ValidationError
@@ -21,22 +22,40 @@ SETTINGS_CHANNEL = "taskqueue_settings"
 claim through the flow-controlled claim."""
 
 
-def flow_queues_of(conn: psycopg.Connection[Any], queues: Collection[str]) -> set[str]:
-    """Which of queues are flow-controlled, on a worker's own (listener) connection."""
-    rows = conn.execute(QUERIES["flow_queues_of"], {"queues": sorted(queues)}).fetchall()
-    return {name for (name,) in rows}
+@dataclass(frozen=True, slots=True)
+class FlowView:
+    """What a worker knows of flow control: which of its queues are flow-controlled, as of epoch
+    (its row's flow_epoch then; its plain claim holds only while the row still has it)."""
+
+    epoch: int = 0
+    queues: frozenset[str] = frozenset()
+
+
+def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection[str]) -> FlowView:
+    """A worker's FlowView, read in one snapshot on its own connection."""
+    params = {"worker_id": worker_id, "queues": sorted(queues)}
+    row = conn.execute(QUERIES["flow_view"], params).fetchone()
+    assert row is not None  # one row, always
+    return FlowView(row[0], frozenset(row[1]))
 
 
 def set_paused(queue: str, paused: bool, *, using: str = "default") -> None:
     """Pause (or resume) a queue, fleet-wide, from the moment the caller's transaction commits."""
-    with connections[using].cursor() as cursor:
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute(QUERIES["set_paused"], {"queue": queue, "paused": paused})
+        flow_changed(cursor, [queue])
 
 
 def notify_settings(queue: str, *, using: str = "default") -> None:
-    """Tell workers (at commit) that a queue's settings changed, after an edit through the ORM."""
+    """After an edit of a queue's settings through the ORM, in its transaction: see flow_changed."""
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["notify_settings"], {"queue": queue})
+        flow_changed(cursor, [queue])
+
+
+def flow_changed(cursor: Any, queues: Sequence[str]) -> None:
+    """Queues' flow control changed in this transaction: from its commit on, the plain claims of
+    workers on these queues claim nothing until the worker looked again; workers are told."""
+    cursor.execute(QUERIES["flow_changed"], {"queues": sorted(queues)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +136,7 @@ SEEDABLE = ("paused", "concurrency_limit", "key_concurrency", "rate_limit", "rat
 """The settings TASKQUEUE["FLOW_CONTROL"] may give a queue."""
 
 
-def seed_queue_settings(seeds: dict[str, dict[str, Any]]) -> list[str]:
+def seed_queue_settings(seeds: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Create the settings rows that seeds give and the database lacks (an operator's edits win);
     all or none, each checked as the admin checks it. Returns the queues created."""
     made = []
@@ -127,9 +146,9 @@ def seed_queue_settings(seeds: dict[str, dict[str, Any]]) -> list[str]:
             if unknown:
                 known = ", ".join(SEEDABLE)
                 raise ValidationError(f"queue {name!r}: unknown settings {sorted(unknown)} (known: {known})")
-            if models.QueueSettings.objects.filter(name=name).exists():
+            if models.QueueControl.objects.filter(name=name).exists():
                 continue
-            row = models.QueueSettings(name=name, **values)
+            row = models.QueueControl(name=name, **values)
             row.full_clean()
             row.save()
             notify_settings(name)

@@ -8,6 +8,7 @@ from typing import Any
 from django.db import connections, transaction
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 
 
 def count_ready(queue: str, *, cap: int, using: str = "default") -> int:
@@ -51,7 +52,7 @@ def queue_overview(*, using: str = "default") -> dict[str, dict[str, Any]]:
         for queue, status, count, oldest in cursor.fetchall():
             entry = overview.setdefault(queue, {"counts": {}, "oldest_ready_seconds": None})
             entry["counts"][status] = count
-            if status == "READY" and oldest is not None:
+            if status == TaskStatus.READY and oldest is not None:
                 entry["oldest_ready_seconds"] = float(oldest)
     return overview
 

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from django.conf import settings
 from django.utils.json import normalize_json
 
-from queueapp import exceptions
+from queueapp import conf, exceptions
 
 NOTIFY_CHANNEL = "taskqueue"
 
@@ -33,6 +32,10 @@ class NewTask:
     timeout: float | None = None
     concurrency_key: str | None = None
     """Tasks of a queue with the same key run at most its key_concurrency at a time."""
+    unique_key: str | None = None
+    """No other live task may have this key: enqueueing it again returns the holder instead."""
+    unique_for: float = 0.0
+    """Seconds the key stays held after its task finished."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +61,7 @@ class TaskRow:
     return_value: Any
     cancel_requested: bool
     timeout: float | None
+    unique_key: str | None = None
 
 
 _JSON_COLUMNS = ("args", "kwargs", "errors", "return_value")
@@ -70,14 +74,16 @@ class Inserted:
     id: int
     run_after: datetime
     enqueued_at: datetime
+    created: bool = True
+    """False when a unique task's key was held: id is then the holder's (run_after and enqueued_at
+    are not read back)."""
 
 
-_ROW_FIELDS = TaskRow.__slots__
-
-
-def _to_row(values: Sequence[Any]) -> TaskRow:
+def task_row(columns: Sequence[str], values: Sequence[Any]) -> TaskRow:
+    """A TaskRow from one row of a statement whose columns are named as TaskRow's fields (all of them:
+    a missing or unknown column is a TypeError, never a value in the wrong field)."""
+    data = dict(zip(columns, values, strict=True))
     # Django's psycopg setup loads jsonb as text; decode it here, once.
-    data = dict(zip(_ROW_FIELDS, values, strict=False))
     for column in _JSON_COLUMNS:
         if data[column] is not None:
             data[column] = json.loads(data[column])
@@ -125,7 +131,7 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
             f"task arguments must be JSON (str, int, float, bool, None, list, dict): {exc}"
         ) from exc
     size = _utf8_length(args_json) + _utf8_length(kwargs_json)
-    limit = settings.TASKQUEUE["MAX_ARGS_BYTES"]
+    limit = conf.get().max_args_bytes
     if size > limit:
         raise exceptions.ArgumentsTooLarge(
             f"task arguments are {size} bytes of JSON; the limit is {limit} "
@@ -139,8 +145,35 @@ def _utf8_length(text: str) -> int:
 
 
 def encode_return_value(value: Any) -> str:
-    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none."""
+    """JSON text of a task's return value; raises ReturnValueNotJSON when it has none and
+    ReturnValueTooLarge beyond TASKQUEUE["MAX_RETURN_BYTES"]."""
     try:
-        return _to_json(value)
+        text = _to_json(value)
     except (TypeError, ValueError) as exc:
         raise exceptions.ReturnValueNotJSON(f"task return value is not JSON: {exc}") from exc
+    limit = conf.get().max_return_bytes
+    size = _utf8_length(text)
+    if size > limit:
+        raise exceptions.ReturnValueTooLarge(
+            f"task return value is {size} bytes of JSON; the limit is {limit} "
+            "(TASKQUEUE['MAX_RETURN_BYTES']): store large results elsewhere and return a reference"
+        )
+    return text
+
+
+_JSON_TYPES = {list: "an array", dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+def check_arguments(row: TaskRow) -> None:
+    """Raise ArgumentsMalformed unless the row's args are a JSON array and its kwargs an object
+    (the database's checks say so; a row written around them must not run with a string's
+    characters as its arguments)."""
+    if not isinstance(row.args, list) or not isinstance(row.kwargs, dict):
+        raise exceptions.ArgumentsMalformed(
+            f"task {row.id} has args {_json_type(row.args)} and kwargs {_json_type(row.kwargs)}; "
+            "args must be a JSON array and kwargs a JSON object"
+        )
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "a number")

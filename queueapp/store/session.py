@@ -3,9 +3,9 @@
 A round is one round trip and one transaction: the fenced finish of every task that succeeded
 since the last round and the claim for the slots that frees are pipelined together, so a round
 costs one commit however many tasks it carries. The statements are prepared on the server the
-first time they run (set TASKQUEUE["PREPARED_STATEMENTS"] = False behind a pooler that cannot
-keep them), and the connection skips Django's cursor wrappers: nothing here is per task but the
-values themselves.
+first time they run (unless TASKQUEUE["PREPARED_STATEMENTS"] or a pooler in front of the database
+says otherwise: store.poolers), and the connection skips Django's cursor wrappers: nothing here is
+per task but the values themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import psycopg
 from django.db import connections
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
+from queueapp.store.limits import FlowView, flow_view
+from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
 
 
@@ -69,8 +72,8 @@ def finish_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, An
     }
 
 
-def claim_params(worker_id: UUID, queues: Sequence[str], limit: int) -> dict[str, Any]:
-    return {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+def claim_params(worker_id: UUID, queues: Sequence[str], limit: int, flow_epoch: int = 0) -> dict[str, Any]:
+    return {"worker_id": worker_id, "queues": list(queues), "limit": limit, "flow_epoch": flow_epoch}
 
 
 def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskRow]:
@@ -81,7 +84,7 @@ def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskR
             task_path=task_path,
             queue_name=queue_name,
             priority=priority,
-            status="RUNNING",
+            status=TaskStatus.RUNNING,
             args=_json(args),
             kwargs=_json(kwargs),
             run_after=run_after,
@@ -125,15 +128,28 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+NO_FLOW = FlowView()
+"""The view of a worker that has not looked (or has no flow-controlled queue, as of epoch 0)."""
+
+
 class WorkerSession:
     """One worker process's claim-and-finish connection (used by one thread at a time)."""
 
     def __init__(
-        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, using: str = "default"
+        self,
+        *,
+        worker_id: UUID,
+        queues: Sequence[str],
+        prepare: bool = True,
+        options: str = "",
+        using: str = "default",
     ):
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
+        """False: never prepare; True: prepare where store.poolers allows it."""
+        self.options = options
+        """libpq `options` added to the connection's own (the worker's statement and lock timeouts)."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
         self.flow_queues: list[FlowQueue] = []
@@ -149,60 +165,78 @@ class WorkerSession:
         params.pop("context", None)
         params.update(
             cursor_factory=psycopg.Cursor,
-            prepare_threshold=0 if self.prepare else None,
+            prepare_threshold=0 if self.prepare and prepared_statements(self.using) else None,
             autocommit=True,
             connect_timeout=params.get("connect_timeout", 10),
         )
         params.setdefault("application_name", "taskqueue-worker")
+        if self.options:
+            params["options"] = f"{params.get('options', '')} {self.options}".strip()
         conn = psycopg.connect(**params)
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
 
     def round(
-        self, successes: Sequence[Success], limit: int, *, flow: bool = False, refresh: bool = True
+        self,
+        successes: Sequence[Success],
+        limit: int,
+        *,
+        view: FlowView = NO_FLOW,
+        refresh: bool = True,
     ) -> tuple[dict[int, str], list[TaskRow]]:
         """Record successes and claim up to limit tasks in one transaction.
 
         Returns the recorded status by task id (SUCCESSFUL, or CANCELLED when a cancel was
         requested; a task taken away meanwhile is missing) and the claimed rows in claim order.
-        With flow, the flow-controlled queues are claimed first (and flow_queues refreshed), then
-        the plain claim fills the slots left, in a second round trip of the same transaction;
-        refresh: the settings may have changed since the last round (breakers are looked at).
+        view: the worker's flow view (flow_view()). Its flow-controlled queues are claimed first (and
+        self.flow_queues refreshed), then the plain claim fills the slots left from the other
+        queues, in a second round trip of the same transaction. Without any, a round is the plain
+        claim alone; refresh: the settings may have changed since the last round (breakers are
+        looked at).
         """
         if self.conn is None:
             self.conn = self.connect()
         conn = self.conn
-        finish = claim = flow_claim = stepped = None
-        with conn.transaction():
-            with conn.pipeline():
-                if successes:
-                    finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
-                if limit > 0:
-                    conn.execute(QUERIES["claim_plan"], prepare=False)
-                    if flow:
-                        params = claim_params(self.worker_id, self.queues, limit)
-                        conn.execute(QUERIES["flow_plan"], prepare=False)
-                        locked = conn.execute(QUERIES["lock_flow_queues"], params)
-                        # Breakers move only where the last look found one (or on a fresh look).
-                        if refresh or any(queue.breaker for queue in self.flow_queues):
-                            stepped = conn.execute(QUERIES["step_breakers"], params)
-                        flow_claim = conn.execute(QUERIES["claim_flow_tasks"], params)
-                    else:
-                        claim = conn.execute(
-                            QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit)
-                        )
-            values = []
-            if flow_claim is not None:
-                self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
-                self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
-                values = flow_claim.fetchall()
-                if limit > len(values):
-                    rest = claim_params(self.worker_id, self.queues, limit - len(values))
-                    claim = conn.execute(QUERIES["claim_tasks"], rest)
-            if claim is not None:
-                values += claim.fetchall()
+        plain = [queue for queue in self.queues if queue not in view.queues] if view.queues else self.queues
+        finish = claim = None
+        values: list[Any] = []
+        with explain_lost_statements(), conn.pipeline(), conn.transaction():
+            if successes:
+                finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
+            if limit > 0:
+                conn.execute(QUERIES["claim_plan"], prepare=False)
+                if view.queues:
+                    values = self._claim_flow(conn, sorted(view.queues), limit, refresh=refresh)
+                if plain and limit > len(values):
+                    params = claim_params(self.worker_id, plain, limit - len(values), view.epoch)
+                    claim = conn.execute(QUERIES["claim_tasks"], params)
+        if claim is not None:  # fetched after the commit: a plain round is one round trip
+            values += claim.fetchall()
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(self.worker_id, values)
+
+    def flow_view(self) -> FlowView:
+        """The worker's FlowView, on this connection."""
+        if self.conn is None:
+            self.conn = self.connect()
+        return flow_view(self.conn, self.worker_id, self.queues)
+
+    def _claim_flow(
+        self, conn: psycopg.Connection[Any], queues: list[str], limit: int, *, refresh: bool
+    ) -> list[Any]:
+        """The flow-controlled claim of round(): lock the queues' settings, step their breakers,
+        claim; its rows."""
+        params = claim_params(self.worker_id, queues, limit)
+        conn.execute(QUERIES["flow_plan"], prepare=False)
+        locked = conn.execute(QUERIES["lock_flow_queues"], params)
+        # Breakers move only where the last look found one (or on a fresh look).
+        stepped = None
+        if refresh or any(queue.breaker for queue in self.flow_queues):
+            stepped = conn.execute(QUERIES["step_breakers"], params)
+        claim = conn.execute(QUERIES["claim_flow_tasks"], params)
+        self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
+        self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
+        return claim.fetchall()
 
     def reconcile(
         self, held: Sequence[int], successes: Sequence[Success]

@@ -14,9 +14,12 @@ from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 
 from queueapp.sql import QUERIES
+from queueapp.states import TaskStatus
 from queueapp.store.cursors import prepared_cursor
-from queueapp.store.rows import Inserted, NewTask, TaskRow, _to_row
+from queueapp.store.limits import flow_changed
+from queueapp.store.rows import Inserted, NewTask, TaskRow, task_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
+from queueapp.store.unique import insert_unique
 
 
 def _params(new: NewTask) -> dict[str, Any]:
@@ -46,9 +49,14 @@ def _mark_keyed_queues(cursor: CursorWrapper, batch: Sequence[NewTask]) -> None:
     keyed = sorted({new.queue_name for new in batch if new.concurrency_key is not None})
     if keyed:
         cursor.execute(QUERIES["ensure_keyed_queues"], {"queues": keyed})
+        marked = [name for (name,) in cursor.fetchall()]
+        if marked:
+            flow_changed(cursor, marked)
 
 
 def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
+    if new.unique_key is not None:
+        return insert_unique(cursor, _params(new), new)
     cursor.execute(QUERIES["enqueue_task"], _params(new))
     task_id, run_after, enqueued_at, _ = cursor.fetchone()
     return Inserted(task_id, run_after, enqueued_at)
@@ -107,6 +115,22 @@ _LINES_PER_WRITE = 500
 _COPY_FROM = 10
 
 
+def enqueue_unique_tasks[T](
+    batch: list[NewTask], *, each: Callable[[int, NewTask, Inserted], T], using: str = "default"
+) -> list[T]:
+    """A batch with unique tasks: one statement each (COPY cannot skip a taken key), in one
+    transaction. Keys are taken in sorted order, so two batches with keys in common wait for each
+    other instead of deadlocking; a key twice in one batch gives the first task both times (the
+    second finds it held). Results keep the input order."""
+    order = sorted(range(len(batch)), key=lambda i: batch[i].unique_key or "")
+    made: dict[int, T] = {}
+    with transaction.atomic(using=using, savepoint=False), prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, batch)
+        for index in order:
+            made[index] = each(index, batch[index], _insert(cursor, batch[index]))
+    return [made[index] for index in range(len(batch))]
+
+
 def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted], T], using: str) -> list[T]:
     # batch is a list already: a bad call raised before any statement, so no savepoint is needed
     # to keep a caller's transaction usable; a database error aborts a transaction as it would in
@@ -132,7 +156,7 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     A task that has never run: READY if due, else SCHEDULED."""
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
-    status = "READY" if due else "SCHEDULED"
+    status = TaskStatus.READY if due else TaskStatus.SCHEDULED
     key = "\\N" if new.concurrency_key is None else _copy_text(new.concurrency_key)
     return (
         f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
@@ -142,13 +166,14 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
 
 
 def claim_tasks(
-    *, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default"
+    *, worker_id: UUID, queues: Sequence[str], limit: int, flow_epoch: int = 0, using: str = "default"
 ) -> list[TaskRow]:
-    """Claim up to limit READY, due tasks by priority, then run_after, then id."""
+    """Claim up to limit READY, due tasks by priority, then run_after, then id (the plain claim:
+    nothing unless the worker's flow_epoch is still the one given, see FlowView)."""
     if limit <= 0:
         return []
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit))
+        cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit, flow_epoch))
         return claimed_rows(worker_id, cursor.fetchall())
 
 
@@ -210,7 +235,8 @@ def get_task(task_id: int, *, using: str = "default") -> TaskRow | None:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["get_task"], {"id": task_id})
         values = cursor.fetchone()
-    return _to_row(values) if values else None
+        columns = [column.name for column in cursor.description]
+    return task_row(columns, values) if values else None
 
 
 def is_cancel_requested(task_id: int, *, using: str = "default") -> bool:

@@ -33,6 +33,15 @@ def register_worker(
         )
 
 
+def limit_statements(*, statement_timeout_ms: int, lock_timeout_ms: int, using: str = "default") -> None:
+    """Cap every later statement on this thread's connection (until it closes)."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            QUERIES["limit_statements"],
+            {"statement_timeout": str(statement_timeout_ms), "lock_timeout": str(lock_timeout_ms)},
+        )
+
+
 def beat_worker(worker_id: UUID, *, using: str = "default") -> bool:
     """Record a heartbeat; False when the worker was marked LOST and must exit."""
     with connections[using].cursor() as cursor:
@@ -97,3 +106,11 @@ def timed_out_tasks(
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
         return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]
+
+
+def purge_workers(*, older_than: float, using: str = "default") -> int:
+    """Delete worker rows stopped or lost more than older_than seconds ago, keeping any that RUNNING
+    tasks still name; returns how many went."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["purge_workers"], {"older_than": older_than})
+        return int(cursor.rowcount)

@@ -24,8 +24,9 @@ def parse_age(text: str) -> float:
 
 class Command(BaseCommand):
     help = (
-        "Delete finished tasks (and Idempotency-Keys) older than a cutoff: whole days of history at once, "
-        "the rest in small batches. Also creates the history partitions of the days ahead."
+        "Delete finished tasks (and Idempotency-Keys, and the rows of workers stopped or lost) older than "
+        "a cutoff: whole days of history at once, the rest in small batches. Also creates the history "
+        "partitions of the days ahead."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -62,7 +63,8 @@ class Command(BaseCommand):
         while done := store.purge_finished(older_than=age, statuses=statuses, batch=batch):
             deleted += done
         keys = store.purge_idempotency_keys(older_than=age)
+        workers = store.purge_workers(older_than=age)
         self.stdout.write(
             f"dropped partitions={len(dropped.partitions)} (about {dropped.estimated_rows} tasks) "
-            f"deleted tasks={deleted} idempotency_keys={keys}"
+            f"deleted tasks={deleted} idempotency_keys={keys} workers={workers}"
         )

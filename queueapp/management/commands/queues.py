@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from queueapp import store
+from queueapp import conf, store
 
 
 class Command(BaseCommand):
@@ -27,7 +26,7 @@ class Command(BaseCommand):
             self.list_queues()
         elif action == "seed":
             try:
-                made = store.seed_queue_settings(settings.TASKQUEUE.get("FLOW_CONTROL", {}))
+                made = store.seed_queue_settings(conf.get().flow_control)
             except ValidationError as exc:
                 raise CommandError(f"nothing seeded: {'; '.join(exc.messages)}") from exc
             self.stdout.write(f"seeded {len(made)} queue(s): {', '.join(made) or '-'}")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.tasks import task_backends
 
-from queueapp import store
+from queueapp import conf, store
 from queueapp.backend import PostgresBackend
 
 
@@ -24,9 +23,14 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Say what would be done; change nothing.")
 
     def handle(self, *args: Any, stale_after: float | None, dry_run: bool, **options: Any) -> None:
-        stale_after = settings.TASKQUEUE["STALE_AFTER"] if stale_after is None else stale_after
-        if not stale_after > 0:
-            raise CommandError(f"--stale-after must be more than 0 seconds, not {stale_after}")
+        stale_after = conf.get().stale_after if stale_after is None else stale_after
+        heartbeat = conf.get().heartbeat_interval
+        if not stale_after >= 2 * heartbeat:
+            raise CommandError(
+                f"--stale-after {stale_after:g} is too short: workers beat every {heartbeat:g} s "
+                f"(TASKQUEUE_HEARTBEAT_INTERVAL), so a live worker can go {heartbeat:g} s between beats "
+                f"and would be marked LOST; give at least two intervals ({2 * heartbeat:g} s)"
+            )
         if dry_run:
             outcome = store.preview_reap(stale_after=stale_after)
             verb = "would mark"

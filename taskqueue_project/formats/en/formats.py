@@ -1,4 +1,4 @@
-"""Times to the second in the console: on call, "1 p.m." is not an answer."""
+"""Times to the second, with their time zone, in the console: on call, "1 p.m." is not an answer."""
 
-DATETIME_FORMAT = "Y-m-d H:i:s"
+DATETIME_FORMAT = "Y-m-d H:i:s T"
 SHORT_DATETIME_FORMAT = "Y-m-d H:i:s"

@@ -1,10 +1,11 @@
-"""Flow control: queue settings, circuit breaker outcomes, concurrency keys on tasks, and the API
-key scope to manage queues.
+"""Flow control: queue settings, circuit breaker outcomes, concurrency keys on tasks, the workers'
+flow epoch, and the API key scope to manage queues.
 
-Safe on a big live table: concurrency_key is nullable without a default, which PostgreSQL adds to
+Safe on a big live table: flow_epoch has a constant default, which PostgreSQL keeps in the
+catalogue (no rewrite of the worker table); concurrency_key is nullable without a default, which PostgreSQL adds to
 the catalogue only (no rewrite, a moment's lock), on the live table and on history (the partitioned
 table passes it to its partitions, again without a rewrite); the view over both gets the column at
-its end (CREATE OR REPLACE VIEW, no data touched).
+its end, after every column it has (CREATE OR REPLACE VIEW, no data touched).
 """
 
 import django.db.models.functions.datetime
@@ -12,14 +13,15 @@ from django.db import migrations, models
 
 COLUMNS = (
     "id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at, started_at, "
-    "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, worker_id"
+    "finished_at, attempts, max_attempts, worker_ids, errors, return_value, timeout, cancel_requested, worker_id, "
+    "unique_key"
 )
 
 
 # The queues the plain claim leaves to the flow-controlled one (the only definition).
 FLOW_QUEUE = """
 CREATE VIEW queueapp_flow_queue AS
-SELECT * FROM queueapp_queuesettings
+SELECT * FROM queueapp_queuecontrol
 WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL OR has_keys
    OR breaker_threshold IS NOT NULL
 """
@@ -35,7 +37,7 @@ def view(columns: str) -> str:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('queueapp', '0003_move_finished_tasks'),
+        ('queueapp', '0007_task_argument_shapes'),
     ]
 
     operations = [
@@ -43,6 +45,11 @@ class Migration(migrations.Migration):
             model_name='apikey',
             name='can_manage_queues',
             field=models.BooleanField(db_default=False, default=False),
+        ),
+        migrations.AddField(
+            model_name='worker',
+            name='flow_epoch',
+            field=models.IntegerField(db_default=0, default=0, editable=False),
         ),
         migrations.AddField(
             model_name='livetask',
@@ -70,7 +77,7 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.CreateModel(
-            name='QueueSettings',
+            name='QueueControl',
             fields=[
                 ('name', models.CharField(max_length=100, primary_key=True, serialize=False)),
                 ('paused', models.BooleanField(db_default=False, default=False)),

@@ -1,0 +1,177 @@
+"""Behind Debian's PgBouncer in transaction mode: enqueues and a real worker, prepared statements
+left to the default (auto), turned off, and forced on (which fails as it did before the queue looked)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from queueapp import models, store
+from tests.helpers import (
+    FAST_ENV,
+    ROOT,
+    WorkerProcess,
+    database_url,
+    postgres_reachable_dir,
+    run_manage,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+WARNING = "prepared_statements_off"
+
+# One server connection for every client: a statement one client prepared is still there when the
+# next one prepares its own under the same name, every time (with more, most of the time). PgBouncer
+# refuses a startup `options` (the worker's statement and lock timeouts) unless told to ignore it.
+CONFIG = """
+[databases]
+* = host={host} port={port} user={user}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen}
+unix_socket_dir =
+auth_type = any
+pool_mode = transaction
+default_pool_size = 1
+max_client_conn = 200
+ignore_startup_parameters = options
+"""
+
+
+@pytest.fixture
+def pgbouncer() -> Iterator[str]:
+    """DATABASE_URL of the test database through PgBouncer in transaction mode."""
+    if PGBOUNCER is None:
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; make test does as root)")
+    s = connection.settings_dict
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        listen = sock.getsockname()[1]
+    with postgres_reachable_dir("taskqueue-pgbouncer-") as workdir:  # as root, it runs as postgres
+        ini = workdir / "pgbouncer.ini"
+        ini.write_text(
+            CONFIG.format(
+                host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"], listen=listen
+            )
+        )
+        ini.chmod(0o644)
+        command = [PGBOUNCER, str(ini)]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        with (workdir / "pgbouncer.log").open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_for(lambda: _accepts(listen), timeout=10, message="pgbouncer to listen")
+                yield f"postgres://{s['USER']}@127.0.0.1:{listen}/{s['NAME']}"
+            finally:
+                process.terminate()
+                process.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def prepared(mode: str) -> dict[str, str]:
+    """The environment for a TASKQUEUE_PREPARED_STATEMENTS mode; "default" leaves it unset."""
+    return {} if mode == "default" else {"TASKQUEUE_PREPARED_STATEMENTS": mode}
+
+
+def enqueue(url: str, mode: str, first: int, count: int) -> subprocess.CompletedProcess[str]:
+    """A process of its own that enqueues count tasks through url, one transaction each, from four
+    threads at once (as a web process would: each thread's first enqueue wants to know)."""
+    code = (
+        "import django; django.setup(); from concurrent.futures import ThreadPoolExecutor\n"
+        "from tests import tasks\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        f"    list(pool.map(lambda i: tasks.add.enqueue(i, 1), range({first}, {first + count})))"
+    )
+    env = {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": "tests.settings", **prepared(mode)}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("mode", ["default", "off"])
+def test_enqueues_and_a_worker_run_through_pgbouncer_in_transaction_mode(
+    pgbouncer: str, mode: str, tmp_path: Path
+) -> None:
+    for first in (0, 50):  # two processes, each one's statements on the same server session
+        done = enqueue(pgbouncer, mode, first, 50)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.count(WARNING) == (1 if mode == "default" else 0), done.stderr
+    # LISTEN needs a session of its own: not through a pooler in transaction mode.
+    env = {**FAST_ENV, "TASKQUEUE_LISTEN_DATABASE_URL": database_url(), **prepared(mode)}
+    worker = WorkerProcess("--concurrency", "4", log_dir=tmp_path, url=pgbouncer, env=env)
+    try:
+        wait_for(
+            lambda: models.Task.objects.filter(status="SUCCESSFUL").count() == 100,
+            timeout=60,
+            message=f"100 tasks to succeed through pgbouncer; worker log:\n{worker.output()}",
+        )
+        more = enqueue(pgbouncer, mode, 100, 20)  # while the worker holds prepared-statement names too
+        assert more.returncode == 0, more.stderr
+        wait_for(
+            lambda: models.Task.objects.filter(status="SUCCESSFUL").count() == 120,
+            timeout=30,
+            message="the next 20 to succeed",
+        )
+        assert sorted(models.Task.objects.values_list("return_value", flat=True)) == list(range(1, 121))
+        assert worker.output().count(WARNING) == (1 if mode == "default" else 0)
+        assert "Traceback" not in worker.output()
+    finally:
+        worker.stop()
+
+
+def test_prepared_statements_forced_on_behind_pgbouncer_fail_as_they_did_before_the_check(
+    pgbouncer: str, tmp_path: Path
+) -> None:
+    """Why auto looks for a pooler: forced on, a connection meets another one's statement (another
+    thread's, or at the latest the next process's). Each failure says what it means and what to do."""
+    enqueue(pgbouncer, "on", 0, 20)
+    refused = enqueue(pgbouncer, "on", 20, 20)
+    assert refused.returncode != 0
+    assert 'prepared statement "_pg3_0" already exists' in refused.stderr
+    assert "prepared_statement_lost" in refused.stderr
+    assert "set TASKQUEUE_PREPARED_STATEMENTS=auto (or off)" in refused.stderr
+
+    env = {**FAST_ENV, "TASKQUEUE_LISTEN_DATABASE_URL": database_url(), **prepared("on")}
+    worker = WorkerProcess("--concurrency", "2", log_dir=tmp_path, url=pgbouncer, env=env)
+    try:
+        # What happens next depends on what the pooler's one server session is doing (the worker
+        # exits, or waits for it); what matters is that the operator is told.
+        wait_for(
+            lambda: "prepared_statement_lost" in worker.output(),
+            timeout=30,
+            message="the worker to log what its error means",
+        )
+    finally:
+        worker.stop()
+
+
+def test_an_unknown_prepared_statements_setting_stops_start_up_and_names_it() -> None:
+    checked = run_manage("check", env={"TASKQUEUE_PREPARED_STATEMENTS": "sometimes"})
+    assert checked.returncode != 0
+    assert "queueapp.E006" in checked.stderr
+    assert "TASKQUEUE_PREPARED_STATEMENTS is 'sometimes'; it must be auto, on or off" in checked.stderr
+
+
+def test_the_settings_earlier_true_and_false_still_mean_on_and_off(settings: Any) -> None:
+    for value, prepare in (("false", False), ("True", True), ("OFF", False)):
+        settings.TASKQUEUE = {**settings.TASKQUEUE, "PREPARED_STATEMENTS": value}
+        assert store.poolers.prepared_statements() is prepare
