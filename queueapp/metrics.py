@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from queueapp import conf, models, reads, store
+from queueapp.states import BreakerState
 
 
 class QueueCollector(Collector):
@@ -77,9 +78,13 @@ class FlowCollector(Collector):
                 families["rate_limit"].add_metric([queue.name], queue.rate_limit / queue.rate_period)
             families["started"].add_metric([queue.name], queue.started_last_minute)
             if queue.breaker_threshold is not None:
-                openness = {"open": 1.0, "half_open": 0.5}.get(queue.breaker_state, 0.0)
+                openness = _OPENNESS.get(BreakerState(queue.breaker_state), 0.0)
                 families["breaker"].add_metric([queue.name], openness)
         yield from families.values()
+
+
+_OPENNESS = {BreakerState.OPEN: 1.0, BreakerState.HALF_OPEN: 0.5}
+"""The breaker gauge: closed is 0."""
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

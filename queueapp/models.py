@@ -11,7 +11,7 @@ from django.db.models.functions import Cast
 from django.db.models.lookups import Exact, LessThanOrEqual
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
-from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, TaskStatus, WorkerState
+from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, BreakerState, TaskStatus, WorkerState
 
 __all__ = ["LIVE_STATUSES", "TERMINAL_STATUSES", "TaskStatus", "WorkerState"]
 
@@ -240,15 +240,6 @@ class Task(TaskColumns):
             ("cancel_task", "Can cancel tasks"),
             ("reprioritize_task", "Can change the priority of waiting tasks"),
         ]
-
-
-class BreakerState(models.TextChoices):
-    CLOSED = "closed", "Closed"
-    """Tasks are claimed as usual."""
-    OPEN = "open", "Open"
-    """Too many attempts failed: nothing is claimed until the cool-off ends."""
-    HALF_OPEN = "half_open", "Half-open"
-    """One trial task at a time: a success closes the breaker, a failure opens it again."""
 
 
 class BreakerEvent(models.Model):

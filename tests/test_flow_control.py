@@ -53,6 +53,17 @@ def test_a_concurrency_limit_holds_across_workers_and_the_plain_claim_leaves_the
     assert running("reports") == 3
 
 
+def test_limits_of_two_queues_claimed_together_hold_each(sessions) -> None:
+    settle("reports", concurrency_limit=2)
+    settle("emails", concurrency_limit=1)
+    for queue in ("reports", "emails"):
+        tasks.add.using(queue_name=queue).enqueue_many(((i, i), {}) for i in range(5))
+    worker = session_for(sessions, ["reports", "emails"])  # claim_flow_tasks, not claim_flow_queue
+
+    assert sorted(row.queue_name for row in claim(worker, 10)) == ["emails", "reports", "reports"]
+    assert claim(worker, 10) == []
+
+
 RUNNING_REPORTS = "SELECT count(*) FROM queueapp_task_live WHERE status = 'RUNNING' AND queue_name = %s"
 
 

@@ -191,9 +191,21 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
     wake, stop = threading.Event(), threading.Event()
     views: list[store.FlowView] = []
+    woken_with_view: list[bool] = []
+
+    def seen(view: store.FlowView) -> None:
+        woken_with_view.append(wake.is_set())
+        views.append(view)
+
     worker = make_worker(["emails"])
     listener = Listener(
-        conninfo(), queues=["emails"], wake=wake, stop=stop, worker_id=worker.id, on_settings=views.append
+        conninfo(),
+        queues=["emails"],
+        wake=wake,
+        stop=stop,
+        worker_id=worker.id,
+        on_settings=seen,
+        idle_check=60,
     )
     try:
         listener.run_once(timeout=0.1)  # connects and LISTENs (and wakes: it may have missed something)
@@ -206,9 +218,12 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         tasks.send_email.enqueue("a@example.com")
         listener.run_once(timeout=5)
         assert wake.is_set()
-        store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once
+        wake.clear()
+        store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once,
         listener.run_once(timeout=5)
         assert views[-1] == store.FlowView(1, frozenset({"emails"}))
+        assert woken_with_view == [False, False]  # and is woken only once it has the new view
+        assert wake.is_set()
 
         wake.clear()
         assert listener.conn is not None

@@ -65,12 +65,16 @@ class Listener:
             changed = False
             for notify in self.conn.notifies(timeout=timeout):
                 if notify.payload in self.queues:
-                    self.wake.set()
                     if notify.channel == store.SETTINGS_CHANNEL:
                         changed = True
                         break  # to query the connection, out of its notifies() generator
+                    self.wake.set()
             if changed:
+                # The producer's view first, then the wake: woken before, it would claim a resumed
+                # queue with the old view (nothing), and the enqueue channel's notification that came
+                # with the change may be dropped with the generator.
                 self.look_at_settings()
+                self.wake.set()
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.look_at_settings()  # also checks the idle connection
                 self.last_checked = time.monotonic()

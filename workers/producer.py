@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from uuid import UUID
 
 from queueapp import store
+from queueapp.states import BreakerState
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Producer:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
         for change in self.session.breaker_changes if flow else ():
-            log = logger.warning if change.state == "open" else logger.info
+            log = logger.warning if change.state == BreakerState.OPEN else logger.info
             log(
                 "breaker_%s queue=%s failures=%s attempts=%s",
                 change.state,

@@ -241,12 +241,67 @@ spent AS (
 )
 SELECT * FROM claimed;
 
+-- claim_flow_queue --
+-- claim_flow_tasks for the commonest case, one flow-controlled queue and no concurrency keys in it,
+-- in the transaction of lock_flow_queues: the same free slots and tokens, then the plain claim's
+-- scan with its LIMIT cut to them, which needs no window function, so it can lock with SKIP LOCKED
+-- and is a third cheaper to plan and run (docs/benchmarks.md). Tasks with a key are left out:
+-- a worker whose look at the settings is older than the queue's first keyed task leaves them to
+-- claim_flow_tasks, which it uses from its next look on.
+WITH slot AS (
+  SELECT q.name, q.rate_limit IS NOT NULL AS rated, q.breaker_state = 'half_open' AS trying, q.tokens_at,
+         CASE WHEN q.breaker_state = 'open' THEN 0
+              WHEN q.breaker_state = 'half_open' THEN (q.breaker_until <= statement_timestamp())::int
+              WHEN q.concurrency_limit IS NULL THEN %(limit)s::int
+              ELSE greatest(q.concurrency_limit - (SELECT count(*) FROM queueapp_task_live r
+                                                   WHERE r.status = 'RUNNING' AND r.queue_name = q.name), 0)::int
+         END AS free,
+         least(greatest(1, q.rate_limit / q.rate_period * 0.1),
+               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
+                    ELSE q.tokens + q.rate_limit / q.rate_period
+                                    * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
+  FROM queueapp_flow_queue q
+  WHERE q.name = %(queue)s AND NOT q.paused
+),
+picked AS (
+  SELECT id FROM queueapp_task_live
+  WHERE status = 'READY' AND queue_name = %(queue)s AND run_after <= now() AND concurrency_key IS NULL
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+  ORDER BY priority DESC, run_after, id
+  -- No row (the queue is paused, or no longer flow-controlled): no slot. A NULL LIMIT would be none.
+  LIMIT coalesce((SELECT least(%(limit)s::int, CASE WHEN rated THEN least(free, floor(tokens)::int) ELSE free END)
+                  FROM slot), 0)
+  FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+  UPDATE queueapp_task_live t
+  SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, started_at = statement_timestamp(),
+      worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
+  -- Planner trap: joined to picked, whose LIMIT it cannot estimate, the UPDATE hashed the whole table.
+  WHERE t.id = ANY (ARRAY(SELECT id FROM picked))
+  RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
+            t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout
+),
+spent AS (
+  UPDATE queueapp_queuecontrol q
+  SET tokens = CASE WHEN s.rated THEN s.tokens - (SELECT count(*) FROM claimed) ELSE q.tokens END,
+      tokens_at = CASE WHEN s.rated THEN statement_timestamp() ELSE q.tokens_at END,
+      breaker_until = CASE WHEN s.trying AND EXISTS (SELECT FROM claimed)
+                           THEN statement_timestamp() + make_interval(secs => q.breaker_cooloff)
+                           ELSE q.breaker_until END
+  FROM slot s
+  WHERE q.name = s.name AND (s.rated OR s.trying)
+)
+SELECT * FROM claimed;
+
 -- flow_view --
--- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it) and which
--- of its queues are flow-controlled. Its listener asks on connecting, when told of a change of
--- settings, and every few seconds, so that rounds of a worker without any pay nothing.
-SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), 0),
-       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]));
+-- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it), which
+-- of its queues are flow-controlled, and which of those have keyed tasks. Its listener asks on connecting, when told of a change of
+-- settings, and every few seconds, so that rounds of a worker without any pay nothing. A worker
+-- without a row yet gets an epoch no row has (its claim would claim nothing anyway).
+SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), -1),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[])),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys);
 
 -- step_breakers --
 -- The flow-controlled claim, between steps 1 and 2, under the same locks: each circuit breaker of

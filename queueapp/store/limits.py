@@ -16,6 +16,7 @@ from django.db import connections, transaction
 
 from queueapp import models
 from queueapp.sql import QUERIES
+from queueapp.states import BreakerState, TaskStatus
 
 SETTINGS_CHANNEL = "taskqueue_settings"
 """Notified with a queue's name when its settings change: workers re-read which queues they must
@@ -29,6 +30,8 @@ class FlowView:
 
     epoch: int = 0
     queues: frozenset[str] = frozenset()
+    keyed: frozenset[str] = frozenset()
+    """Those of queues that have had tasks with a concurrency key."""
 
 
 def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection[str]) -> FlowView:
@@ -36,7 +39,7 @@ def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection
     params = {"worker_id": worker_id, "queues": sorted(queues)}
     row = conn.execute(QUERIES["flow_view"], params).fetchone()
     assert row is not None  # one row, always
-    return FlowView(row[0], frozenset(row[1]))
+    return FlowView(row[0], frozenset(row[1]), frozenset(row[2]))
 
 
 def set_paused(queue: str, paused: bool, *, using: str = "default") -> None:
@@ -104,7 +107,7 @@ def why_waiting(task_id: int, *, stale_after: float, using: str = "default") -> 
         cursor.execute(QUERIES["why_waiting"], {"id": task_id, "stale_after": stale_after})
         values = cursor.fetchone()
         names = [column.name for column in cursor.description or ()]
-    if values is None or values[0] not in ("SCHEDULED", "READY"):
+    if values is None or values[0] not in (TaskStatus.SCHEDULED, TaskStatus.READY):
         return None
     return [Hold(code, message) for code, message in _holds(dict(zip(names, values, strict=True)))]
 
@@ -115,7 +118,7 @@ def _holds(w: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "run_after", "its run_after is in the future (deferred, or waiting for a retry)"
     if w["paused"]:
         yield "queue_paused", f"queue {queue} is paused"
-    if w["breaker"] in ("open", "half_open"):
+    if w["breaker"] in (BreakerState.OPEN, BreakerState.HALF_OPEN):
         yield "breaker_open", f"queue {queue} has its circuit breaker {w['breaker'].replace('_', '-')}"
     if w["queue_limit"] is not None and w["queue_running"] >= w["queue_limit"]:
         running = f"{w['queue_running']} of {w['queue_limit']} running"

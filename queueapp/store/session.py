@@ -206,7 +206,7 @@ class WorkerSession:
             if limit > 0:
                 conn.execute(QUERIES["claim_plan"], prepare=False)
                 if view.queues:
-                    values = self._claim_flow(conn, sorted(view.queues), limit, refresh=refresh)
+                    values = self._claim_flow(conn, view, limit, refresh=refresh)
                 if plain and limit > len(values):
                     params = claim_params(self.worker_id, plain, limit - len(values), view.epoch)
                     claim = conn.execute(QUERIES["claim_tasks"], params)
@@ -222,18 +222,20 @@ class WorkerSession:
         return flow_view(self.conn, self.worker_id, self.queues)
 
     def _claim_flow(
-        self, conn: psycopg.Connection[Any], queues: list[str], limit: int, *, refresh: bool
+        self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool
     ) -> list[Any]:
         """The flow-controlled claim of round(): lock the queues' settings, step their breakers,
-        claim; its rows."""
-        params = claim_params(self.worker_id, queues, limit)
+        claim (one queue without keys by the cheaper claim_flow_queue); its rows."""
+        queues = sorted(view.queues)
+        params = {**claim_params(self.worker_id, queues, limit), "queue": queues[0]}
+        one_unkeyed = len(queues) == 1 and not view.keyed
         conn.execute(QUERIES["flow_plan"], prepare=False)
         locked = conn.execute(QUERIES["lock_flow_queues"], params)
         # Breakers move only where the last look found one (or on a fresh look).
         stepped = None
         if refresh or any(queue.breaker for queue in self.flow_queues):
             stepped = conn.execute(QUERIES["step_breakers"], params)
-        claim = conn.execute(QUERIES["claim_flow_tasks"], params)
+        claim = conn.execute(QUERIES["claim_flow_queue" if one_unkeyed else "claim_flow_tasks"], params)
         self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
         self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
         return claim.fetchall()
