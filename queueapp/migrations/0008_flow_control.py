@@ -26,6 +26,33 @@ WHERE paused OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL OR has_k
    OR breaker_threshold IS NOT NULL
 """
 
+# What a flow-controlled queue may start now (the only definition; the claims add their limit):
+# free is its concurrency limit less its RUNNING tasks (claimed ahead included), 0 while its breaker
+# is open, 1 when a half-open breaker's trial is due, capped by the whole tokens in its bucket
+# (refilled at rate_limit per rate_period up to a 100 ms burst, never below one; the claims run after
+# the lock, so statement_timestamp() only moves forward); NULL when nothing caps it. Paused queues
+# have no row.
+FLOW_SLOT = """
+CREATE VIEW queueapp_flow_slot AS
+SELECT s.name, s.key_concurrency, s.rated, s.trying, s.tokens,
+       least(s.free, CASE WHEN s.rated THEN floor(s.tokens)::int END) AS free
+FROM (
+  SELECT q.name, q.key_concurrency, q.rate_limit IS NOT NULL AS rated, q.breaker_state = 'half_open' AS trying,
+         CASE WHEN q.breaker_state = 'open' THEN 0
+              WHEN q.breaker_state = 'half_open' THEN (q.breaker_until <= statement_timestamp())::int
+              WHEN q.concurrency_limit IS NOT NULL
+              THEN greatest(q.concurrency_limit - (SELECT count(*) FROM queueapp_task_live r
+                                                   WHERE r.status = 'RUNNING' AND r.queue_name = q.name), 0)::int
+         END AS free,
+         least(greatest(1, q.rate_limit / q.rate_period * 0.1),
+               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
+                    ELSE q.tokens + q.rate_limit / q.rate_period
+                                    * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
+  FROM queueapp_flow_queue q
+  WHERE NOT q.paused
+) AS s
+"""
+
 
 def view(columns: str) -> str:
     return (
@@ -104,4 +131,5 @@ class Migration(migrations.Migration):
             },
         ),
         migrations.RunSQL(FLOW_QUEUE, reverse_sql="DROP VIEW queueapp_flow_queue"),
+        migrations.RunSQL(FLOW_SLOT, reverse_sql="DROP VIEW queueapp_flow_slot"),
     ]

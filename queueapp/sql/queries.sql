@@ -147,35 +147,18 @@ ORDER BY name
 FOR UPDATE;
 
 -- claim_flow_tasks --
--- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue: free slots
--- are the concurrency limit less its RUNNING tasks (claimed ahead included), capped by the whole
--- tokens in its bucket (refilled at rate_limit per rate_period up to a 100 ms burst, never below
--- one; statement_timestamp() is after the lock, so the bucket's clock only moves forward). Keys
+-- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue, the free
+-- slots of the view queueapp_flow_slot (migration 0008: concurrency limit, breaker, tokens). Keys
 -- at their limit are filtered out in the scan itself, so tasks behind them are reached (no
 -- head-of-line blocking); the window functions then keep each queue and each key within what is
 -- left. No FOR UPDATE: window functions forbid it, and the lock of step 1 keeps other flow
 -- claimers of these queues out; the UPDATE re-checks on the row's latest version that it is still
 -- unclaimed (a task cancelled meanwhile is gone and skipped). started_at is statement_timestamp(): the time of this
 -- claim, after the lock (a rate limit is judged on it).
-WITH queues AS (
-  SELECT q.name, q.key_concurrency, q.rate_limit IS NOT NULL AS rated, q.breaker_state = 'half_open' AS trying,
-         CASE WHEN q.breaker_state = 'open' THEN 0
-              WHEN q.breaker_state = 'half_open' THEN (q.breaker_until <= statement_timestamp())::int
-              WHEN q.concurrency_limit IS NULL THEN %(limit)s::int
-              ELSE greatest(q.concurrency_limit - (SELECT count(*) FROM queueapp_task_live r
-                                                   WHERE r.status = 'RUNNING' AND r.queue_name = q.name), 0)::int
-         END AS free,
-         least(greatest(1, q.rate_limit / q.rate_period * 0.1),
-               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
-                    ELSE q.tokens + q.rate_limit / q.rate_period
-                                    * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
-  FROM queueapp_flow_queue q
-  WHERE q.name = ANY(%(queues)s::text[]) AND NOT q.paused
-),
-slots AS (
-  SELECT name, key_concurrency, rated, trying, tokens,
-         CASE WHEN rated THEN least(free, floor(tokens)::int) ELSE free END AS free
-  FROM queues
+WITH slots AS (
+  SELECT name, key_concurrency, rated, trying, tokens, least(free, %(limit)s::int) AS free
+  FROM queueapp_flow_slot
+  WHERE name = ANY(%(queues)s::text[])
 ),
 busy_keys AS (
   SELECT r.queue_name, r.concurrency_key, count(*) AS running
@@ -249,19 +232,9 @@ SELECT * FROM claimed;
 -- a worker whose look at the settings is older than the queue's first keyed task leaves them to
 -- claim_flow_tasks, which it uses from its next look on.
 WITH slot AS (
-  SELECT q.name, q.rate_limit IS NOT NULL AS rated, q.breaker_state = 'half_open' AS trying, q.tokens_at,
-         CASE WHEN q.breaker_state = 'open' THEN 0
-              WHEN q.breaker_state = 'half_open' THEN (q.breaker_until <= statement_timestamp())::int
-              WHEN q.concurrency_limit IS NULL THEN %(limit)s::int
-              ELSE greatest(q.concurrency_limit - (SELECT count(*) FROM queueapp_task_live r
-                                                   WHERE r.status = 'RUNNING' AND r.queue_name = q.name), 0)::int
-         END AS free,
-         least(greatest(1, q.rate_limit / q.rate_period * 0.1),
-               CASE WHEN q.tokens_at IS NULL THEN greatest(1, q.rate_limit / q.rate_period * 0.1)
-                    ELSE q.tokens + q.rate_limit / q.rate_period
-                                    * extract(epoch FROM statement_timestamp() - q.tokens_at) END) AS tokens
-  FROM queueapp_flow_queue q
-  WHERE q.name = %(queue)s AND NOT q.paused
+  SELECT name, rated, trying, tokens, least(free, %(limit)s::int) AS free
+  FROM queueapp_flow_slot
+  WHERE name = %(queue)s
 ),
 picked AS (
   SELECT id FROM queueapp_task_live
@@ -269,8 +242,7 @@ picked AS (
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY priority DESC, run_after, id
   -- No row (the queue is paused, or no longer flow-controlled): no slot. A NULL LIMIT would be none.
-  LIMIT coalesce((SELECT least(%(limit)s::int, CASE WHEN rated THEN least(free, floor(tokens)::int) ELSE free END)
-                  FROM slot), 0)
+  LIMIT coalesce((SELECT free FROM slot), 0)
   FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
