@@ -268,12 +268,13 @@ SELECT * FROM claimed;
 
 -- flow_view --
 -- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it), which
--- of its queues are flow-controlled, and which of those have keyed tasks. Its listener asks on connecting, when told of a change of
+-- of its queues are flow-controlled, which of those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a change of
 -- settings, and every few seconds, so that rounds of a worker without any pay nothing. A worker
 -- without a row yet gets an epoch no row has (its claim would claim nothing anyway).
 SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), -1),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[])),
-       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys);
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND breaker_threshold IS NOT NULL);
 
 -- step_breakers --
 -- The flow-controlled claim, between steps 1 and 2, under the same locks: each circuit breaker of
@@ -454,8 +455,7 @@ WITH done AS (
   WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid
     AND t.attempts = (%(attempts)s::int[])[array_position(%(ids)s::bigint[], t.id)]
   RETURNING t.*
-),
-moved AS (
+)
 INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                    enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
                                    errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
@@ -465,15 +465,17 @@ SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CAN
             ELSE ((%(return_values)s::text[])[array_position(%(ids)s::bigint[], id)])::jsonb END,
        timeout, cancel_requested, worker_id, unique_key, concurrency_key
 FROM done
-RETURNING id, status, queue_name
-),
-counted AS (
-  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
-  SELECT queue_name, now(), false FROM moved
-  WHERE status = 'SUCCESSFUL'
-    AND queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
-)
-SELECT id, status FROM moved;
+RETURNING id, status;
+
+-- count_breaker_successes --
+-- After finish_tasks, in its transaction, for a worker whose flow view has queues with a circuit
+-- breaker (workers without any run finish_tasks alone): each success of such a queue is an outcome
+-- for its breaker. The rows just moved are those with finished_at = now() (the transaction's time:
+-- one partition).
+INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+SELECT h.queue_name, now(), false FROM queueapp_task_history h
+WHERE h.finished_at = now() AND h.id = ANY(%(ids)s::bigint[]) AND h.status = 'SUCCESSFUL'
+  AND h.queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL);
 
 -- fail_task --
 -- Fenced. Appends the attempt's error, then: SCHEDULED for a retry after an exponential backoff

@@ -32,6 +32,8 @@ class FlowView:
     queues: frozenset[str] = frozenset()
     keyed: frozenset[str] = frozenset()
     """Those of queues that have had tasks with a concurrency key."""
+    breakers: frozenset[str] = frozenset()
+    """Those of queues with a circuit breaker: their successes are counted for it."""
 
 
 def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection[str]) -> FlowView:
@@ -39,7 +41,7 @@ def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection
     params = {"worker_id": worker_id, "queues": sorted(queues)}
     row = conn.execute(QUERIES["flow_view"], params).fetchone()
     assert row is not None  # one row, always
-    return FlowView(row[0], frozenset(row[1]), frozenset(row[2]))
+    return FlowView(row[0], frozenset(row[1]), frozenset(row[2]), frozenset(row[3]))
 
 
 def set_paused(queue: str, paused: bool, *, using: str = "default") -> None:

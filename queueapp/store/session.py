@@ -202,7 +202,10 @@ class WorkerSession:
         values: list[Any] = []
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
             if successes:
-                finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
+                params = finish_params(self.worker_id, successes)
+                finish = conn.execute(QUERIES["finish_tasks"], params)
+                if view.breakers:
+                    conn.execute(QUERIES["count_breaker_successes"], params)
             if limit > 0:
                 conn.execute(QUERIES["claim_plan"], prepare=False)
                 if view.queues:

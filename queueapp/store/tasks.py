@@ -182,11 +182,11 @@ def finish_task(
 ) -> str | None:
     """Record one success (or CANCELLED if cancel was requested); None when the task was taken away.
     Workers record theirs in batches through WorkerSession.round()."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["finish_tasks"], finish_params(worker_id, [Success(task_id, attempt, return_value_json)])
-        )
+    params = finish_params(worker_id, [Success(task_id, attempt, return_value_json)])
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["finish_tasks"], params)
         row = cursor.fetchone()
+        cursor.execute(QUERIES["count_breaker_successes"], params)  # in its transaction: same now()
     return row[1] if row else None
 
 
