@@ -247,12 +247,15 @@ SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enq
 FROM queueapp_task
 WHERE id = %(id)s;
 
--- limit_statements --
--- A worker's own connections (not its task threads', whose queries are the tasks' business): no
--- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
--- heartbeat. For the session (false): it holds until the connection closes.
-SELECT set_config('statement_timeout', %(statement_timeout)s, false),
-       set_config('lock_timeout', %(lock_timeout)s, false);
+-- limit_transaction --
+-- First in every transaction of a worker's own connections (not its task threads', whose queries
+-- are the tasks' business): no statement of the queue runs, and none waits for a lock, longer than a
+-- worker may go without a heartbeat. LOCAL (true): it ends with the transaction, so behind a pooler
+-- in transaction mode the next client of the server session does not inherit it (a session SET
+-- would stay; a startup `options` PgBouncer refuses). statement_timeout is read as each later
+-- statement starts, lock_timeout as each lock wait starts: both hold for the rest of the transaction.
+SELECT set_config('statement_timeout', %(statement_timeout)s, true),
+       set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
