@@ -24,7 +24,7 @@ from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
-from queueapp.store.timeouts import StatementLimits
+from queueapp.store.timeouts import UNLIMITED_CLAIM_PLAN, StatementLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,11 +157,13 @@ class WorkerSession:
         conn = self.conn
         finish = claim = None
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
-            self.limit(conn)
+            if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
+                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)
+            else:
+                self.limit(conn)
             if successes:
                 finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
             if limit > 0:
-                conn.execute(QUERIES["claim_plan"], prepare=False)
                 claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
