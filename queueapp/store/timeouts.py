@@ -32,11 +32,11 @@ class StatementLimits:
 
     @functools.cached_property
     def limit_transaction(self) -> str:
-        return written_in("limit_transaction", self)
+        return written_in(QUERIES["limit_transaction"], self)
 
     @functools.cached_property
     def claim_plan(self) -> str:
-        return written_in("claim_plan", self)
+        return written_in(QUERIES["claim_plan"], self)
 
     def set_local(self, target: _Executes) -> None:
         """Limit the rest of the transaction target (a psycopg connection or cursor) is in."""
@@ -63,15 +63,15 @@ class StatementLimits:
             self.set_local(cursor.cursor)
 
 
-def written_in(name: str, limits: StatementLimits | None) -> str:
-    """Query `name` with the limits written in (None: NULL, which claim_plan reads as "as it is").
+def written_in(query: str, limits: StatementLimits | None) -> str:
+    """query with the limits written in (None: NULL, which claim_plan reads as "as it is").
     Composed once, without its comment lines, and sent without parameters: adapting parameters and
     handling the comment's text, round after round, each cost a round about 2 per cent."""
     values = (limits.statement_timeout_ms, limits.lock_timeout_ms) if limits else (None, None)
     statement, lock = (psycopg.sql.Literal(None if value is None else str(value)) for value in values)
-    text = "\n".join(line for line in QUERIES[name].splitlines() if not line.startswith("--"))
+    text = "\n".join(line for line in query.splitlines() if not line.startswith("--"))
     return psycopg.sql.SQL(text).format(statement_timeout=statement, lock_timeout=lock).as_string()
 
 
-UNLIMITED_CLAIM_PLAN = written_in("claim_plan", None)
+UNLIMITED_CLAIM_PLAN = written_in(QUERIES["claim_plan"], None)
 """claim_plan for a session held to no limits of its own: the plan setting alone."""
