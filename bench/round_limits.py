@@ -77,5 +77,5 @@ def figures(rounds: int = 2000) -> list[Figure]:
 
 if __name__ == "__main__":
     with scratch_database("taskqueue_bench_round_limits"):
-        for figure in figures():
-            print(f"{figure.what}: {figure.figure} vs {figure.ceiling}: {figure.ratio} <= {figure.target}")
+        for f in figures():
+            print(f"{f.what}: {f.figure} vs {f.ceiling}: {f.ratio} (target {f.target})")
