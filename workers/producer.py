@@ -17,12 +17,15 @@ class Producer:
     name = "producer"
 
     def __init__(
-        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, options: str = ""
+        self,
+        *,
+        worker_id: UUID,
+        queues: Sequence[str],
+        prepare: bool = True,
+        limits: store.StatementLimits | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.session = store.WorkerSession(
-            worker_id=worker_id, queues=queues, prepare=prepare, options=options
-        )
+        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare, limits=limits)
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
 

@@ -70,7 +70,7 @@ class Worker:
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
         self.exit_code: ExitCode = ExitCode.OK
         self.limits = db.ConnectionLimits(config.stale_after)
-        self.producer = Producer(worker_id=self.id, queues=config.queues, options=self.limits.libpq_options())
+        self.producer = Producer(worker_id=self.id, queues=config.queues, limits=self.limits.statements)
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [

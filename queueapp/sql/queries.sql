@@ -124,8 +124,15 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_a
 -- 850 tasks/s with 40,000 waiting, 3,000 with none). With sorting priced out, the only plan left is
 -- the claim index read in order, which stops after LIMIT rows whatever the statistics say. LOCAL:
 -- it ends with the transaction, so it holds behind a pooler too, and it is in force when the claim
--- is planned (custom plans) and when its generic plan is built and cached.
-SET LOCAL enable_sort = off;
+-- is planned (custom plans) and when its generic plan is built and cached. The same statement sets
+-- the worker's timeouts for the transaction (what limit_transaction does elsewhere; NULL leaves one
+-- as it is), first in the round so that they cover its finish (which sorts nothing): a round sends
+-- no more statements than before it had them. The values are written in once per worker (store.timeouts), not sent as
+-- parameters, and this comment is left out: each cost a round about 2 per cent
+-- (bench/round_limits.py).
+SELECT set_config('enable_sort', 'off', true),
+       set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
+       set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true);
 
 -- release_unknown_claims --
 -- After a round whose outcome is unknown (the connection broke before its COMMIT's answer came
@@ -247,12 +254,15 @@ SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enq
 FROM queueapp_task
 WHERE id = %(id)s;
 
--- limit_statements --
--- A worker's own connections (not its task threads', whose queries are the tasks' business): no
--- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
--- heartbeat. For the session (false): it holds until the connection closes.
-SELECT set_config('statement_timeout', %(statement_timeout)s, false),
-       set_config('lock_timeout', %(lock_timeout)s, false);
+-- limit_transaction --
+-- First in every transaction of a worker's own connections (not its task threads', whose queries
+-- are the tasks' business): no statement of the queue runs, and none waits for a lock, longer than a
+-- worker may go without a heartbeat. LOCAL (true): it ends with the transaction, so behind a pooler
+-- in transaction mode the next client of the server session does not inherit it (a session SET
+-- would stay; a startup `options` PgBouncer refuses). statement_timeout is read as each later
+-- statement starts, lock_timeout as each lock wait starts: both hold for the rest of the transaction.
+SELECT set_config('statement_timeout', {statement_timeout}, true),
+       set_config('lock_timeout', {lock_timeout}, true);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;

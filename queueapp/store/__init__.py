@@ -66,10 +66,10 @@ from queueapp.store.tasks import (
     set_priority,
     stage_tasks,
 )
+from queueapp.store.timeouts import StatementLimits
 from queueapp.store.workers import (
     ReapOutcome,
     beat_worker,
-    limit_statements,
     preview_reap,
     purge_workers,
     reap_workers,
@@ -85,6 +85,7 @@ __all__ = [
     "Inserted",
     "NewTask",
     "ReapOutcome",
+    "StatementLimits",
     "Success",
     "TaskRow",
     "WorkerSession",
@@ -116,7 +117,6 @@ __all__ = [
     "get_task",
     "history_partitions",
     "is_cancel_requested",
-    "limit_statements",
     "pickup_latency",
     "preview_reap",
     "purge_finished",

@@ -24,6 +24,7 @@ from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
+from queueapp.store.timeouts import UNLIMITED_CLAIM_PLAN, StatementLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +117,15 @@ class WorkerSession:
         worker_id: UUID,
         queues: Sequence[str],
         prepare: bool = True,
-        options: str = "",
+        limits: StatementLimits | None = None,
         using: str = "default",
     ):
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
         """False: never prepare; True: prepare where store.poolers allows it."""
-        self.options = options
-        """libpq `options` added to the connection's own (the worker's statement and lock timeouts)."""
+        self.limits = limits
+        """Set first in each transaction (the worker's statement and lock timeouts); None: none."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
 
@@ -141,8 +142,6 @@ class WorkerSession:
             connect_timeout=params.get("connect_timeout", 10),
         )
         params.setdefault("application_name", "taskqueue-worker")
-        if self.options:
-            params["options"] = f"{params.get('options', '')} {self.options}".strip()
         conn = psycopg.connect(**params)
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
@@ -158,10 +157,13 @@ class WorkerSession:
         conn = self.conn
         finish = claim = None
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
+            if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
+                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)
+            else:
+                self.limit(conn)
             if successes:
                 finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
             if limit > 0:
-                conn.execute(QUERIES["claim_plan"], prepare=False)
                 claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
@@ -176,6 +178,7 @@ class WorkerSession:
         conn = self.conn
         recorded = None
         with conn.pipeline(), conn.transaction():
+            self.limit(conn)
             released = conn.execute(
                 QUERIES["release_unknown_claims"], {"worker_id": self.worker_id, "held": list(held)}
             )
@@ -184,6 +187,11 @@ class WorkerSession:
                 recorded = conn.execute(QUERIES["recorded_successes"], params)
         statuses = {task_id: status for task_id, status in recorded.fetchall()} if recorded else {}
         return [task_id for (task_id,) in released.fetchall()], statuses
+
+    def limit(self, conn: psycopg.Connection[Any]) -> None:
+        # Pipelined with the rest: no round trip of its own.
+        if self.limits is not None:
+            self.limits.set_local(conn)
 
     def close(self) -> None:
         """Drop the connection (after an error that may have broken it); the next round reconnects."""

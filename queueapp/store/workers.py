@@ -33,15 +33,6 @@ def register_worker(
         )
 
 
-def limit_statements(*, statement_timeout_ms: int, lock_timeout_ms: int, using: str = "default") -> None:
-    """Cap every later statement on this thread's connection (until it closes)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["limit_statements"],
-            {"statement_timeout": str(statement_timeout_ms), "lock_timeout": str(lock_timeout_ms)},
-        )
-
-
 def beat_worker(worker_id: UUID, *, using: str = "default") -> bool:
     """Record a heartbeat; False when the worker was marked LOST and must exit."""
     with connections[using].cursor() as cursor:
