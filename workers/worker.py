@@ -38,7 +38,7 @@ import prometheus_client
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import cancellation, exceptions, store
+from queueapp import cancellation, conf, exceptions, store
 from queueapp.backend import PostgresBackend
 from queueapp.states import WorkerState
 from workers import db
@@ -55,6 +55,7 @@ from workers.reaper import Reaper
 from workers.scheduler import Scheduler
 from workers.services import ServiceThread
 from workers.stager import Stager
+from workers.waiting import Waiting
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class Worker:
             executor=self.executor,
             dispatch=self.dispatch,
         )
+        self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
         self.services_stop = threading.Event()
         self.listener = Listener(
             db.listen_conninfo(self.limits), queues=config.queues, wake=self.wake, stop=self.services_stop
@@ -123,9 +125,12 @@ class Worker:
             stop=self.services_stop,
             on_crash=self.service_died,
         )
+        listener = ServiceThread(
+            self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died
+        )
         threads = [
             lease,
-            ServiceThread(self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died),
+            *([listener] if self.waiting.enabled else []),  # TASKQUEUE["NOTIFY"] off: nothing to hear
             ServiceThread(
                 self.heartbeat,
                 interval=self.config.heartbeat_interval,
@@ -221,7 +226,8 @@ class Worker:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
                 self.stopping.set()
                 break
-            self.wake.wait(self.poll_timeout())
+            after = self.waiting.after_round(free_slots=self.ledger.slots_left())
+            self.wake.wait(self.poll_timeout() if after is None else after)
 
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
