@@ -321,6 +321,7 @@ class Worker:
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
         if self.lease.expired:
             return None  # written off: not another word to the database
+        db.check_connection()  # idle since start-up: a restart since then left it dead
         return db.unless_unreachable(write, "shutdown_write_failed worker=%s", self.id)
 
     # -- signals and failures --------------------------------------------------------------------
