@@ -22,6 +22,7 @@ errors instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -238,6 +239,9 @@ class Worker:
 
     def dispatch(self, rows: list[store.TaskRow]) -> None:
         """Claimed rows to the pool threads."""
+        if self.config.parent_pid is not None and any(row.timeout is not None for row in rows):
+            with contextlib.suppress(ProcessLookupError):  # gone: the heartbeat sees to that
+                os.kill(self.config.parent_pid, signal.SIGUSR1)  # its supervisor watches timeouts
         for row in rows:
             self.inbox.put(row)
 

@@ -388,12 +388,12 @@ SELECT (SELECT count(*) FROM queueapp_worker
 FROM queueapp_task_live t JOIN stale ON t.worker_id = stale.id
 WHERE t.status = 'RUNNING';
 
--- timed_out_tasks --
--- RUNNING tasks of the given workers past their own timeout (the supervisor kills their process).
-SELECT id, worker_id, attempts, timeout
+-- timed_tasks --
+-- RUNNING tasks of the given workers that have a timeout, and whether they are past it: the
+-- supervisor kills the process of a late one, and stops asking while none runs.
+SELECT id, worker_id, attempts, timeout, started_at + make_interval(secs => timeout) < now()
 FROM queueapp_task_live
-WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL
-  AND started_at + make_interval(secs => timeout) < now();
+WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL;
 
 -- retry_task --
 -- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same

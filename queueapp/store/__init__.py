@@ -68,6 +68,7 @@ from queueapp.store.tasks import (
 )
 from queueapp.store.workers import (
     ReapOutcome,
+    TimedTask,
     beat_worker,
     limit_statements,
     preview_reap,
@@ -75,7 +76,7 @@ from queueapp.store.workers import (
     reap_workers,
     register_worker,
     set_worker_state,
-    timed_out_tasks,
+    timed_tasks,
 )
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "ReapOutcome",
     "Success",
     "TaskRow",
+    "TimedTask",
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
@@ -133,6 +135,6 @@ __all__ = [
     "set_tick_task",
     "set_worker_state",
     "stage_tasks",
-    "timed_out_tasks",
+    "timed_tasks",
     "upsert_code_schedule",
 ]
