@@ -227,8 +227,7 @@ class Worker:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
                 self.stopping.set()
                 break
-            after = self.waiting.after_round(free_slots=self.ledger.slots_left())
-            self.wake.wait(self.poll_timeout() if after is None else after)
+            self.wake.wait(self.next_round_in())
 
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
@@ -244,6 +243,13 @@ class Worker:
                 os.kill(self.config.parent_pid, signal.SIGUSR1)  # its supervisor watches timeouts
         for row in rows:
             self.inbox.put(row)
+
+    def next_round_in(self) -> float:
+        """Seconds to wait for a wake-up before the next round (marking this worker waiting or not)."""
+        if self.lease.expired:
+            return self.poll_timeout()  # written off: not another word to the database
+        after = self.waiting.after_round(free_slots=self.ledger.slots_left())
+        return self.poll_timeout() if after is None else after
 
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
