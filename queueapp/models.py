@@ -40,6 +40,8 @@ class Worker(models.Model):
     started_at = models.DateTimeField(db_default=models.functions.Now())
     last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
     stopped_at = models.DateTimeField(null=True, blank=True)
+    waiting = models.BooleanField(default=False, db_default=False)
+    """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
 
     class Meta:
         indexes = [
@@ -47,6 +49,9 @@ class Worker(models.Model):
                 fields=["last_heartbeat_at"],
                 name="worker_alive_beat_idx",
                 condition=Q(state=WorkerState.ALIVE),
+            ),
+            models.Index(
+                fields=["id"], name="worker_waiting_idx", condition=Q(waiting=True, state=WorkerState.ALIVE)
             ),
         ]
         constraints = [

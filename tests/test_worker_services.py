@@ -14,7 +14,7 @@ from django.tasks.signals import task_finished, task_started
 
 from queueapp import cancellation, models, store
 from tests import tasks
-from tests.conftest import conninfo, make_worker
+from tests.conftest import conninfo, make_worker, waiting_worker
 from tests.helpers import wait_for
 from workers import db
 from workers.executor import Executor
@@ -189,6 +189,7 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 
 
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
+    waiting_worker(["default", "emails"])  # enqueues on both queues notify
     wake, stop = threading.Event(), threading.Event()
     listener = Listener(conninfo(), queues=["emails"], wake=wake, stop=stop)
     try:

@@ -34,6 +34,13 @@ def reset_connection() -> None:
         logger.debug("closing a broken connection failed", exc_info=True)
 
 
+def check_connection() -> None:
+    """Drop this thread's Django connection if it no longer answers (the server restarted since its
+    last use, say), so that the next query opens a fresh one instead of failing on it."""
+    if connection.connection is not None and not connection.is_usable():
+        reset_connection()
+
+
 # -- the connection-error policy: which errors are worth another try, and how long to wait --------
 
 

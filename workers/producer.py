@@ -65,5 +65,15 @@ class Producer:
             reset=self.session.close,
         )
 
+    def set_waiting(self, waiting: bool) -> bool | None:
+        """WorkerSession.set_waiting, or None when the database could not be reached."""
+        return db.unless_unreachable(
+            lambda: self.session.set_waiting(waiting),
+            "set_waiting_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+            level=logging.DEBUG,  # the round says so once per outage
+        )
+
     def close(self) -> None:
         self.session.close()

@@ -69,13 +69,14 @@ from queueapp.store.tasks import (
 from queueapp.store.timeouts import StatementLimits
 from queueapp.store.workers import (
     ReapOutcome,
+    TimedTask,
     beat_worker,
     preview_reap,
     purge_workers,
     reap_workers,
     register_worker,
     set_worker_state,
-    timed_out_tasks,
+    timed_tasks,
 )
 
 __all__ = [
@@ -88,6 +89,7 @@ __all__ = [
     "StatementLimits",
     "Success",
     "TaskRow",
+    "TimedTask",
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
@@ -133,6 +135,6 @@ __all__ = [
     "set_tick_task",
     "set_worker_state",
     "stage_tasks",
-    "timed_out_tasks",
+    "timed_tasks",
     "upsert_code_schedule",
 ]

@@ -168,6 +168,19 @@ class WorkerSession:
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
 
+    def set_waiting(self, waiting: bool) -> bool:
+        """Mark this worker waiting for work (enqueues on its queues notify it) or not. Marking
+        gives up, False, while an enqueue on one of its queues is under way: claim again first."""
+        if self.conn is None:
+            self.conn = self.connect()
+        if not waiting:
+            self.conn.execute(QUERIES["clear_worker_waiting"], {"worker_id": self.worker_id})
+            return True
+        marked = self.conn.execute(
+            QUERIES["mark_worker_waiting"], {"worker_id": self.worker_id, "queues": self.queues}
+        )
+        return marked.fetchone() is not None
+
     def reconcile(
         self, held: Sequence[int], successes: Sequence[Success]
     ) -> tuple[list[int], dict[int, str]]:
