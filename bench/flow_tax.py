@@ -8,7 +8,8 @@ run: python -m bench.flow_tax --baseline /work/main
   rounds (ours first, then the baseline first, ...), so that the machine's drift falls on both.
 
 Target for both: within 10% of the baseline. The baseline needs bench.drain.drain_with_workers and a
-queries.sql with claim_tasks and claim_plan (any checkout since the live/history split).
+queries.sql with claim_tasks (any checkout since the live/history split); both claims run after
+this checkout's plan setting (claim_plan).
 """
 
 from __future__ import annotations
@@ -54,22 +55,22 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
         conn.execute(FILL, [10_000])
         conn.execute("VACUUM ANALYZE queueapp_task_live")
         for _ in range(rounds):
-            ours_ms.append(claim_ms(conn, QUERIES["claim_plan"], QUERIES["claim_tasks"], params, samples))
-            theirs_ms.append(claim_ms(conn, theirs["claim_plan"], theirs["claim_tasks"], params, samples))
+            ours_ms.append(claim_ms(conn, QUERIES["claim_tasks"], params, samples))
+            theirs_ms.append(claim_ms(conn, theirs["claim_tasks"], params, samples))
         clear_tasks()
     return ours_ms, theirs_ms
 
 
-def claim_ms(
-    conn: psycopg.Connection, plan: str, claim: str, params: dict[str, object], samples: int
-) -> float:
-    """Median milliseconds of claim (after plan, in one pipelined transaction, rolled back)."""
+def claim_ms(conn: psycopg.Connection, claim: str, params: dict[str, object], samples: int) -> float:
+    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back)."""
+    from queueapp.store import timeouts
+
     times = []
     for n in range(samples + 20):  # the first 20 warm the cache and the prepared statement
         with conn.transaction(force_rollback=True):
             started = time.perf_counter()
             with conn.pipeline():
-                conn.execute(plan, prepare=False)
+                conn.execute(timeouts.UNLIMITED_CLAIM_PLAN, prepare=False)
                 cursor = conn.execute(claim, params)
             rows = cursor.fetchall()
             if n >= 20:

@@ -44,10 +44,6 @@ def notify_round_trips(count: int, rate: float) -> list[float]:
 
 
 def pickup(count_: int, rate: float, processes: int) -> list[float]:
-    from django.db import connection
-
-    from bench import tasks
-
     worker = subprocess.Popen(
         [*RUNWORKER, "--processes", str(processes), "--concurrency", "4", "--poll-interval", "30"],
         cwd=ROOT,
@@ -56,18 +52,27 @@ def pickup(count_: int, rate: float, processes: int) -> list[float]:
     try:
         wait_listening(processes)
         time.sleep(1)  # past the workers' first poll: from now on only NOTIFY wakes them
-        for _ in range(count_):
-            tasks.noop.enqueue()
-            time.sleep(1 / rate)
-        wait_succeeded(count_, timeout=60)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT extract(epoch FROM started_at - enqueued_at) * 1000 FROM queueapp_task")
-            latencies = [float(row[0]) for row in cursor.fetchall()]
+        latencies = timed_pickups(count_, rate)
     finally:
         worker.terminate()
         worker.wait(60)
     clear_tasks()
     return latencies
+
+
+def timed_pickups(count_: int, rate: float) -> list[float]:
+    """Enqueue count_ no-ops at rate a second; milliseconds from each enqueue to its start."""
+    from django.db import connection
+
+    from bench import tasks
+
+    for _ in range(count_):
+        tasks.noop.enqueue()
+        time.sleep(1 / rate)
+    wait_succeeded(count_, timeout=60)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM started_at - enqueued_at) * 1000 FROM queueapp_task")
+        return [float(row[0]) for row in cursor.fetchall()]
 
 
 def figures(count_: int = 300, rate: float = 50.0, processes: int = 2) -> list[Figure]:

@@ -98,7 +98,7 @@ def save_results(figures: list[Figure], about: str) -> Path:
 def main() -> None:
     profile = "--profile" in sys.argv[1:]
     with scratch_database("taskqueue_bench_suite"):
-        from bench import claim_cost, drain, enqueue, latency, memory, profile_worker
+        from bench import claim_cost, drain, enqueue, latency, memory, profile_worker, round_limits
 
         steps = [
             ("pickup latency", latency.figures),
@@ -107,6 +107,7 @@ def main() -> None:
             ("drain", drain.figures),
             ("worker memory", memory.figures),
             ("claim cost", claim_cost.figures),
+            ("round limits", round_limits.figures),
         ]
         figures: list[Figure] = []
         for name, step in steps:

@@ -272,7 +272,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
 
     @admin.display(description="return value")
     def pretty_return_value(self, task: models.Task) -> str:
-        return self._pre(task.return_value) if task.status == "SUCCESSFUL" else "-"
+        return self._pre(task.return_value) if task.status == models.TaskStatus.SUCCESSFUL else "-"
 
     @admin.display(description="errors")
     def attempt_errors(self, task: models.Task) -> str:
@@ -361,7 +361,11 @@ class WorkerAdmin(admin.ModelAdmin[models.Worker]):
     @admin.display(description="state")
     def health(self, worker: models.Worker) -> str:
         state = reads.worker_health(worker, timezone.now())
-        colour = {"alive": "SUCCESSFUL", "stale": "RUNNING", "lost": "FAILED"}.get(state, "CANCELLED")
+        colour = {
+            "alive": models.TaskStatus.SUCCESSFUL,
+            "stale": models.TaskStatus.RUNNING,
+            "lost": models.TaskStatus.FAILED,
+        }.get(state, models.TaskStatus.CANCELLED)
         return format_html('<span style="color:{}">{}</span>', admin_views.STATUS_COLOURS[colour], state)
 
     @admin.display(description="heartbeat age")

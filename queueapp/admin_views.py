@@ -15,16 +15,17 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from queueapp import models, reads, store
+from queueapp.states import TaskStatus
 
 COUNT_CAP = 10_000
 
-STATUS_COLOURS = {
-    "SCHEDULED": "#7c3aed",
-    "READY": "#2563eb",
-    "RUNNING": "#d97706",
-    "SUCCESSFUL": "#16a34a",
-    "FAILED": "#dc2626",
-    "CANCELLED": "#6b7280",
+STATUS_COLOURS: dict[str, str] = {
+    TaskStatus.SCHEDULED: "#7c3aed",
+    TaskStatus.READY: "#2563eb",
+    TaskStatus.RUNNING: "#d97706",
+    TaskStatus.SUCCESSFUL: "#16a34a",
+    TaskStatus.FAILED: "#dc2626",
+    TaskStatus.CANCELLED: "#6b7280",
 }
 
 
@@ -152,10 +153,19 @@ def overview(request: HttpRequest, admin_context: dict[str, Any]) -> HttpRespons
         "queues": queues_with_last_hour(now),
         "latency": reads.pickup_latency(now),
         "charts": [
-            ("Finished successfully per minute", svg_bars(done, colour=STATUS_COLOURS["SUCCESSFUL"])),
-            ("Failed for good per minute", svg_bars(failed, colour=STATUS_COLOURS["FAILED"])),
-            ("Pickup latency p50 per minute", svg_bars(p50, colour=STATUS_COLOURS["READY"], unit=" s")),
-            ("Pickup latency p95 per minute", svg_bars(p95, colour=STATUS_COLOURS["RUNNING"], unit=" s")),
+            (
+                "Finished successfully per minute",
+                svg_bars(done, colour=STATUS_COLOURS[TaskStatus.SUCCESSFUL]),
+            ),
+            ("Failed for good per minute", svg_bars(failed, colour=STATUS_COLOURS[TaskStatus.FAILED])),
+            (
+                "Pickup latency p50 per minute",
+                svg_bars(p50, colour=STATUS_COLOURS[TaskStatus.READY], unit=" s"),
+            ),
+            (
+                "Pickup latency p95 per minute",
+                svg_bars(p95, colour=STATUS_COLOURS[TaskStatus.RUNNING], unit=" s"),
+            ),
         ],
         "workers": [
             (w, reads.worker_health(w, now), (now - w.last_heartbeat_at).total_seconds()) for w in workers

@@ -49,6 +49,8 @@ class QueueSettings:
     metrics_token: str = ""
     health_max_ready_age: float = 300.0
     """/api/health says degraded when a due READY task has waited longer (seconds)."""
+    notify: bool = True
+    """Enqueues NOTIFY the workers that wait on their queue; False: nothing notifies, workers poll."""
     prepared_statements: str | bool = "auto"
     """Enqueues and rounds as server-side prepared statements: "on", "off", or "auto" (unless a
     connection pooler is found in front of the database: store.poolers); True and False too."""

@@ -10,6 +10,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.migrations.executor import MigrationExecutor
 
 from queueapp import conf, models, reads, store
+from queueapp.states import TERMINAL_STATUSES
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
@@ -60,7 +61,7 @@ def queue_reasons(overview: dict[str, dict[str, Any]], workers: list[tuple[model
     listened = {queue for worker, state in workers if state == "alive" for queue in worker.queues}
     reasons = []
     for queue, entry in sorted(overview.items()):
-        ready = entry["counts"].get("READY", 0)
+        ready = entry["counts"].get(models.TaskStatus.READY, 0)
         if ready and queue not in listened:
             reasons.append(f"queue {queue!r} has {ready} READY task(s) and no live worker listening on it")
         oldest = entry["oldest_ready_seconds"]
@@ -99,7 +100,7 @@ def report(window_minutes: int) -> Report:
             "database": "ok",
             "live_workers": sum(1 for _, state in workers if state == "alive"),
             "pending": {status: totals.get(status, 0) for status in models.LIVE_STATUSES},
-            "completed": {s: finished.get(s, 0) for s in ("SUCCESSFUL", "FAILED", "CANCELLED")},
+            "completed": {s: finished.get(s, 0) for s in TERMINAL_STATUSES},
             "oldest_ready_age_seconds": max(oldest, default=None),
             "timestamp": now,
         },

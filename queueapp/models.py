@@ -43,6 +43,8 @@ class Worker(models.Model):
     flow_epoch = models.IntegerField(default=0, db_default=0, editable=False)
     """Moved on by every flow-control change of the worker's queues: its plain claim claims nothing
     until the worker has looked at the settings since (queries.sql, flow_changed)."""
+    waiting = models.BooleanField(default=False, db_default=False)
+    """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
 
     class Meta:
         indexes = [
@@ -50,6 +52,9 @@ class Worker(models.Model):
                 fields=["last_heartbeat_at"],
                 name="worker_alive_beat_idx",
                 condition=Q(state=WorkerState.ALIVE),
+            ),
+            models.Index(
+                fields=["id"], name="worker_waiting_idx", condition=Q(waiting=True, state=WorkerState.ALIVE)
             ),
         ]
         constraints = [
@@ -261,7 +266,7 @@ class QueueControl(models.Model):
     """Flow control of one queue: pause, fleet-wide concurrency and rate limits (docs/flow-control.md).
 
     A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
-    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0008) by
+    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0009) by
     the claim that locks this row.
     """
 

@@ -79,9 +79,9 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
 def running_tasks(worker_id: uuid.UUID, *, limit: int) -> list[models.LiveTask]:
     """The tasks a worker is running, oldest start first (task_live_running_idx)."""
     return list(
-        models.LiveTask.objects.filter(worker_id=worker_id, status="RUNNING").order_by("started_at", "id")[
-            :limit
-        ]
+        models.LiveTask.objects.filter(worker_id=worker_id, status=models.TaskStatus.RUNNING).order_by(
+            "started_at", "id"
+        )[:limit]
     )
 
 

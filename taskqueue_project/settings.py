@@ -141,6 +141,8 @@ TASKQUEUE = {
     # Enqueues and the worker's rounds run as server-side prepared statements (parsed and planned
     # once per connection): on, off, or auto (off, with a WARNING, behind a connection pooler).
     "PREPARED_STATEMENTS": env.str("TASKQUEUE_PREPARED_STATEMENTS", default="auto"),
+    # Enqueues notify workers that wait on their queue; off: nothing notifies, workers only poll.
+    "NOTIFY": env.bool("TASKQUEUE_NOTIFY", default=True),
 }
 
 # The API's body limit applies to every request Django reads.

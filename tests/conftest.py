@@ -45,7 +45,9 @@ def sessions(transactional_db: None) -> Iterator[list[store.WorkerSession]]:
 
 @pytest.fixture
 def listener(transactional_db: None) -> Iterator[psycopg.Connection]:
-    """An autocommit connection LISTENing on the queue's channel."""
+    """An autocommit connection LISTENing on the queue's channel, for a worker that waits for work
+    on the queues the tests use (enqueues notify only while one does)."""
+    waiting_worker(["default", "emails"])
     with psycopg.connect(conninfo(), autocommit=True) as conn:
         conn.execute("LISTEN taskqueue")
         yield conn
@@ -60,6 +62,13 @@ def collect_until_sentinel(listener: psycopg.Connection, raw_conn: psycopg.Conne
             return payloads
         payloads.append(notify.payload)
     raise AssertionError(f"sentinel notification not received within 10 s; got {payloads}")
+
+
+def waiting_worker(queues: list[str]) -> models.Worker:
+    """An ALIVE worker row marked waiting for work on queues (as mark_worker_waiting leaves it)."""
+    worker = make_worker(queues)
+    models.Worker.objects.filter(id=worker.id).update(waiting=True)
+    return worker
 
 
 def make_worker(queues: list[str] | None = None) -> models.Worker:

@@ -191,6 +191,6 @@ def test_without_statistics_the_worker_claim_still_walks_the_claim_index(
 
     trap = plan()
     assert "Sort" in trap, trap  # the trap, without the setting
-    with_setting = plan(QUERIES["claim_plan"])
+    with_setting = plan(store.timeouts.UNLIMITED_CLAIM_PLAN)
     assert "task_live_claim_idx" in with_setting, with_setting
     assert "Sort" not in with_setting, with_setting

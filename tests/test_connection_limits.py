@@ -1,6 +1,8 @@
 """Every connection of a worker process is held to ConnectionLimits (workers/db.py): TCP keepalives
 and tcp_user_timeout on each socket, so a dead peer is an error and not a hang, and statement and lock
-timeouts on the queue's own connections (not on task threads', whose queries are the tasks' own)."""
+timeouts in each transaction of the queue's own connections (not on task threads', whose queries are
+the tasks' own), set LOCAL so that nothing stays on the server session (tests/test_pgbouncer.py shows
+why that matters behind a pooler)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.backends.signals import connection_created
 
 from queueapp import store
@@ -33,6 +35,8 @@ def limits() -> Iterator[db.ConnectionLimits]:
         yield limits
     finally:
         connection_created.disconnect(dispatch_uid="taskqueue-limits")
+        if limits.statements.wrap_execute in connection.execute_wrappers:
+            connection.execute_wrappers.remove(limits.statements.wrap_execute)
         settings_dict["OPTIONS"] = options
         connection.close()
 
@@ -60,26 +64,34 @@ def timeouts(conn: psycopg.Connection) -> tuple[str, str]:
     return statement[0], lock[0]
 
 
-def test_every_worker_connection_has_keepalives_a_user_timeout_and_statement_limits(
-    limits: db.ConnectionLimits,
-) -> None:
+def test_every_worker_connection_has_keepalives_and_a_user_timeout(limits: db.ConnectionLimits) -> None:
     if not connection.settings_dict["HOST"]:
         pytest.skip("the test database is reached over a Unix socket: no TCP options to see")
     connection.ensure_connection()
-    assert socket_of(connection.connection.fileno()) == HELD
-    assert timeouts(connection.connection) == ("3s", "1500ms")
+    session = store.WorkerSession(worker_id=make_worker().id, queues=["default"], limits=limits.statements)
+    for conn in (connection.connection, session.connect(), psycopg.connect(db.listen_conninfo(limits))):
+        assert socket_of(conn.fileno()) == HELD
+        conn.close()
 
-    session = store.WorkerSession(
-        worker_id=make_worker().id, queues=["default"], options=limits.libpq_options()
-    )
-    listener = psycopg.connect(db.listen_conninfo(limits), autocommit=True)
-    try:
-        for conn in (session.connect(), listener):
-            assert socket_of(conn.fileno()) == HELD
-            assert timeouts(conn) == ("3s", "1500ms")
-            conn.close()
-    finally:
-        listener.close()
+
+def test_the_queues_statements_are_limited_in_their_transaction_and_nothing_stays_on_the_session(
+    limits: db.ConnectionLimits,
+) -> None:
+    """Before, the limits were the session's (a SET when a connection opened, a startup `options`):
+    behind a pooler in transaction mode the next client of the server session had them too."""
+    with connection.cursor() as cursor:  # autocommit: the statement gets a limited transaction
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone() == ("3s",)
+    with transaction.atomic(), connection.cursor() as cursor:  # the caller's transaction
+        cursor.execute("SHOW lock_timeout")
+        assert cursor.fetchone() == ("1500ms",)
+    assert timeouts(connection.connection) == ("0", "0")  # past Django's cursors: the session's own
+
+    session = store.WorkerSession(worker_id=make_worker().id, queues=["default"], limits=limits.statements)
+    session.round([], limit=1)
+    assert session.conn is not None
+    assert timeouts(session.conn) == ("0", "0")
+    session.close()
 
 
 def test_a_task_threads_connection_keeps_the_socket_limits_and_no_statement_limits(
@@ -93,14 +105,16 @@ def test_a_task_threads_connection_keeps_the_socket_limits_and_no_statement_limi
         db.runs_tasks()
         try:
             connection.ensure_connection()
-            seen.extend([socket_of(connection.connection.fileno()), timeouts(connection.connection)])
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW statement_timeout")
+                seen.extend([socket_of(connection.connection.fileno()), cursor.fetchone()])
         finally:
             connection.close()
 
     thread = threading.Thread(target=task_thread)
     thread.start()
     thread.join(10)
-    assert seen == [HELD, ("0", "0")]
+    assert seen == [HELD, ("0",)]
 
 
 def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
@@ -125,3 +139,28 @@ def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
     thread.join(10)
     assert not stuck, "the heartbeat waited on the lock past lock_timeout"
     assert results == [False]  # failed, as on a connection error: the next beat tries again
+
+
+def test_a_round_stuck_behind_a_lock_fails_within_the_lock_timeout(
+    limits: db.ConnectionLimits, raw_conn: psycopg.Connection
+) -> None:
+    """The claim skips locked rows, but not a locked table (a long ALTER, a careless LOCK TABLE)."""
+    session = store.WorkerSession(worker_id=make_worker().id, queues=["default"], limits=limits.statements)
+    errors: list[Exception] = []
+
+    def round() -> None:
+        try:
+            session.round([], limit=1)
+        except psycopg.OperationalError as exc:
+            errors.append(exc)
+
+    with raw_conn.transaction():
+        raw_conn.execute("LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE")
+        thread = threading.Thread(target=round)
+        thread.start()
+        thread.join(limits.lock_timeout_ms / 1000 + 3)
+        stuck = thread.is_alive()
+    thread.join(10)
+    session.close()
+    assert not stuck, "the round waited on the lock past lock_timeout"
+    assert [type(exc) for exc in errors] == [psycopg.errors.LockNotAvailable]

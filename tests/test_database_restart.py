@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,7 @@ def test_workers_survive_a_database_restart_and_lose_nothing(
         "args": "[0.05]",
         "kwargs": "{}",
         "concurrency_key": None,
+        "notify": True,
     }
     with psycopg.connect(url) as conn:
         conn.cursor().executemany(QUERIES["enqueue_task"], [row] * 1500)
@@ -114,3 +116,41 @@ def test_the_api_answers_503_while_the_database_is_down(cluster: tuple[Path, str
         wait_for(lambda: get("/api/health")[0] == 200, timeout=15, message="the API to recover")
     finally:
         server.stop()
+
+
+def test_a_worker_stopped_after_five_restarts_records_its_stop(
+    cluster: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The main thread's connection from start-up died with the first restart: it is checked before
+    the shutdown writes (STOPPING, STOPPED), which go through on a fresh one, nothing logged failed."""
+    datadir, url = cluster
+    assert run_manage("migrate", "--noinput", url=url).returncode == 0
+    row = {
+        "task_path": "tests.tasks.add",
+        "queue_name": "default",
+        "priority": 0,
+        "run_after": None,
+        "max_attempts": 5,
+        "timeout": None,
+        "args": "[1, 2]",
+        "kwargs": "{}",
+        "notify": True,
+    }
+    worker = WorkerProcess("--concurrency", "1", "--poll-interval", "0.2", log_dir=tmp_path, url=url)
+    try:
+        for restart in range(5):
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(QUERIES["enqueue_task"], row)
+            wait_for(
+                lambda done=restart + 1: safe_counts(url).get("SUCCESSFUL", 0) == done,
+                timeout=30,
+                message=f"a task to succeed before restart {restart + 1}",
+            )
+            devdb.restart(datadir)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+        assert "shutdown_write_failed" not in worker.output()
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT state FROM queueapp_worker").fetchall() == [("STOPPED",)]
+    finally:
+        worker.stop()

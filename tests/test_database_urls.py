@@ -70,6 +70,5 @@ def test_a_listen_url_is_read_like_database_url(settings: Any, url: str) -> None
     assert listen == {
         **psycopg.conninfo.conninfo_to_dict(url),
         **{key: str(value) for key, value in LIMITS.socket_params().items()},
-        "options": LIMITS.libpq_options(),
         "application_name": "taskqueue-listener",
     }

@@ -1,5 +1,6 @@
 """Behind Debian's PgBouncer in transaction mode: enqueues and a real worker, prepared statements
-left to the default (auto), turned off, and forced on (which fails as it did before the queue looked)."""
+left to the default (auto), turned off, and forced on (which fails as it did before the queue looked);
+the worker's statement and lock timeouts hold there, and stay with it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection
 
 from queueapp import models, store
+from tests import tasks
 from tests.helpers import (
     FAST_ENV,
     ROOT,
@@ -32,8 +35,9 @@ PGBOUNCER = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sb
 WARNING = "prepared_statements_off"
 
 # One server connection for every client: a statement one client prepared is still there when the
-# next one prepares its own under the same name, every time (with more, most of the time). PgBouncer
-# refuses a startup `options` (the worker's statement and lock timeouts) unless told to ignore it.
+# next one prepares its own under the same name, every time (with more, most of the time), and a
+# setting one client leaves on the session is the next one's. PgBouncer refuses a startup `options`:
+# nothing here tells it to ignore one (ignore_startup_parameters), so a worker that sent one would fail.
 CONFIG = """
 [databases]
 * = host={host} port={port} user={user}
@@ -43,15 +47,15 @@ listen_port = {listen}
 unix_socket_dir =
 auth_type = any
 pool_mode = transaction
-default_pool_size = 1
+default_pool_size = {pool}
 max_client_conn = 200
-ignore_startup_parameters = options
 """
 
 
 @pytest.fixture
-def pgbouncer() -> Iterator[str]:
-    """DATABASE_URL of the test database through PgBouncer in transaction mode."""
+def pgbouncer(request: pytest.FixtureRequest) -> Iterator[str]:
+    """DATABASE_URL of the test database through PgBouncer in transaction mode, one server session
+    for all clients unless the test asks for more (indirect parameter)."""
     if PGBOUNCER is None:
         pytest.skip("pgbouncer is not installed (apt-get install pgbouncer; make test does as root)")
     s = connection.settings_dict
@@ -62,7 +66,11 @@ def pgbouncer() -> Iterator[str]:
         ini = workdir / "pgbouncer.ini"
         ini.write_text(
             CONFIG.format(
-                host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432, user=s["USER"], listen=listen
+                host=s["HOST"] or "127.0.0.1",
+                port=s["PORT"] or 5432,
+                user=s["USER"],
+                listen=listen,
+                pool=getattr(request, "param", 1),
             )
         )
         ini.chmod(0o644)
@@ -134,6 +142,68 @@ def test_enqueues_and_a_worker_run_through_pgbouncer_in_transaction_mode(
         assert sorted(models.Task.objects.values_list("return_value", flat=True)) == list(range(1, 121))
         assert worker.output().count(WARNING) == (1 if mode == "default" else 0)
         assert "Traceback" not in worker.output()
+    finally:
+        worker.stop()
+
+
+def worker_through(pgbouncer: str, log_dir: Path, **env: str) -> WorkerProcess:
+    """A real worker whose queue connections go through pgbouncer, and its listener around it."""
+    env = {**FAST_ENV, "TASKQUEUE_LISTEN_DATABASE_URL": database_url(), **env}
+    return WorkerProcess("--concurrency", "2", log_dir=log_dir, url=pgbouncer, env=env)
+
+
+@pytest.mark.parametrize("pgbouncer", [8], indirect=True)  # the stuck ones wait on the lock, not the pool
+def test_a_worker_behind_pgbouncer_gives_up_on_a_lock_within_its_lock_timeout(
+    pgbouncer: str, raw_conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    """The heartbeat (a Django connection, autocommit) and the round (the worker's own connection, in
+    a transaction) stuck behind locks: both give up after lock_timeout (half STALE_AFTER), and the
+    worker carries on once the locks are gone."""
+    stale_after = 8  # lock_timeout 4 s; the lease outlasts a beat stuck that long
+    worker = worker_through(pgbouncer, tmp_path, TASKQUEUE_STALE_AFTER=str(stale_after))
+    try:
+        wait_for(lambda: models.Worker.objects.exists(), timeout=30, message="the worker to register")
+        worker_id = models.Worker.objects.get().id
+        with raw_conn.transaction():
+            raw_conn.execute("SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE", [worker_id])
+            raw_conn.execute("LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE")  # the claim waits
+            for event in ("heartbeat_failed", "round_failed"):
+                wait_for(
+                    lambda event=event: (
+                        f"{event} worker={worker_id} error=canceling statement due to lock "
+                        "timeout" in worker.output()
+                    ),
+                    timeout=stale_after / 2 + 3,
+                    message=f"{event} to give up on the lock; worker log:\n{worker.output()}",
+                )
+        tasks.add.enqueue(2, 3)
+        wait_for(
+            lambda: models.Task.objects.filter(status="SUCCESSFUL").count() == 1,
+            timeout=30,
+            message=f"a task to run after the locks; worker log:\n{worker.output()}",
+        )
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("mode", ["default", "off"])
+def test_another_client_of_the_pooler_inherits_no_limits_from_a_worker(
+    pgbouncer: str, mode: str, tmp_path: Path
+) -> None:
+    """One server session for all (default_pool_size = 1): it ran the worker's statements, limits
+    and all, before any task succeeded; the next client of the pooler finds the server's defaults."""
+    worker = worker_through(pgbouncer, tmp_path, **prepared(mode))
+    try:
+        tasks.add.enqueue(2, 3)
+        wait_for(
+            lambda: models.Task.objects.filter(status="SUCCESSFUL").count() == 1,
+            timeout=30,
+            message=f"a task to run through pgbouncer; worker log:\n{worker.output()}",
+        )
+        with psycopg.connect(pgbouncer, autocommit=True) as other:
+            for setting in ("statement_timeout", "lock_timeout"):
+                assert other.execute(f"SHOW {setting}").fetchone() == ("0",), setting
     finally:
         worker.stop()
 

@@ -14,7 +14,7 @@ from django.tasks.signals import task_finished, task_started
 
 from queueapp import cancellation, models, store
 from tests import tasks
-from tests.conftest import conninfo, make_worker
+from tests.conftest import conninfo, make_worker, waiting_worker
 from tests.helpers import wait_for
 from workers import db
 from workers.executor import Executor
@@ -189,6 +189,7 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 
 
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
+    waiting_worker(["default", "emails"])  # enqueues on both queues notify
     wake, stop = threading.Event(), threading.Event()
     views: list[store.FlowView] = []
     woken_with_view: list[bool] = []
@@ -434,3 +435,20 @@ def test_the_error_policy_tries_again_only_what_a_fresh_connection_may_cure(
 
     with pytest.raises(DataError):
         db.unless_unreachable(divide_by_zero, "test_failed")
+
+
+def test_without_a_listener_the_producer_looks_at_the_flow_settings_itself() -> None:
+    """TASKQUEUE["NOTIFY"] off: no listener hands the producer a new flow view, so it looks itself
+    (look_every): else the epoch fence would keep its plain claim from claiming after any change."""
+    tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    producer.look_every = 0
+    try:
+        assert len(round_(producer, 1)[1]) == 1
+        store.set_paused("default", True)
+        assert round_(producer, 1)[1] == []
+        store.set_paused("default", False)
+        assert len(round_(producer, 1)[1]) == 1
+    finally:
+        producer.close()

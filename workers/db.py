@@ -4,6 +4,7 @@ limits every worker connection is held to."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +32,13 @@ def reset_connection() -> None:
         connection.close()
     except CONNECTION_ERRORS:
         logger.debug("closing a broken connection failed", exc_info=True)
+
+
+def check_connection() -> None:
+    """Drop this thread's Django connection if it no longer answers (the server restarted since its
+    last use, say), so that the next query opens a fresh one instead of failing on it."""
+    if connection.connection is not None and not connection.is_usable():
+        reset_connection()
 
 
 # -- the connection-error policy: which errors are worth another try, and how long to wait --------
@@ -109,8 +117,10 @@ class ConnectionLimits:
     (packets dropped, nothing closed) becomes an error within about STALE_AFTER instead of a hang.
 
     TCP keepalives find a dead peer while a connection waits for an answer or idles; tcp_user_timeout
-    drops a connection whose sent data goes unacknowledged; statement and lock timeouts bound what
-    the server itself may take. The lease (workers.lease) does not rely on any of them.
+    drops a connection whose sent data goes unacknowledged (libpq parameters: they set the client's
+    socket and never reach the server or a pooler); statement and lock timeouts bound what the server
+    itself may take, set per transaction (store.StatementLimits) so that they work behind a pooler in
+    transaction mode and stay with this worker. The lease (workers.lease) relies on none of them.
     """
 
     stale_after: float
@@ -133,26 +143,23 @@ class ConnectionLimits:
     def lock_timeout_ms(self) -> int:
         return max(1, self.statement_timeout_ms // 2)
 
-    def libpq_options(self, given: str = "") -> str:
-        """libpq's `options` with the statement and lock timeouts after any given ones."""
-        ours = f"-c statement_timeout={self.statement_timeout_ms} -c lock_timeout={self.lock_timeout_ms}"
-        return f"{given} {ours}".strip()
+    @functools.cached_property  # one object: its execute wrapper is found again (limit_statements)
+    def statements(self) -> store.StatementLimits:
+        return store.StatementLimits(self.statement_timeout_ms, self.lock_timeout_ms)
 
     def install(self) -> None:
         """From now on in this process: every Django connection gets the socket parameters, and
-        those of threads other than task threads the statement limits too."""
+        those of threads other than task threads the statement limits too, in each transaction."""
         settings_dict = connections.settings[DEFAULT_DB_ALIAS]
         settings_dict["OPTIONS"] = {**settings_dict.get("OPTIONS", {}), **self.socket_params()}
         connection_created.connect(self.limit_statements, weak=False, dispatch_uid="taskqueue-limits")
         reset_connection()  # one opened before now would keep the old parameters
 
     def limit_statements(self, sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-        if not getattr(_thread, "runs_tasks", False):
-            store.limit_statements(
-                statement_timeout_ms=self.statement_timeout_ms,
-                lock_timeout_ms=self.lock_timeout_ms,
-                using=connection.alias,
-            )
+        # Sent on every (re)connection of a thread's one connection object: wrap it once.
+        wrap = self.statements.wrap_execute
+        if not getattr(_thread, "runs_tasks", False) and wrap not in connection.execute_wrappers:
+            connection.execute_wrappers.append(wrap)
 
 
 _thread = threading.local()
@@ -167,13 +174,8 @@ def runs_tasks() -> None:
 def listen_conninfo(limits: ConnectionLimits) -> str:
     """Where the listener connects: TASKQUEUE LISTEN_DATABASE_URL (direct, not PgBouncer) or the
     default database, with all its hosts and libpq options (target_session_attrs for failover),
-    held to limits."""
+    and the socket limits. No statement limits: LISTEN and the idle check's SELECT 1 wait for no
+    lock, and a server that stops answering is the sockets' to find."""
     url = conf.get().listen_database_url
     database = database_urls.parse(url) if url else settings.DATABASES["default"]
-    given = database.get("OPTIONS", {}).get("options", "")
-    return database_urls.conninfo(
-        database,
-        application_name="taskqueue-listener",
-        **limits.socket_params(),
-        options=limits.libpq_options(str(given)),
-    )
+    return database_urls.conninfo(database, application_name="taskqueue-listener", **limits.socket_params())

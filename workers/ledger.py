@@ -122,6 +122,11 @@ class Ledger:
         with self.lock:
             return list(self.succeeded)
 
+    def slots_left(self) -> int:
+        """Slots free now (after a round: what its claim did not fill)."""
+        with self.lock:
+            return self.free_slots()
+
     def idle(self) -> bool:
         with self.lock:
             return not self.held

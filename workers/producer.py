@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -19,17 +20,24 @@ class Producer:
     name = "producer"
 
     def __init__(
-        self, *, worker_id: UUID, queues: Sequence[str], prepare: bool = True, options: str = ""
+        self,
+        *,
+        worker_id: UUID,
+        queues: Sequence[str],
+        prepare: bool = True,
+        limits: store.StatementLimits | None = None,
     ) -> None:
         self.worker_id = worker_id
-        self.session = store.WorkerSession(
-            worker_id=worker_id, queues=queues, prepare=prepare, options=options
-        )
+        self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare, limits=limits)
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
         self.view: store.FlowView | None = None
         """The worker's flow view as the listener (or the first claiming round) last read it: the
         plain claim is given only the queues without flow control."""
+        self.look_every: float | None = None
+        """Seconds between the producer's own looks at the settings when no listener hands it views
+        (TASKQUEUE["NOTIFY"] off); None: the listener does."""
+        self.looked_at = 0.0
         self.settings_changed = threading.Event()
         """Set by the listener when it looked at the settings: the next flow round steps breakers."""
         self.retry_in: float | None = None
@@ -46,14 +54,18 @@ class Producer:
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
-        if free_slots > 0 and self.view is None:
-            # Before the listener's first look: a plain claim must not take a flow-controlled queue.
-            self.view = db.unless_unreachable(
+        due = self.look_every is not None and time.monotonic() - self.looked_at >= self.look_every
+        if free_slots > 0 and (self.view is None or due):
+            # Before the listener's first look (a plain claim must not take a flow-controlled queue),
+            # or, without a listener, every look_every seconds.
+            view = db.unless_unreachable(
                 self.session.flow_view, "round_failed worker=%s", self.worker_id, reset=self.session.close
             )
-            if self.view is None:
+            if view is None:
                 self.healthy = False
                 return None
+            self.looked_at = time.monotonic()
+            self.settings_seen(view)
         view = self.view or store.FlowView()
         flow = free_slots > 0 and bool(view.queues)
         refresh = flow and self.settings_changed.is_set()
@@ -99,6 +111,16 @@ class Producer:
             "reconcile_failed worker=%s",
             self.worker_id,
             reset=self.session.close,
+        )
+
+    def set_waiting(self, waiting: bool) -> bool | None:
+        """WorkerSession.set_waiting, or None when the database could not be reached."""
+        return db.unless_unreachable(
+            lambda: self.session.set_waiting(waiting),
+            "set_waiting_failed worker=%s",
+            self.worker_id,
+            reset=self.session.close,
+            level=logging.DEBUG,  # the round says so once per outage
         )
 
     def close(self) -> None:

@@ -6,10 +6,12 @@ mode must be chosen before the metrics are made.
 
 It also enforces task timeouts, which threads cannot: a child running a task past its timeout is
 killed, the task fails through the normal retry path, the child's other tasks are requeued as
-"worker lost", and a fresh child takes its place. A child that dies on its own is reaped at once
-by the supervisor (its tasks do not wait for the heartbeat to go stale). Every exit but 0 is
-followed by a fresh child, a child whose lease ran out (exit 4: cut off from the database) too: it
-registers once the database answers again, and until then claims nothing.
+"worker lost", and a fresh child takes its place. It asks the database about timeouts only while a
+child runs a task that has one: a child that claims such a task tells it by SIGUSR1. A child that
+dies on its own is reaped at once by the supervisor (its tasks do not wait for the heartbeat to go
+stale). Every exit but 0 is followed by a fresh child, a child whose lease ran out (exit 4: cut off
+from the database) too: it registers once the database answers again, and until then claims
+nothing.
 """
 
 from __future__ import annotations
@@ -64,11 +66,14 @@ class Supervisor:
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
         self.restart_delay = 0.0
+        self.timed_tasks = threading.Event()
+        """A child may be running a task with a timeout (SIGUSR1 says it claimed one)."""
         self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
+        signal.signal(signal.SIGUSR1, self.handle_timed_task)
         db.ConnectionLimits(self.config.stale_after).install()  # inherited by forked children
         with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
             if self.config.metrics_port is not None:
@@ -142,13 +147,16 @@ class Supervisor:
             self.stopping.set()
 
     def kill_timed_out(self) -> None:
+        if not self.timed_tasks.is_set():
+            return  # no child has claimed a task with a timeout since none was found running
+        self.timed_tasks.clear()  # first: a SIGUSR1 during the query sets it again
         alive = {child.worker_id: child for child in self.children if child.process.poll() is None}
-        late = db.unless_unreachable(lambda: store.timed_out_tasks(list(alive)), "timeout_check_failed")
-        if late is None:
-            return
-        for task_id, worker_id, attempt, timeout in late:
+        timed = db.unless_unreachable(lambda: store.timed_tasks(list(alive)), "timeout_check_failed")
+        if timed is None or timed:
+            self.timed_tasks.set()  # ask again next pass
+        for task_id, worker_id, attempt, timeout, late in timed or []:
             child = alive.get(worker_id)
-            if child is None or child.process.poll() is not None:
+            if not late or child is None or child.process.poll() is not None:
                 continue
             logger.error(
                 "task_timeout id=%s attempt=%s timeout=%ss: killing pid=%s",
@@ -182,6 +190,9 @@ class Supervisor:
         for child in self.children:
             if child.process.poll() is None:
                 child.process.send_signal(signum)
+
+    def handle_timed_task(self, signum: int, frame: FrameType | None) -> None:
+        self.timed_tasks.set()
 
     def wait_for_children(self) -> int:
         codes = [child.process.wait() for child in self.children if not child.handled]

@@ -22,6 +22,7 @@ errors instead of hanging.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -38,7 +39,7 @@ import prometheus_client
 from django.db import connection
 from django.tasks import task_backends
 
-from queueapp import cancellation, exceptions, store
+from queueapp import cancellation, conf, exceptions, store
 from queueapp.backend import PostgresBackend
 from queueapp.states import WorkerState
 from workers import db
@@ -55,8 +56,14 @@ from workers.reaper import Reaper
 from workers.scheduler import Scheduler
 from workers.services import ServiceThread
 from workers.stager import Stager
+from workers.waiting import Waiting
 
 logger = logging.getLogger(__name__)
+
+
+LOOK_EVERY = 5.0
+"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off):
+a flow-control change of its queues stops its plain claim at once (the epoch fence), for this long."""
 
 
 class Worker:
@@ -70,7 +77,7 @@ class Worker:
         self.hard_stop = threading.Event()  # second signal, lost, or a dead service: stop now
         self.exit_code: ExitCode = ExitCode.OK
         self.limits = db.ConnectionLimits(config.stale_after)
-        self.producer = Producer(worker_id=self.id, queues=config.queues, options=self.limits.libpq_options())
+        self.producer = Producer(worker_id=self.id, queues=config.queues, limits=self.limits.statements)
         self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [
@@ -87,6 +94,9 @@ class Worker:
             executor=self.executor,
             dispatch=self.dispatch,
         )
+        self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
+        if not self.waiting.enabled:  # no listener runs: the producer looks at the settings itself
+            self.producer.look_every = LOOK_EVERY
         self.services_stop = threading.Event()
         self.listener = Listener(
             db.listen_conninfo(self.limits),
@@ -128,9 +138,12 @@ class Worker:
             stop=self.services_stop,
             on_crash=self.service_died,
         )
+        listener = ServiceThread(
+            self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died
+        )
         threads = [
             lease,
-            ServiceThread(self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died),
+            *([listener] if self.waiting.enabled else []),  # TASKQUEUE["NOTIFY"] off: nothing to hear
             ServiceThread(
                 self.heartbeat,
                 interval=self.config.heartbeat_interval,
@@ -226,7 +239,7 @@ class Worker:
                 logger.info("burst_done worker=%s: nothing ready", self.id)
                 self.stopping.set()
                 break
-            self.wake.wait(self.poll_timeout())
+            self.wake.wait(self.next_round_in())
 
     def round(self, *, claim: bool) -> int:
         """Record the successes so far and (if claim) claim for the free slots; returns how many
@@ -237,8 +250,18 @@ class Worker:
 
     def dispatch(self, rows: list[store.TaskRow]) -> None:
         """Claimed rows to the pool threads."""
+        if self.config.parent_pid is not None and any(row.timeout is not None for row in rows):
+            with contextlib.suppress(ProcessLookupError):  # gone: the heartbeat sees to that
+                os.kill(self.config.parent_pid, signal.SIGUSR1)  # its supervisor watches timeouts
         for row in rows:
             self.inbox.put(row)
+
+    def next_round_in(self) -> float:
+        """Seconds to wait for a wake-up before the next round (marking this worker waiting or not)."""
+        if self.lease.expired:
+            return self.poll_timeout()  # written off: not another word to the database
+        after = self.waiting.after_round(free_slots=self.ledger.slots_left())
+        return self.poll_timeout() if after is None else after
 
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
@@ -321,6 +344,7 @@ class Worker:
     def safe_write[T](self, write: Callable[[], T]) -> T | None:
         if self.lease.expired:
             return None  # written off: not another word to the database
+        db.check_connection()  # idle since start-up: a restart since then left it dead
         return db.unless_unreachable(write, "shutdown_write_failed worker=%s", self.id)
 
     # -- signals and failures --------------------------------------------------------------------

@@ -15,6 +15,10 @@
 -- commit wakes a listening worker. PostgreSQL folds identical notifications (same channel and
 -- payload) within one transaction, so a loop of enqueues still sends one per queue. A task due
 -- later is SCHEDULED and wakes nobody: the stager makes it READY (and notifies) when it is due.
+-- queueapp_wake_waiters (a function: migration 0008) notifies only while a worker of the queue
+-- waits for work (mark_worker_waiting): a transaction that called pg_notify commits under a
+-- database-wide lock, one at a time, so with every worker busy producers skip it. %(notify)s is
+-- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll.
 WITH inserted AS (
   INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
@@ -25,7 +29,7 @@ WITH inserted AS (
   FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
   RETURNING id, run_after, enqueued_at, queue_name, status
 )
-SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
+SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' AND %(notify)s THEN queueapp_wake_waiters(queue_name) END
 FROM inserted;
 
 -- enqueue_unique_task --
@@ -49,7 +53,7 @@ WITH inserted AS (
   ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL DO NOTHING
   RETURNING id, run_after, enqueued_at, queue_name, status
 )
-SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' THEN pg_notify('taskqueue', queue_name) END
+SELECT id, run_after, enqueued_at, CASE WHEN status = 'READY' AND %(notify)s THEN queueapp_wake_waiters(queue_name) END
 FROM inserted;
 
 -- unique_key_holder --
@@ -91,8 +95,8 @@ COPY queueapp_task_live (id, task_path, queue_name, priority, status, args, kwar
 FROM STDIN;
 
 -- notify_queues --
--- One notification per queue for a batch (see enqueue_task for why a notification is a hint).
-SELECT pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
+-- One notification per queue for a batch, to the queues a worker waits on (see enqueue_task).
+SELECT queueapp_wake_waiters(q) FROM unnest(%(queues)s::text[]) AS q;
 
 -- claim_tasks --
 -- The CTE is an optimisation fence: as `id IN (SELECT ... LIMIT ... FOR UPDATE)` PostgreSQL may
@@ -122,6 +126,26 @@ WHERE t.id = picked.id
 RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
           t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout;
 
+-- mark_worker_waiting --
+-- A worker with free slots that found nothing to claim says so, so that enqueues on its queues
+-- notify it (queueapp_wake_waiters); it then claims once more. No lost wake-up: an enqueue takes a
+-- shared advisory lock per queue until its commit, then reads the marks with a fresh snapshot;
+-- this takes the same locks exclusively, without waiting, and marks only when it has them all. So
+-- an enqueue either finished before the mark (and the claim after it sees the task), or reads the
+-- marks after this commit (and notifies). None taken (an enqueue on the way): no mark, the worker
+-- claims again shortly. The worker's own row: a HOT update, on state changes only.
+WITH locked AS (
+  SELECT bool_and(pg_try_advisory_xact_lock(hashtext('taskqueue.wake'), hashtext(q))) AS all_taken
+  FROM unnest(%(queues)s::text[]) AS q
+)
+UPDATE queueapp_worker w SET waiting = true FROM locked
+WHERE locked.all_taken AND w.id = %(worker_id)s::uuid
+RETURNING w.id;
+
+-- clear_worker_waiting --
+-- Every slot taken: enqueues need not notify this worker (it claims again when a task ends).
+UPDATE queueapp_worker SET waiting = false WHERE id = %(worker_id)s::uuid AND waiting;
+
 -- claim_plan --
 -- Before the claim, in its transaction. Planner trap: without statistics (a table just filled by a
 -- burst, before autovacuum's ANALYZE) or with stale ones (a queue that is usually empty), the planner
@@ -130,8 +154,15 @@ RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_a
 -- 850 tasks/s with 40,000 waiting, 3,000 with none). With sorting priced out, the only plan left is
 -- the claim index read in order, which stops after LIMIT rows whatever the statistics say. LOCAL:
 -- it ends with the transaction, so it holds behind a pooler too, and it is in force when the claim
--- is planned (custom plans) and when its generic plan is built and cached.
-SET LOCAL enable_sort = off;
+-- is planned (custom plans) and when its generic plan is built and cached. The same statement sets
+-- the worker's timeouts for the transaction (what limit_transaction does elsewhere; NULL leaves one
+-- as it is), first in the round so that they cover its finish (which sorts nothing): a round sends
+-- no more statements than before it had them. The values are written in once per worker (store.timeouts), not sent as
+-- parameters, and this comment is left out: each cost a round about 2 per cent
+-- (bench/round_limits.py).
+SELECT set_config('enable_sort', 'off', true),
+       set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
+       set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true);
 
 -- lock_flow_queues --
 -- The flow-controlled claim, step 1: lock the settings rows of the worker's flow-controlled queues,
@@ -148,7 +179,7 @@ FOR UPDATE;
 
 -- claim_flow_tasks --
 -- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue, the free
--- slots of the view queueapp_flow_slot (migration 0008: concurrency limit, breaker, tokens). Keys
+-- slots of the view queueapp_flow_slot (migration 0009: concurrency limit, breaker, tokens). Keys
 -- at their limit are filtered out in the scan itself, so tasks behind them are reached (no
 -- head-of-line blocking); the window functions then keep each queue and each key within what is
 -- left. No FOR UPDATE: window functions forbid it, and the lock of step 1 keeps other flow
@@ -559,12 +590,15 @@ SELECT id, task_path, queue_name, priority, status, args, kwargs, run_after, enq
 FROM queueapp_task
 WHERE id = %(id)s;
 
--- limit_statements --
--- A worker's own connections (not its task threads', whose queries are the tasks' business): no
--- statement of the queue runs, and none waits for a lock, longer than a worker may go without a
--- heartbeat. For the session (false): it holds until the connection closes.
-SELECT set_config('statement_timeout', %(statement_timeout)s, false),
-       set_config('lock_timeout', %(lock_timeout)s, false);
+-- limit_transaction --
+-- First in every transaction of a worker's own connections (not its task threads', whose queries
+-- are the tasks' business): no statement of the queue runs, and none waits for a lock, longer than a
+-- worker may go without a heartbeat. LOCAL (true): it ends with the transaction, so behind a pooler
+-- in transaction mode the next client of the server session does not inherit it (a session SET
+-- would stay; a startup `options` PgBouncer refuses). statement_timeout is read as each later
+-- statement starts, lock_timeout as each lock wait starts: both hold for the rest of the transaction.
+SELECT set_config('statement_timeout', {statement_timeout}, true),
+       set_config('lock_timeout', {lock_timeout}, true);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
@@ -676,12 +710,12 @@ SELECT (SELECT count(*) FROM queueapp_worker
 FROM queueapp_task_live t JOIN stale ON t.worker_id = stale.id
 WHERE t.status = 'RUNNING';
 
--- timed_out_tasks --
--- RUNNING tasks of the given workers past their own timeout (the supervisor kills their process).
-SELECT id, worker_id, attempts, timeout
+-- timed_tasks --
+-- RUNNING tasks of the given workers that have a timeout, and whether they are past it: the
+-- supervisor kills the process of a late one, and stops asking while none runs.
+SELECT id, worker_id, attempts, timeout, started_at + make_interval(secs => timeout) < now()
 FROM queueapp_task_live
-WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL
-  AND started_at + make_interval(secs => timeout) < now();
+WHERE status = 'RUNNING' AND worker_id = ANY(%(worker_ids)s::uuid[]) AND timeout IS NOT NULL;
 
 -- retry_task --
 -- A FAILED or CANCELLED task moves back from history to the live table, READY now, under the same
@@ -706,7 +740,7 @@ ready AS (
   FROM back
   RETURNING status, queue_name
 )
-SELECT status, pg_notify('taskqueue', queue_name) FROM ready;
+SELECT status, CASE WHEN %(notify)s THEN queueapp_wake_waiters(queue_name) END FROM ready;
 
 -- set_priority --
 UPDATE queueapp_task_live SET priority = %(priority)s
@@ -867,7 +901,8 @@ WITH due AS (
 staged AS (
   UPDATE queueapp_task_live t SET status = 'READY' FROM due WHERE t.id = due.id RETURNING t.queue_name
 )
-SELECT queue_name, count(*), pg_notify('taskqueue', queue_name) FROM staged GROUP BY queue_name;
+SELECT queue_name, count(*), CASE WHEN %(notify)s THEN queueapp_wake_waiters(queue_name) END
+FROM staged GROUP BY queue_name;
 
 -- estimated_tasks --
 -- The planner's row estimates (kept by autovacuum/ANALYZE) of the live table and every history

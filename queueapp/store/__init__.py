@@ -78,16 +78,17 @@ from queueapp.store.tasks import (
     set_priority,
     stage_tasks,
 )
+from queueapp.store.timeouts import StatementLimits
 from queueapp.store.workers import (
     ReapOutcome,
+    TimedTask,
     beat_worker,
-    limit_statements,
     preview_reap,
     purge_workers,
     reap_workers,
     register_worker,
     set_worker_state,
-    timed_out_tasks,
+    timed_tasks,
 )
 
 __all__ = [
@@ -103,8 +104,10 @@ __all__ = [
     "NewTask",
     "QueueFlow",
     "ReapOutcome",
+    "StatementLimits",
     "Success",
     "TaskRow",
+    "TimedTask",
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
@@ -135,7 +138,6 @@ __all__ = [
     "get_task",
     "history_partitions",
     "is_cancel_requested",
-    "limit_statements",
     "notify_settings",
     "pickup_latency",
     "preview_reap",
@@ -156,7 +158,7 @@ __all__ = [
     "set_tick_task",
     "set_worker_state",
     "stage_tasks",
-    "timed_out_tasks",
+    "timed_tasks",
     "upsert_code_schedule",
     "why_waiting",
 ]

@@ -25,6 +25,7 @@ from queueapp.states import TaskStatus
 from queueapp.store.limits import FlowView, flow_view
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
+from queueapp.store.timeouts import UNLIMITED_CLAIM_PLAN, StatementLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,15 +142,15 @@ class WorkerSession:
         worker_id: UUID,
         queues: Sequence[str],
         prepare: bool = True,
-        options: str = "",
+        limits: StatementLimits | None = None,
         using: str = "default",
     ):
         self.worker_id = worker_id
         self.queues = list(queues)
         self.prepare = prepare
         """False: never prepare; True: prepare where store.poolers allows it."""
-        self.options = options
-        """libpq `options` added to the connection's own (the worker's statement and lock timeouts)."""
+        self.limits = limits
+        """Set first in each transaction (the worker's statement and lock timeouts); None: none."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
         self.flow_queues: list[FlowQueue] = []
@@ -170,8 +171,6 @@ class WorkerSession:
             connect_timeout=params.get("connect_timeout", 10),
         )
         params.setdefault("application_name", "taskqueue-worker")
-        if self.options:
-            params["options"] = f"{params.get('options', '')} {self.options}".strip()
         conn = psycopg.connect(**params)
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
@@ -201,13 +200,16 @@ class WorkerSession:
         finish = claim = None
         values: list[Any] = []
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
+            if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
+                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)
+            else:
+                self.limit(conn)
             if successes:
                 params = finish_params(self.worker_id, successes)
                 finish = conn.execute(QUERIES["finish_tasks"], params)
                 if view.breakers:
                     conn.execute(QUERIES["count_breaker_successes"], params)
             if limit > 0:
-                conn.execute(QUERIES["claim_plan"], prepare=False)
                 if view.queues:
                     values = self._claim_flow(conn, view, limit, refresh=refresh)
                 if plain and limit > len(values):
@@ -243,6 +245,19 @@ class WorkerSession:
         self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
         return claim.fetchall()
 
+    def set_waiting(self, waiting: bool) -> bool:
+        """Mark this worker waiting for work (enqueues on its queues notify it) or not. Marking
+        gives up, False, while an enqueue on one of its queues is under way: claim again first."""
+        if self.conn is None:
+            self.conn = self.connect()
+        if not waiting:
+            self.conn.execute(QUERIES["clear_worker_waiting"], {"worker_id": self.worker_id})
+            return True
+        marked = self.conn.execute(
+            QUERIES["mark_worker_waiting"], {"worker_id": self.worker_id, "queues": self.queues}
+        )
+        return marked.fetchone() is not None
+
     def reconcile(
         self, held: Sequence[int], successes: Sequence[Success]
     ) -> tuple[list[int], dict[int, str]]:
@@ -253,6 +268,7 @@ class WorkerSession:
         conn = self.conn
         recorded = None
         with conn.pipeline(), conn.transaction():
+            self.limit(conn)
             released = conn.execute(
                 QUERIES["release_unknown_claims"], {"worker_id": self.worker_id, "held": list(held)}
             )
@@ -261,6 +277,11 @@ class WorkerSession:
                 recorded = conn.execute(QUERIES["recorded_successes"], params)
         statuses = {task_id: status for task_id, status in recorded.fetchall()} if recorded else {}
         return [task_id for (task_id,) in released.fetchall()], statuses
+
+    def limit(self, conn: psycopg.Connection[Any]) -> None:
+        # Pipelined with the rest: no round trip of its own.
+        if self.limits is not None:
+            self.limits.set_local(conn)
 
     def close(self) -> None:
         """Drop the connection (after an error that may have broken it); the next round reconnects."""

@@ -13,6 +13,7 @@ from uuid import UUID
 from django.db import connections, transaction
 from django.db.backends.utils import CursorWrapper
 
+from queueapp import conf
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 from queueapp.store.cursors import prepared_cursor
@@ -33,6 +34,7 @@ def _params(new: NewTask) -> dict[str, Any]:
         "max_attempts": new.max_attempts,
         "timeout": new.timeout,
         "concurrency_key": new.concurrency_key,
+        "notify": conf.get().notify,
     }
 
 
@@ -104,7 +106,7 @@ def enqueue_tasks[T](
             copy.write("".join(lines))
         # The batch is streamed, so its keys are known only now; nothing is committed before this.
         _mark_keyed_queues(cursor, keyed)
-        if queues:
+        if queues and conf.get().notify:
             cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
     return made
 
@@ -268,7 +270,7 @@ def retry_task(task_id: int, *, budget: int, using: str = "default") -> bool:
     """FAILED or CANCELLED back to the live table, READY, with `budget` more attempts; False if not
     in those states."""
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["retry_task"], {"id": task_id, "budget": budget})
+        cursor.execute(QUERIES["retry_task"], {"id": task_id, "budget": budget, "notify": conf.get().notify})
         return cursor.fetchone() is not None
 
 
@@ -282,5 +284,5 @@ def set_priority(task_id: int, priority: int, *, using: str = "default") -> bool
 def stage_tasks(*, limit: int, using: str = "default") -> dict[str, int]:
     """Make up to limit due SCHEDULED tasks READY and notify their queues: {queue: tasks staged}."""
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["stage_tasks"], {"limit": limit})
+        cursor.execute(QUERIES["stage_tasks"], {"limit": limit, "notify": conf.get().notify})
         return {queue: count for queue, count, _ in cursor.fetchall()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 from uuid import UUID
 
 from django.db import connections
@@ -30,15 +31,6 @@ def register_worker(
                 "queues": list(queues),
                 "concurrency": concurrency,
             },
-        )
-
-
-def limit_statements(*, statement_timeout_ms: int, lock_timeout_ms: int, using: str = "default") -> None:
-    """Cap every later statement on this thread's connection (until it closes)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["limit_statements"],
-            {"statement_timeout": str(statement_timeout_ms), "lock_timeout": str(lock_timeout_ms)},
         )
 
 
@@ -97,15 +89,24 @@ def preview_reap(*, stale_after: float, using: str = "default") -> ReapOutcome:
     return ReapOutcome(True, lost, requeued, failed)
 
 
-def timed_out_tasks(
-    worker_ids: Sequence[UUID], *, using: str = "default"
-) -> list[tuple[int, UUID, int, float]]:
-    """(task_id, worker_id, attempt, timeout) of RUNNING tasks past their timeout."""
+class TimedTask(NamedTuple):
+    """A RUNNING task with a timeout."""
+
+    task_id: int
+    worker_id: UUID
+    attempt: int
+    timeout: float
+    late: bool
+    """Running past its timeout."""
+
+
+def timed_tasks(worker_ids: Sequence[UUID], *, using: str = "default") -> list[TimedTask]:
+    """The RUNNING tasks of these workers that have a timeout."""
     if not worker_ids:
         return []
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["timed_out_tasks"], {"worker_ids": list(worker_ids)})
-        return [(row[0], row[1], row[2], row[3]) for row in cursor.fetchall()]
+        cursor.execute(QUERIES["timed_tasks"], {"worker_ids": list(worker_ids)})
+        return [TimedTask(*row) for row in cursor.fetchall()]
 
 
 def purge_workers(*, older_than: float, using: str = "default") -> int:

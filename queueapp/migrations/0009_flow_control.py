@@ -64,7 +64,7 @@ def view(columns: str) -> str:
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('queueapp', '0007_task_argument_shapes'),
+        ('queueapp', '0008_worker_waiting'),
     ]
 
     operations = [
