@@ -135,6 +135,7 @@ def test_a_worker_stopped_after_five_restarts_records_its_stop(
         "args": "[1, 2]",
         "kwargs": "{}",
         "notify": True,
+        "concurrency_key": None,
     }
     worker = WorkerProcess("--concurrency", "1", "--poll-interval", "0.2", log_dir=tmp_path, url=url)
     try:

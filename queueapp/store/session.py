@@ -221,10 +221,11 @@ class WorkerSession:
         return statuses, claimed_rows(self.worker_id, values)
 
     def flow_view(self) -> FlowView:
-        """The worker's FlowView, on this connection."""
+        """The worker's FlowView, on this connection (prepared like a round's statements)."""
         if self.conn is None:
             self.conn = self.connect()
-        return flow_view(self.conn, self.worker_id, self.queues)
+        with explain_lost_statements():
+            return flow_view(self.conn, self.worker_id, self.queues)
 
     def _claim_flow(
         self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool
@@ -240,7 +241,9 @@ class WorkerSession:
         stepped = None
         if refresh or any(queue.breaker for queue in self.flow_queues):
             stepped = conn.execute(QUERIES["step_breakers"], params)
-        claim = conn.execute(QUERIES["claim_flow_queue" if one_unkeyed else "claim_flow_tasks"], params)
+        claim = conn.execute(
+            QUERIES["claim_flow_queue"] if one_unkeyed else QUERIES["claim_flow_tasks"], params
+        )
         self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
         self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
         return claim.fetchall()
