@@ -120,7 +120,7 @@ def run(url: str, tasks: object, rate: float, opts: argparse.Namespace) -> list[
         thread.start()
     samples = []
     worker_id = uuid.uuid4()
-    params = {"worker_id": worker_id, "queues": ["default"], "limit": 10}
+    params = {"worker_id": worker_id, "queues": ["default"], "limit": 10, "flow_epoch": 0}
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
         conn.execute(
             "INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at,"

@@ -61,7 +61,7 @@ def plan(conn: psycopg.Connection, params: dict[str, object]) -> list[str]:
 
 def figures(small: int = 10_000, large: int = 1_000_000, samples: int = 300) -> list[Figure]:
     worker_id = uuid.uuid4()
-    params = {"worker_id": worker_id, "queues": ["default"], "limit": 10}
+    params = {"worker_id": worker_id, "queues": ["default"], "limit": 10, "flow_epoch": 0}
     with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, prepare_threshold=0) as conn:
         conn.execute(
             "INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at,"

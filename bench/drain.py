@@ -81,6 +81,7 @@ def pgbench_script() -> str:
             query.replace("%(queues)s", "'{default}'")
             .replace("%(worker_id)s", f"'{PGBENCH_WORKER}'")
             .replace("%(limit)s", "100")
+            .replace("%(flow_epoch)s", "0")
             .replace("%(ids)s", "string_to_array(:ids, ',')")
             .replace("%(attempts)s", "string_to_array(:attempts, ',')")
             .replace(

@@ -43,6 +43,7 @@ def one_per_transaction(rounds: int = 20, per_round: int = 100) -> Figure:
         "run_after": None,
         "max_attempts": 3,
         "timeout": None,
+        "concurrency_key": None,
         "notify": True,  # notifies nobody: no worker waits
     }
     ours, raw = [], []

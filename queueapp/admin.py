@@ -12,8 +12,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.tasks import task_backends
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
@@ -22,7 +24,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from queueapp import admin_views, apikeys, models, reads, registry, store
+from queueapp import admin_views, apikeys, conf, models, reads, registry, store
 from queueapp.backend import PostgresBackend
 
 
@@ -153,6 +155,7 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         ("Times", {"fields": ("enqueued_at", "run_after", "started_at", "finished_at", "duration")}),
         ("Call", {"fields": ("pretty_args", "pretty_kwargs", "pretty_return_value", "worker_link")}),
         ("Errors, one per failed attempt", {"fields": ("attempt_errors",)}),
+        ("Why isn't it running?", {"fields": ("waiting_on",)}),
     )
     readonly_fields = tuple(str(name) for _, options in fieldsets for name in options["fields"])
 
@@ -287,6 +290,16 @@ class TaskAdmin(admin.ModelAdmin[models.Task]):
         ]
         return mark_safe("".join(parts))  # noqa: S308  (each part was escaped by format_html)
 
+    @admin.display(description="held by")
+    def waiting_on(self, task: models.Task) -> str:
+        holds = store.why_waiting(task.id, stale_after=conf.get().stale_after)
+        if holds is None:
+            return "not waiting (running or finished)"
+        if not holds:
+            return "nothing: a worker should take it at once"
+        each = ((hold.code, hold.message) for hold in holds)
+        return format_html_join(mark_safe("<br>"), '<span data-hold="{}">{}</span>', each)
+
     def get_urls(self) -> list[URLPattern]:
         view = self.admin_site.admin_view(self.overview_view)
         return [path("overview/", view, name="queueapp_overview"), *super().get_urls()]
@@ -400,6 +413,74 @@ class ApiKeyForm(forms.ModelForm[models.ApiKey]):
     class Meta:
         model = models.ApiKey
         fields = ["name"]
+
+
+@admin.register(models.QueueControl)
+class QueueControlAdmin(admin.ModelAdmin[models.QueueControl]):
+    """The Queues page: every queue's figures and pause button above, the editable settings below.
+    Rows are not deleted (a queue with keyed tasks needs its row): clear a limit to lift it."""
+
+    list_display = (
+        "name",
+        "paused",
+        "concurrency_limit",
+        "key_concurrency",
+        "rate_limit",
+        "rate_period",
+        "breaker_threshold",
+        "breaker_state",
+    )
+    list_editable = ("paused",)
+    fieldsets = (
+        (None, {"fields": ("name", "paused", "concurrency_limit", "key_concurrency")}),
+        ("Rate limit", {"fields": ("rate_limit", "rate_period")}),
+        (
+            "Circuit breaker (off while the threshold is empty)",
+            {
+                "fields": (
+                    "breaker_threshold",
+                    "breaker_min_attempts",
+                    "breaker_window",
+                    "breaker_cooloff",
+                    "breaker_state",
+                    "breaker_until",
+                )
+            },
+        ),
+    )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        state = ("breaker_state", "breaker_until")
+        return ("name", *state) if obj is not None else state
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: models.QueueControl, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        store.notify_settings(obj.name)
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {
+            "queue_flow": store.queue_flow(),
+            "can_pause": self.has_change_permission(request),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.pause_view)
+        return [path("<path:name>/pause/", view, name="queueapp_queue_pause"), *super().get_urls()]
+
+    def pause_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        if request.method != "POST" or not self.has_change_permission(request):
+            raise PermissionDenied
+        paused = request.POST.get("paused") == "1"
+        store.set_paused(name, paused)
+        self.message_user(request, f"{'Paused' if paused else 'Resumed'} queue {name}.", messages.SUCCESS)
+        return redirect("admin:queueapp_queuecontrol_changelist")
 
 
 @admin.register(models.ApiKey)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from django.http import Http404, HttpRequest
@@ -12,8 +13,8 @@ from ninja.errors import HttpError
 from pydantic import Field
 
 from queueapp import api_schemas as s
+from queueapp import conf, http_tasks, models, reads, store, submissions
 from queueapp import health as health_checks
-from queueapp import http_tasks, models, reads, store, submissions
 from queueapp.api_support import ApiKeyAuth, HealthAuth, StrictJsonParser, error, install_error_handlers
 from queueapp.backend import PostgresBackend, parse_result_id
 
@@ -65,6 +66,7 @@ def task_out(task: models.Task) -> dict[str, Any]:
         "started_at": task.started_at,
         "finished_at": task.finished_at,
         "cancel_requested": task.cancel_requested,
+        "concurrency_key": task.concurrency_key,
         "worker_id": task.worker_id,
         "return_value": task.return_value,
         "errors": task.errors,
@@ -152,7 +154,10 @@ def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any
 
 @api.get("/tasks/{task_id}", response={200: s.TaskOut, 404: s.Error, **COMMON}, summary="One task")
 def get_task(request: HttpRequest, task_id: int) -> dict[str, Any]:
-    return task_out(get_task_or_404(task_id))
+    """A waiting task says what holds it (waiting_on)."""
+    task = get_task_or_404(task_id)
+    holds = store.why_waiting(task.id, stale_after=conf.get().stale_after)
+    return {**task_out(task), "waiting_on": None if holds is None else [asdict(h) for h in holds]}
 
 
 @api.post("/tasks/{task_id}/cancel", response={200: s.TaskOut, 404: s.Error, 409: s.Error, **COMMON})
@@ -177,6 +182,40 @@ def retry_task(request: HttpRequest, task_id: int, payload: s.RetryIn | None = N
             409, "not_retryable", f"task {task.id} is {current}; only FAILED or CANCELLED can be retried"
         )
     return task_out(get_task_or_404(task_id))
+
+
+@api.get("/queues", response={200: s.QueuesOut, **COMMON}, summary="Queues: flow control and figures")
+def list_queues(request: HttpRequest) -> dict[str, Any]:
+    return {"queues": [asdict(queue) for queue in store.queue_flow()]}
+
+
+@api.post(
+    "/queues/{name}/pause",
+    response={200: s.QueueOut, 403: s.Error, 422: s.Error, **COMMON},
+    summary="Pause a queue",
+)
+def pause_queue(request: HttpRequest, name: str) -> Any:
+    """Nothing of the queue is claimed from the commit on; running tasks finish. Needs a key that may
+    manage queues."""
+    return _set_paused(request, name, True)
+
+
+@api.post(
+    "/queues/{name}/resume",
+    response={200: s.QueueOut, 403: s.Error, 422: s.Error, **COMMON},
+    summary="Resume a queue",
+)
+def resume_queue(request: HttpRequest, name: str) -> Any:
+    return _set_paused(request, name, False)
+
+
+def _set_paused(request: HttpRequest, name: str, paused: bool) -> Any:
+    if not request.auth.can_manage_queues:  # type: ignore[attr-defined]
+        return error(403, "not_allowed", "this API key may not pause or resume queues (can_manage_queues)")
+    if not 1 <= len(name) <= 100:
+        return error(422, "invalid_queue", "a queue name has 1 to 100 characters")
+    store.set_paused(name, paused)
+    return next(asdict(queue) for queue in store.queue_flow() if queue.name == name)
 
 
 @api.get("/schedules", response={200: s.SchedulesOut, **COMMON}, summary="Schedules and their next run")

@@ -76,6 +76,13 @@ class TaskIn(Schema):
         description="ISO 8601 with a time zone; the task does not start before it.",
     )
     max_attempts: int | None = Field(default=None, ge=1, le=1000)
+    concurrency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Tasks of a queue with the same key run at most the queue's key_concurrency at a time "
+        "(default 1).",
+    )
     unique_key: str | None = Field(
         default=None,
         min_length=1,
@@ -151,6 +158,34 @@ class TaskError(Schema):
     attempt: int | None = None
 
 
+class HoldOut(Schema):
+    code: str = Field(
+        description="run_after, queue_paused, breaker_open, queue_concurrency, key_concurrency, rate_limit, "
+        "tasks_ahead or no_worker"
+    )
+    message: str
+
+
+class QueueOut(Schema):
+    name: str
+    paused: bool
+    concurrency_limit: int | None
+    key_concurrency: int
+    rate_limit: int | None = Field(description="Starts per rate_period seconds, fleet-wide.")
+    rate_period: float
+    ready: int = Field(description="READY tasks (due).")
+    scheduled: int = Field(description="SCHEDULED tasks (deferred, or waiting for a retry).")
+    running: int
+    started_last_minute: int
+    oldest_ready_seconds: float | None
+    breaker_threshold: float | None = Field(description="Failed share that opens the breaker (null: none).")
+    breaker_state: str = Field(description="closed, open or half_open")
+
+
+class QueuesOut(Schema):
+    queues: list[QueueOut]
+
+
 class TaskOut(Schema):
     id: int
     url: str
@@ -170,9 +205,15 @@ class TaskOut(Schema):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     cancel_requested: bool
+    concurrency_key: str | None = None
     worker_id: UUID | None
     return_value: JsonValue = None
     errors: list[TaskError]
+    waiting_on: list[HoldOut] | None = Field(
+        default=None,
+        description="GET /api/tasks/{id} only, for a SCHEDULED or READY task: what holds it now "
+        "(empty: nothing, a worker should take it at once).",
+    )
     unique_key: str | None = None
 
 

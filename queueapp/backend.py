@@ -47,6 +47,8 @@ class QueueTask(AnyTask):
     """Attempts before the task is FAILED; the backend's OPTIONS["max_attempts"] when None."""
     timeout: float | None = None
     """Seconds an attempt may run before its process is killed (`runworker --processes` only)."""
+    concurrency_key: str | None = None
+    """Runs with the same key in a queue run at most its key_concurrency at a time (default 1)."""
     unique: bool | Callable[..., str] = False
     """One live run at a time: True keys a run by the task and its arguments, a function of the
     arguments returns the key itself. Enqueueing a held key returns the holder's result."""
@@ -64,6 +66,7 @@ class QueueTask(AnyTask):
         backend: str | None = None,
         max_attempts: int | None = None,
         timeout: float | None = None,
+        concurrency_key: str | None = None,
         unique_key: str | None = None,
         unique_for: float | timedelta | None = None,
     ) -> QueueTask:
@@ -76,6 +79,7 @@ class QueueTask(AnyTask):
             "timeout": timeout,
             "unique_key": unique_key,
             "unique_for": unique_for,
+            "concurrency_key": concurrency_key,
         }
         changes = {name: value for name, value in extras.items() if value is not None}
         return replace(task, **changes) if changes else task
@@ -133,6 +137,9 @@ class PostgresBackend(BaseTaskBackend):
             or not 0 < timeout < float("inf")
         ):
             raise InvalidTask(f"timeout must be a positive number of seconds, not {timeout!r}.")
+        key = getattr(task, "concurrency_key", None)
+        if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or "\x00" in key):
+            raise InvalidTask(f"concurrency_key must be a string of 1 to 200 characters, not {key!r}.")
         if isinstance(task, QueueTask):
             _validate_unique(task)
         registry.register(task)
@@ -147,6 +154,7 @@ class PostgresBackend(BaseTaskBackend):
             "run_after": task.run_after,
             "max_attempts": getattr(task, "max_attempts", None) or self.max_attempts,
             "timeout": getattr(task, "timeout", None),
+            "concurrency_key": getattr(task, "concurrency_key", None),
         }
 
     @staticmethod

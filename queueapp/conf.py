@@ -44,6 +44,8 @@ class QueueSettings:
     max_ready_per_queue: int | None = None
     queue_limits: Mapping[str, int] = field(default_factory=dict)
     api_retry_after: int = 5
+    flow_control: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Queue settings for `manage.py queues seed`: {queue: {"rate_limit": 10, ...}} (docs/flow-control.md)."""
     metrics_token: str = ""
     health_max_ready_age: float = 300.0
     """/api/health says degraded when a due READY task has waited longer (seconds)."""

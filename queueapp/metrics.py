@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from queueapp import conf, models, reads, store
+from queueapp.states import BreakerState
 
 
 class QueueCollector(Collector):
@@ -55,10 +56,42 @@ class QueueCollector(Collector):
         yield from (tasks, oldest, workers, overdue)
 
 
+class FlowCollector(Collector):
+    """Flow control per queue: paused, limits, and tasks started in the last minute."""
+
+    def collect(self) -> Iterator[Metric]:
+        def gauge(name: str, text: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(f"taskqueue_queue_{name}", text, labels=["queue"])
+
+        families = {
+            "paused": gauge("paused", "1 when the queue is paused"),
+            "concurrency_limit": gauge("concurrency_limit", "Fleet-wide RUNNING limit (absent: none)"),
+            "rate_limit": gauge("rate_limit_per_second", "Starts allowed per second (absent: none)"),
+            "started": gauge("started_last_minute", "Tasks started in the last minute"),
+            "breaker": gauge("breaker_open", "1 when the circuit breaker is open, 0.5 half-open, 0 closed"),
+        }
+        for queue in store.queue_flow():
+            families["paused"].add_metric([queue.name], int(queue.paused))
+            if queue.concurrency_limit is not None:
+                families["concurrency_limit"].add_metric([queue.name], queue.concurrency_limit)
+            if queue.rate_limit is not None:
+                families["rate_limit"].add_metric([queue.name], queue.rate_limit / queue.rate_period)
+            families["started"].add_metric([queue.name], queue.started_last_minute)
+            if queue.breaker_threshold is not None:
+                openness = _OPENNESS.get(BreakerState(queue.breaker_state), 0.0)
+                families["breaker"].add_metric([queue.name], openness)
+        yield from families.values()
+
+
+_OPENNESS = {BreakerState.OPEN: 1.0, BreakerState.HALF_OPEN: 0.5}
+"""The breaker gauge: closed is 0."""
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
     token = conf.get().metrics_token
     if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
         return HttpResponse("metrics need `Authorization: Bearer <TASKQUEUE_METRICS_TOKEN>`\n", status=401)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector())
+    registry.register(FlowCollector())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

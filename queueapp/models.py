@@ -11,7 +11,7 @@ from django.db.models.functions import Cast
 from django.db.models.lookups import Exact, LessThanOrEqual
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 
-from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, TaskStatus, WorkerState
+from queueapp.states import LIVE_STATUSES, TERMINAL_STATUSES, BreakerState, TaskStatus, WorkerState
 
 __all__ = ["LIVE_STATUSES", "TERMINAL_STATUSES", "TaskStatus", "WorkerState"]
 
@@ -40,6 +40,9 @@ class Worker(models.Model):
     started_at = models.DateTimeField(db_default=models.functions.Now())
     last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
     stopped_at = models.DateTimeField(null=True, blank=True)
+    flow_epoch = models.IntegerField(default=0, db_default=0, editable=False)
+    """Moved on by every flow-control change of the worker's queues: its plain claim claims nothing
+    until the worker has looked at the settings since (queries.sql, flow_changed)."""
     waiting = models.BooleanField(default=False, db_default=False)
     """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
 
@@ -92,6 +95,9 @@ class TaskColumns(models.Model):
     """Seconds an attempt may run; enforced by killing its process under `runworker --processes`."""
     cancel_requested = models.BooleanField(default=False)
     """Set when a RUNNING task is cancelled: it is never recorded as SUCCESSFUL afterwards."""
+    # NULL, not "": no key is not a key that all unkeyed tasks share.
+    concurrency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    """Tasks of a queue with the same key run at most QueueControl.key_concurrency at a time."""
     unique_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 (NULL: no key, unindexed)
     """A unique task's key: no two live tasks share one (docs/scheduling.md, "Unique tasks")."""
 
@@ -241,6 +247,105 @@ class Task(TaskColumns):
         ]
 
 
+class BreakerEvent(models.Model):
+    """One attempt's outcome in a queue with a circuit breaker (kept for the breaker's window only)."""
+
+    id = models.BigAutoField(primary_key=True)
+    queue_name = models.CharField(max_length=100)
+    at = models.DateTimeField(db_default=models.functions.Now())
+    failed = models.BooleanField()
+
+    class Meta:
+        indexes = [models.Index(fields=["queue_name", "at"], name="breaker_event_queue_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.queue_name} {'failed' if self.failed else 'succeeded'} at {self.at}"
+
+
+class QueueControl(models.Model):
+    """Flow control of one queue: pause, fleet-wide concurrency and rate limits (docs/flow-control.md).
+
+    A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
+    nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0009) by
+    the claim that locks this row.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    paused = models.BooleanField(default=False, db_default=False)
+    """Nothing of the queue is claimed; running tasks finish, enqueueing still works."""
+    concurrency_limit = models.PositiveIntegerField(null=True, blank=True)
+    """At most this many RUNNING tasks of the queue across all workers (claimed ahead included)."""
+    key_concurrency = models.PositiveIntegerField(default=1, db_default=1)
+    """At most this many RUNNING tasks with the same concurrency key (1: a mutex per key)."""
+    rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    """At most this many starts per rate_period seconds, fleet-wide (a token bucket)."""
+    rate_period = models.FloatField(default=1.0, db_default=1.0)
+    has_keys = models.BooleanField(default=False, db_default=False, editable=False)
+    """Set by the first enqueue with a concurrency key: its tasks need the flow-controlled claim."""
+    tokens = models.FloatField(default=0.0, db_default=0.0, editable=False)
+    tokens_at = models.DateTimeField(null=True, blank=True, editable=False)
+    """The bucket's tokens at tokens_at (None: full)."""
+    breaker_threshold = models.FloatField(null=True, blank=True)
+    """Circuit breaker, off when empty: the share of failed attempts (0 to 1) that opens it."""
+    breaker_min_attempts = models.PositiveIntegerField(default=20, db_default=20)
+    """Attempts within the window before the share counts."""
+    breaker_window = models.FloatField(default=60.0, db_default=60.0)
+    """Seconds of attempts the share is taken over."""
+    breaker_cooloff = models.FloatField(default=30.0, db_default=30.0)
+    """Seconds an open breaker claims nothing before it lets one task through (half-open)."""
+    breaker_state = models.CharField(
+        max_length=10,
+        choices=BreakerState.choices,
+        default=BreakerState.CLOSED,
+        db_default="closed",
+        editable=False,
+    )
+    breaker_until = models.DateTimeField(null=True, blank=True, editable=False)
+    """Open: when it turns half-open. Half-open: when it may let a (further) trial task through."""
+    breaker_changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(db_default=models.functions.Now(), editable=False)
+
+    class Meta:
+        verbose_name = "queue"
+        verbose_name_plural = "queues"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(concurrency_limit__gte=1) | Q(concurrency_limit__isnull=True),
+                name="queue_concurrency_limit_positive",
+                violation_error_message="A concurrency limit is at least 1 (leave it empty for none).",
+            ),
+            models.CheckConstraint(
+                condition=Q(key_concurrency__gte=1),
+                name="queue_key_concurrency_positive",
+                violation_error_message="Tasks per concurrency key is at least 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit__gte=1) | Q(rate_limit__isnull=True),
+                name="queue_rate_limit_positive",
+                violation_error_message="A rate limit is at least 1 start per period (empty for none).",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_period__gt=0),
+                name="queue_rate_period_positive",
+                violation_error_message="The rate period is a positive number of seconds.",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_threshold__gt=0, breaker_threshold__lte=1)
+                | Q(breaker_threshold__isnull=True),
+                name="queue_breaker_threshold_share",
+                violation_error_message="The breaker threshold is a share: over 0, at most 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(breaker_min_attempts__gte=1, breaker_window__gt=0, breaker_cooloff__gt=0),
+                name="queue_breaker_positive",
+                violation_error_message="The breaker's attempts, window and cool-off are positive.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class ApiKey(models.Model):
     """A key for the REST API. Only a SHA-256 of the secret is stored; the key is shown once."""
 
@@ -250,6 +355,8 @@ class ApiKey(models.Model):
     key_hash = models.CharField(max_length=64)
     task_patterns = ArrayField(models.CharField(max_length=100), default=list, blank=True)
     """Shell-style patterns of the HTTP task names this key may submit; empty means all."""
+    can_manage_queues = models.BooleanField(default=False, db_default=False)
+    """May pause and resume queues through the API (reading queues needs no scope)."""
     created_at = models.DateTimeField(db_default=models.functions.Now())
     revoked_at = models.DateTimeField(null=True, blank=True)
 

@@ -41,6 +41,17 @@ class WorkerState(TextChoices):
     """Its heartbeat stopped; the reaper took its tasks away."""
 
 
+class BreakerState(TextChoices):
+    """A queue's circuit breaker (docs/flow-control.md)."""
+
+    CLOSED = "closed", "Closed"
+    """Tasks are claimed as usual."""
+    OPEN = "open", "Open"
+    """Too many attempts failed: nothing is claimed until the cool-off ends."""
+    HALF_OPEN = "half_open", "Half-open"
+    """One trial task at a time: a success closes the breaker, a failure opens it again."""
+
+
 class Outcome(enum.StrEnum):
     """What one attempt came to, as a worker records and reports it (log lines, the metrics' label).
     Not a status: a retry leaves the task SCHEDULED or READY, and a dropped result changed nothing."""

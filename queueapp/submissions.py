@@ -65,6 +65,7 @@ class Submission:
     priority: int | None = None
     run_after: datetime | None = None
     max_attempts: int | None = None
+    concurrency_key: str | None = None
     unique_key: str | None = None
     unique_for: float | None = None
 
@@ -90,6 +91,7 @@ def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
             priority=item.priority,
             run_after=item.run_after,
             max_attempts=item.max_attempts,
+            concurrency_key=item.concurrency_key,
             unique_key=item.unique_key,
             unique_for=item.unique_for,
         )

@@ -121,6 +121,9 @@ TASKQUEUE = {
         name: int(limit) for name, limit in env.dict("TASKQUEUE_QUEUE_LIMITS", default={}).items()
     },
     "API_RETRY_AFTER": env.int("TASKQUEUE_API_RETRY_AFTER", default=5),
+    # Flow control to seed with `manage.py queues seed` (rows the admin made are left alone), e.g.
+    # {"emails": {"rate_limit": 10, "rate_period": 1.0}, "payments": {"concurrency_limit": 5}}.
+    "FLOW_CONTROL": {},
     # When set, /metrics wants `Authorization: Bearer <token>`.
     "METRICS_TOKEN": env.str("TASKQUEUE_METRICS_TOKEN", default=""),
     "STALE_AFTER": env.float("TASKQUEUE_STALE_AFTER", default=30.0),

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from django.db import connection
 
-from queueapp import models
+from queueapp import models, store
 from tests.helpers import WorkerProcess
 
 
@@ -32,6 +32,15 @@ def raw_conn(transactional_db: None) -> Iterator[psycopg.Connection]:
     """A second autocommit connection, independent of Django's."""
     with psycopg.connect(conninfo(), autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def sessions(transactional_db: None) -> Iterator[list[store.WorkerSession]]:
+    """Worker sessions a test makes (append them): closed at teardown."""
+    made: list[store.WorkerSession] = []
+    yield made
+    for session in made:
+        session.close()
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ def test_claim_plan_walks_the_partial_index_without_sorting(raw_conn: psycopg.Co
     tasks.add.enqueue_many(((i, i), {}) for i in range(5000))
     raw_conn.execute("ANALYZE queueapp_task_live")
     worker = make_worker()
-    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10}
+    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10, "flow_epoch": 0}
     plan = "\n".join(row[0] for row in raw_conn.execute("EXPLAIN " + QUERIES["claim_tasks"], params))
     assert "task_live_claim_idx" in plan, plan
     assert "Sort" not in plan, plan
@@ -181,7 +181,7 @@ def test_without_statistics_the_worker_claim_still_walks_the_claim_index(
         "UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid = 'queueapp_task_live'::regclass"
     )
     worker = make_worker()
-    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10}
+    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10, "flow_epoch": 0}
 
     def plan(*settings: str) -> str:
         with raw_conn.transaction(force_rollback=True):

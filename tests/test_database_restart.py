@@ -55,6 +55,7 @@ def test_workers_survive_a_database_restart_and_lose_nothing(
         "timeout": None,
         "args": "[0.05]",
         "kwargs": "{}",
+        "concurrency_key": None,
         "notify": True,
     }
     with psycopg.connect(url) as conn:
@@ -134,6 +135,7 @@ def test_a_worker_stopped_after_five_restarts_records_its_stop(
         "args": "[1, 2]",
         "kwargs": "{}",
         "notify": True,
+        "concurrency_key": None,
     }
     worker = WorkerProcess("--concurrency", "1", "--poll-interval", "0.2", log_dir=tmp_path, url=url)
     try:

@@ -157,7 +157,7 @@ def test_deferred_tasks_ahead_cost_the_claim_no_index_reads(raw_conn: psycopg.Co
     tasks.add.enqueue_many(((i, i), {}) for i in range(20))
     raw_conn.execute("VACUUM ANALYZE queueapp_task_live")
     worker = make_worker()
-    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10}
+    params = {"worker_id": worker.id, "queues": ["default"], "limit": 10, "flow_epoch": 0}
     with raw_conn.transaction(force_rollback=True):
         (plan,) = raw_conn.execute(
             "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + QUERIES["claim_tasks"], params

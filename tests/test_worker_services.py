@@ -191,16 +191,39 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
     waiting_worker(["default", "emails"])  # enqueues on both queues notify
     wake, stop = threading.Event(), threading.Event()
-    listener = Listener(conninfo(), queues=["emails"], wake=wake, stop=stop)
+    views: list[store.FlowView] = []
+    woken_with_view: list[bool] = []
+
+    def seen(view: store.FlowView) -> None:
+        woken_with_view.append(wake.is_set())
+        views.append(view)
+
+    worker = make_worker(["emails"])
+    listener = Listener(
+        conninfo(),
+        queues=["emails"],
+        wake=wake,
+        stop=stop,
+        worker_id=worker.id,
+        on_settings=seen,
+        idle_check=60,
+    )
     try:
         listener.run_once(timeout=0.1)  # connects and LISTENs (and wakes: it may have missed something)
         assert wake.is_set()
+        assert views == [store.FlowView(0, frozenset())]  # and tells the producer what it found
         wake.clear()
         tasks.add.enqueue(1, 1)  # queue 'default': not ours
         listener.run_once(timeout=0.5)
         assert not wake.is_set()
         tasks.send_email.enqueue("a@example.com")
         listener.run_once(timeout=5)
+        assert wake.is_set()
+        wake.clear()
+        store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once,
+        listener.run_once(timeout=5)
+        assert views[-1] == store.FlowView(1, frozenset({"emails"}))
+        assert woken_with_view == [False, False]  # and is woken only once it has the new view
         assert wake.is_set()
 
         wake.clear()
@@ -267,6 +290,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
 
     try:
         producer.session.conn = producer.session.connect()
+        producer.settings_seen(producer.session.flow_view())  # as the listener does on connecting
         producer.session.conn.cursor_factory = Counting
         _, rows = round_(producer, 10)
         assert len(round_statements) == 2  # the plan setting, the claim
@@ -284,7 +308,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         listed = producer.session.conn.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [text for (text,) in listed]
         assert sum("SKIP LOCKED" in text for text in prepared) == 1
-        assert sum("unnest" in text for text in prepared) == 1
+        assert sum("DELETE FROM queueapp_task_live" in text for text in prepared) == 1  # the finish
     finally:
         producer.close()
 
@@ -411,3 +435,20 @@ def test_the_error_policy_tries_again_only_what_a_fresh_connection_may_cure(
 
     with pytest.raises(DataError):
         db.unless_unreachable(divide_by_zero, "test_failed")
+
+
+def test_without_a_listener_the_producer_looks_at_the_flow_settings_itself() -> None:
+    """TASKQUEUE["NOTIFY"] off: no listener hands the producer a new flow view, so it looks itself
+    (look_every): else the epoch fence would keep its plain claim from claiming after any change."""
+    tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    producer.look_every = 0
+    try:
+        assert len(round_(producer, 1)[1]) == 1
+        store.set_paused("default", True)
+        assert round_(producer, 1)[1] == []
+        store.set_paused("default", False)
+        assert len(round_(producer, 1)[1]) == 1
+    finally:
+        producer.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from uuid import UUID
 
 import psycopg
 
@@ -29,6 +30,8 @@ class Listener:
         queues: Collection[str],
         wake: threading.Event,
         stop: threading.Event,
+        worker_id: UUID,
+        on_settings: Callable[[store.FlowView], None],
         idle_check: float = 5.0,
     ) -> None:
         self.conninfo = conninfo
@@ -36,14 +39,18 @@ class Listener:
         self.wake = wake
         self.stop = stop
         self.idle_check = idle_check
+        self.worker_id = worker_id
+        self.on_settings = on_settings
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
         self.backoff = db.Backoff()
 
     def connect(self) -> None:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
-        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
+        conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
         self.conn = conn
+        self.look_at_settings()  # changes from here on are notified
+        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.backoff.reset()
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
@@ -55,11 +62,21 @@ class Listener:
             if self.conn is None:
                 self.connect()
             assert self.conn is not None
+            changed = False
             for notify in self.conn.notifies(timeout=timeout):
                 if notify.payload in self.queues:
+                    if notify.channel == store.SETTINGS_CHANNEL:
+                        changed = True
+                        break  # to query the connection, out of its notifies() generator
                     self.wake.set()
+            if changed:
+                # The producer's view first, then the wake: woken before, it would claim a resumed
+                # queue with the old view (nothing), and the enqueue channel's notification that came
+                # with the change may be dropped with the generator.
+                self.look_at_settings()
+                self.wake.set()
             if time.monotonic() - self.last_checked > self.idle_check:
-                self.conn.execute("SELECT 1")
+                self.look_at_settings()  # also checks the idle connection
                 self.last_checked = time.monotonic()
         except psycopg.Error as exc:  # any error on a connection that only listens: reconnect
             delay = self.backoff.next()
@@ -67,6 +84,11 @@ class Listener:
             self.close()
             self.wake.set()  # the producer polls while we reconnect
             self.stop.wait(delay)
+
+    def look_at_settings(self) -> None:
+        """Tell the producer which of our queues are flow-controlled (it claims those apart)."""
+        assert self.conn is not None
+        self.on_settings(store.flow_view(self.conn, self.worker_id, self.queues))
 
     def close(self) -> None:
         if self.conn is not None:

@@ -4,10 +4,13 @@ due tasks as there are free execution slots (never more), in one round trip and 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
 from queueapp import store
+from queueapp.states import BreakerState
 from workers import db, metrics
 
 logger = logging.getLogger(__name__)
@@ -28,14 +31,48 @@ class Producer:
         self.session = store.WorkerSession(worker_id=worker_id, queues=queues, prepare=prepare, limits=limits)
         self.healthy = True
         """False after a failed round: the database is away and the worker should back off."""
+        self.view: store.FlowView | None = None
+        """The worker's flow view as the listener (or the first claiming round) last read it: the
+        plain claim is given only the queues without flow control."""
+        self.look_every: float | None = None
+        """Seconds between the producer's own looks at the settings when no listener hands it views
+        (TASKQUEUE["NOTIFY"] off); None: the listener does."""
+        self.looked_at = 0.0
+        self.settings_changed = threading.Event()
+        """Set by the listener when it looked at the settings: the next flow round steps breakers."""
+        self.retry_in: float | None = None
+        """After a round that left slots free while a rate limit held a queue back: seconds until
+        its bucket has a token again (the worker polls then instead of at its poll interval)."""
+
+    def settings_seen(self, view: store.FlowView) -> None:
+        """The listener's look at the settings (on connecting, when notified, every few seconds)."""
+        self.view = view
+        self.settings_changed.set()
 
     def run_once(
         self, free_slots: int, successes: Sequence[store.Success] = ()
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
+        due = self.look_every is not None and time.monotonic() - self.looked_at >= self.look_every
+        if free_slots > 0 and (self.view is None or due):
+            # Before the listener's first look (a plain claim must not take a flow-controlled queue),
+            # or, without a listener, every look_every seconds.
+            view = db.unless_unreachable(
+                self.session.flow_view, "round_failed worker=%s", self.worker_id, reset=self.session.close
+            )
+            if view is None:
+                self.healthy = False
+                return None
+            self.looked_at = time.monotonic()
+            self.settings_seen(view)
+        view = self.view or store.FlowView()
+        flow = free_slots > 0 and bool(view.queues)
+        refresh = flow and self.settings_changed.is_set()
+        if refresh:
+            self.settings_changed.clear()  # a change seen from now on is read by a later round
         done = db.unless_unreachable(
-            lambda: self.session.round(successes, free_slots),
+            lambda: self.session.round(successes, free_slots, view=view, refresh=refresh),
             "round_failed worker=%s",
             self.worker_id,
             reset=self.session.close,
@@ -48,6 +85,17 @@ class Producer:
         if not self.healthy:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True
+        for change in self.session.breaker_changes if flow else ():
+            log = logger.warning if change.state == BreakerState.OPEN else logger.info
+            log(
+                "breaker_%s queue=%s failures=%s attempts=%s",
+                change.state,
+                change.queue,
+                change.failures,
+                change.attempts,
+            )
+        rates = [q.rate_per_second for q in self.session.flow_queues if q.rate_per_second and not q.paused]
+        self.retry_in = 1 / max(rates) if flow and rates and len(rows) < free_slots else None
         for row in rows:
             logger.debug("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
             if row.attempts == 1 and row.started_at is not None:

@@ -61,6 +61,11 @@ from workers.waiting import Waiting
 logger = logging.getLogger(__name__)
 
 
+LOOK_EVERY = 5.0
+"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off):
+a flow-control change of its queues stops its plain claim at once (the epoch fence), for this long."""
+
+
 class Worker:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
@@ -90,9 +95,16 @@ class Worker:
             dispatch=self.dispatch,
         )
         self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
+        if not self.waiting.enabled:  # no listener runs: the producer looks at the settings itself
+            self.producer.look_every = LOOK_EVERY
         self.services_stop = threading.Event()
         self.listener = Listener(
-            db.listen_conninfo(self.limits), queues=config.queues, wake=self.wake, stop=self.services_stop
+            db.listen_conninfo(self.limits),
+            queues=config.queues,
+            wake=self.wake,
+            stop=self.services_stop,
+            worker_id=self.id,
+            on_settings=self.producer.settings_seen,
         )
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
@@ -254,7 +266,8 @@ class Worker:
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
             return min(self.config.poll_interval, 0.5)  # the database is away: retry soon
-        return self.config.poll_interval * random.uniform(0.8, 1.2)
+        poll = self.config.poll_interval * random.uniform(0.8, 1.2)
+        return min(poll, self.producer.retry_in) if self.producer.retry_in else poll
 
     def drain(self) -> None:
         """Finish or hand back what this worker holds (run() then records it STOPPED)."""

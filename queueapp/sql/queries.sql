@@ -21,10 +21,11 @@
 -- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll.
 WITH inserted AS (
   INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
-                                  enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
+                                  enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
+                                  concurrency_key)
   SELECT %(task_path)s, %(queue_name)s, %(priority)s,
          CASE WHEN due.run_after > now() THEN 'SCHEDULED' ELSE 'READY' END, %(args)s::jsonb, %(kwargs)s::jsonb,
-         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false
+         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false, %(concurrency_key)s
   FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
   RETURNING id, run_after, enqueued_at, queue_name, status
 )
@@ -40,10 +41,11 @@ FROM inserted;
 WITH inserted AS (
   INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
-                                  unique_key)
+                                  unique_key, concurrency_key)
   SELECT %(task_path)s, %(queue_name)s, %(priority)s,
          CASE WHEN due.run_after > now() THEN 'SCHEDULED' ELSE 'READY' END, %(args)s::jsonb, %(kwargs)s::jsonb,
-         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false, %(unique_key)s::text
+         due.run_after, now(), 0, %(max_attempts)s, %(timeout)s::float8, '{}', '[]', false, %(unique_key)s::text,
+         %(concurrency_key)s
   FROM (SELECT coalesce(%(run_after)s::timestamptz, now()) AS run_after) AS due
   WHERE NOT (%(unique_for)s::float8 > 0 AND EXISTS (
     SELECT 1 FROM queueapp_task_history h
@@ -89,7 +91,7 @@ SELECT now(), array(SELECT nextval('queueapp_task_id_seq') FROM generate_series(
 -- VALUES list or a JSON array); store sets each row's status (SCHEDULED when due after the
 -- transaction's now()). The caller then notifies each queue that got a READY task.
 COPY queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after, enqueued_at,
-                         attempts, max_attempts, timeout, worker_ids, errors, cancel_requested)
+                         attempts, max_attempts, timeout, worker_ids, errors, cancel_requested, concurrency_key)
 FROM STDIN;
 
 -- notify_queues --
@@ -102,11 +104,15 @@ SELECT queueapp_wake_waiters(q) FROM unnest(%(queues)s::text[]) AS q;
 -- claimers pass each other's locked rows instead of queueing behind them. The ORDER BY matches
 -- task_live_claim_idx (partial on READY), so the plan walks the index and stops after LIMIT rows;
 -- only due tasks are READY, so no deferred entry lies in its path (run_after <= now() is a guard).
+-- queues are the worker's queues without flow control (flow_view): the others are claim_flow_tasks'.
 WITH picked AS (
   SELECT id FROM queueapp_task_live
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
-    -- A worker already marked LOST (a zombie back from a pause) claims nothing.
-    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+    -- A worker already marked LOST (a zombie back from a pause) claims nothing; nor does one whose
+    -- flow_view is older than the last flow-control change of its queues (flow_changed), until it
+    -- looked again: its queue list may hold a queue paused or limited since.
+    AND EXISTS (SELECT 1 FROM queueapp_worker w
+                WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE' AND w.flow_epoch = %(flow_epoch)s)
   ORDER BY priority DESC, run_after, id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -158,6 +164,294 @@ SELECT set_config('enable_sort', 'off', true),
        set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
        set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true);
 
+-- lock_flow_queues --
+-- The flow-controlled claim, step 1: lock the settings rows of the worker's flow-controlled queues,
+-- in name order (two workers with overlapping queues cannot deadlock). Claimers of a queue take
+-- turns here, and each runs step 2 as a new statement after the previous one committed: under READ
+-- COMMITTED its snapshot then sees every task the previous claimer made RUNNING, so counts of
+-- RUNNING tasks and the token bucket cannot be read stale by two workers at once. Counting in the
+-- statement that waited for the lock would not do: its snapshot predates the wait.
+SELECT name, paused, rate_limit / rate_period, breaker_threshold IS NOT NULL
+FROM queueapp_flow_queue
+WHERE name = ANY(%(queues)s::text[])
+ORDER BY name
+FOR UPDATE;
+
+-- claim_flow_tasks --
+-- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue, the free
+-- slots of the view queueapp_flow_slot (migration 0009: concurrency limit, breaker, tokens). Keys
+-- at their limit are filtered out in the scan itself, so tasks behind them are reached (no
+-- head-of-line blocking); the window functions then keep each queue and each key within what is
+-- left. No FOR UPDATE: window functions forbid it, and the lock of step 1 keeps other flow
+-- claimers of these queues out; the UPDATE re-checks on the row's latest version that it is still
+-- unclaimed (a task cancelled meanwhile is gone and skipped). started_at is statement_timestamp(): the time of this
+-- claim, after the lock (a rate limit is judged on it).
+WITH slots AS (
+  SELECT name, key_concurrency, rated, trying, tokens, least(free, %(limit)s::int) AS free
+  FROM queueapp_flow_slot
+  WHERE name = ANY(%(queues)s::text[])
+),
+busy_keys AS (
+  SELECT r.queue_name, r.concurrency_key, count(*) AS running
+  FROM queueapp_task_live r
+  WHERE r.status = 'RUNNING' AND r.queue_name = ANY(%(queues)s::text[]) AND r.concurrency_key IS NOT NULL
+  GROUP BY r.queue_name, r.concurrency_key
+),
+candidates AS (
+  SELECT t.id, t.queue_name, t.concurrency_key, t.priority, t.run_after
+  FROM queueapp_task_live t
+  WHERE t.status = 'READY' AND t.run_after <= now()
+    AND t.queue_name = ANY (ARRAY(SELECT name FROM slots WHERE free > 0))
+    AND NOT EXISTS (SELECT 1 FROM busy_keys b JOIN slots s ON s.name = b.queue_name
+                    WHERE b.queue_name = t.queue_name AND b.concurrency_key = t.concurrency_key
+                      AND b.running >= s.key_concurrency)
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+  ORDER BY t.priority DESC, t.run_after, t.id
+  LIMIT %(limit)s * 4
+),
+by_key AS (
+  SELECT c.*, row_number() OVER (PARTITION BY c.queue_name, c.concurrency_key
+                                 ORDER BY c.priority DESC, c.run_after, c.id) AS nth_of_key
+  FROM candidates c
+),
+keys_allowed AS (
+  SELECT k.* FROM by_key k JOIN slots s ON s.name = k.queue_name
+  LEFT JOIN busy_keys b ON b.queue_name = k.queue_name AND b.concurrency_key = k.concurrency_key
+  WHERE k.concurrency_key IS NULL OR k.nth_of_key <= s.key_concurrency - coalesce(b.running, 0)
+),
+picked AS (
+  SELECT a.id FROM (
+    SELECT k.*, row_number() OVER (PARTITION BY k.queue_name ORDER BY k.priority DESC, k.run_after, k.id)
+                AS nth_of_queue
+    FROM keys_allowed k
+  ) AS a JOIN slots s ON s.name = a.queue_name
+  WHERE a.nth_of_queue <= s.free
+  ORDER BY a.priority DESC, a.run_after, a.id
+  LIMIT %(limit)s
+),
+claimed AS (
+  UPDATE queueapp_task_live t
+  SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, started_at = statement_timestamp(),
+      worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
+  -- The picked ids (an InitPlan), looked up by primary key. Still unclaimed is checked as
+  -- worker_id IS NULL, which READ COMMITTED re-checks on the row's latest version (a READY task has
+  -- no worker, a RUNNING one has; nothing turns a READY task SCHEDULED). Planner trap: with
+  -- status = 'READY' here, the UPDATE read every READY task of the queue through the partial
+  -- queue index instead (1 to 2 s at 2,000 READY tasks).
+  WHERE t.id = ANY (ARRAY(SELECT id FROM picked)) AND t.worker_id IS NULL
+  RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
+            t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout
+),
+spent AS (
+  UPDATE queueapp_queuecontrol q
+  SET tokens = CASE WHEN s.rated THEN s.tokens - n.claimed ELSE q.tokens END,
+      tokens_at = CASE WHEN s.rated THEN statement_timestamp() ELSE q.tokens_at END,
+      -- a half-open breaker's trial is out: the next one waits for its outcome or a cool-off
+      breaker_until = CASE WHEN s.trying AND n.claimed > 0
+                           THEN statement_timestamp() + make_interval(secs => q.breaker_cooloff)
+                           ELSE q.breaker_until END
+  FROM slots s CROSS JOIN LATERAL (SELECT count(*) AS claimed FROM claimed c WHERE c.queue_name = s.name) AS n
+  WHERE q.name = s.name AND (s.rated OR s.trying)
+)
+SELECT * FROM claimed;
+
+-- claim_flow_queue --
+-- claim_flow_tasks for the commonest case, one flow-controlled queue and no concurrency keys in it,
+-- in the transaction of lock_flow_queues: the same free slots and tokens, then the plain claim's
+-- scan with its LIMIT cut to them, which needs no window function, so it can lock with SKIP LOCKED
+-- and is a third cheaper to plan and run (docs/benchmarks.md). Tasks with a key are left out:
+-- a worker whose look at the settings is older than the queue's first keyed task leaves them to
+-- claim_flow_tasks, which it uses from its next look on.
+WITH slot AS (
+  SELECT name, rated, trying, tokens, least(free, %(limit)s::int) AS free
+  FROM queueapp_flow_slot
+  WHERE name = %(queue)s
+),
+picked AS (
+  SELECT id FROM queueapp_task_live
+  WHERE status = 'READY' AND queue_name = %(queue)s AND run_after <= now() AND concurrency_key IS NULL
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+  ORDER BY priority DESC, run_after, id
+  -- No row (the queue is paused, or no longer flow-controlled): no slot. A NULL LIMIT would be none.
+  LIMIT coalesce((SELECT free FROM slot), 0)
+  FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+  UPDATE queueapp_task_live t
+  SET status = 'RUNNING', worker_id = %(worker_id)s, attempts = t.attempts + 1, started_at = statement_timestamp(),
+      worker_ids = array_append(t.worker_ids, %(worker_id)s::uuid)
+  -- Planner trap: joined to picked, whose LIMIT it cannot estimate, the UPDATE hashed the whole table.
+  WHERE t.id = ANY (ARRAY(SELECT id FROM picked))
+  RETURNING t.id, t.task_path, t.queue_name, t.priority, t.args, t.kwargs, t.run_after, t.enqueued_at,
+            t.started_at, t.attempts, t.max_attempts, t.worker_ids, t.errors, t.cancel_requested, t.timeout
+),
+spent AS (
+  UPDATE queueapp_queuecontrol q
+  SET tokens = CASE WHEN s.rated THEN s.tokens - (SELECT count(*) FROM claimed) ELSE q.tokens END,
+      tokens_at = CASE WHEN s.rated THEN statement_timestamp() ELSE q.tokens_at END,
+      breaker_until = CASE WHEN s.trying AND EXISTS (SELECT FROM claimed)
+                           THEN statement_timestamp() + make_interval(secs => q.breaker_cooloff)
+                           ELSE q.breaker_until END
+  FROM slot s
+  WHERE q.name = s.name AND (s.rated OR s.trying)
+)
+SELECT * FROM claimed;
+
+-- flow_view --
+-- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it), which
+-- of its queues are flow-controlled, which of those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a change of
+-- settings, and every few seconds, so that rounds of a worker without any pay nothing. A worker
+-- without a row yet gets an epoch no row has (its claim would claim nothing anyway).
+SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), -1),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[])),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys),
+       ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND breaker_threshold IS NOT NULL);
+
+-- step_breakers --
+-- The flow-controlled claim, between steps 1 and 2, under the same locks: each circuit breaker of
+-- the worker's queues moves on. Closed -> open when at least breaker_min_attempts attempts ended in
+-- the window and the failed share reached the threshold; open -> half-open when the cool-off is
+-- over (the claim then lets one trial task through); half-open -> closed on a success since it
+-- turned half-open (the window starts afresh), -> open again on a failure. Outcomes older than
+-- the window are deleted here. The changes come back for the worker to log.
+WITH seen AS (
+  SELECT q.name, q.breaker_state AS state, q.breaker_threshold AS threshold, q.breaker_min_attempts,
+         q.breaker_cooloff, q.breaker_until,
+         count(e.id) FILTER (WHERE e.at >= statement_timestamp() - make_interval(secs => q.breaker_window))
+           AS attempts,
+         count(e.id) FILTER (WHERE e.failed AND e.at >= statement_timestamp() - make_interval(secs => q.breaker_window))
+           AS failures,
+         bool_or(NOT e.failed AND e.at >= q.breaker_changed_at) AS trial_succeeded,
+         bool_or(e.failed AND e.at >= q.breaker_changed_at) AS trial_failed
+  FROM queueapp_queuecontrol q
+  LEFT JOIN queueapp_breakerevent e ON e.queue_name = q.name
+  WHERE q.name = ANY(%(queues)s::text[]) AND q.breaker_threshold IS NOT NULL
+  GROUP BY q.name
+),
+next AS (
+  SELECT *, CASE
+      WHEN state = 'closed' AND attempts >= breaker_min_attempts AND failures >= threshold * attempts THEN 'open'
+      WHEN state = 'open' AND breaker_until <= statement_timestamp() THEN 'half_open'
+      WHEN state = 'half_open' AND trial_succeeded THEN 'closed'
+      WHEN state = 'half_open' AND trial_failed THEN 'open'
+      ELSE state END AS new_state
+  FROM seen
+),
+changed AS (
+  UPDATE queueapp_queuecontrol q
+  SET breaker_state = n.new_state, breaker_changed_at = statement_timestamp(),
+      breaker_until = CASE n.new_state WHEN 'open' THEN statement_timestamp() + make_interval(secs => n.breaker_cooloff)
+                                       WHEN 'half_open' THEN statement_timestamp() END
+  FROM next n
+  WHERE q.name = n.name AND n.new_state <> n.state
+  RETURNING q.name, q.breaker_state, n.failures, n.attempts
+),
+purged AS (
+  DELETE FROM queueapp_breakerevent e USING queueapp_queuecontrol q
+  WHERE e.queue_name = q.name AND q.name = ANY(%(queues)s::text[]) AND q.breaker_threshold IS NOT NULL
+    AND (e.at < statement_timestamp() - make_interval(secs => q.breaker_window)
+         OR q.name IN (SELECT name FROM changed WHERE breaker_state = 'closed'))
+)
+SELECT name, breaker_state, failures, attempts FROM changed;
+
+-- flow_plan --
+-- Before the flow-controlled claim, after claim_plan, for this transaction only. Planner trap: its
+-- window functions must sort, and with sorting priced out (claim_plan) the plan's cost passes
+-- jit_above_cost: compiling it took a second per claim.
+SET LOCAL jit = off;
+
+-- ensure_keyed_queues --
+-- Tasks with a concurrency key need the flow-controlled claim: the first one enqueued in a queue
+-- marks it (the caller then runs flow_changed). The queue's row is only written, and so only
+-- locked, when it is not marked yet: later enqueues read it and pass.
+INSERT INTO queueapp_queuecontrol AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
+SELECT k.queue, false, 1, 1.0, true, 0, now() FROM unnest(%(queues)s::text[]) AS k(queue)
+WHERE NOT EXISTS (SELECT 1 FROM queueapp_queuecontrol s WHERE s.name = k.queue AND s.has_keys)
+ON CONFLICT (name) DO UPDATE SET has_keys = true, updated_at = now()
+RETURNING q.name;
+
+-- flow_changed --
+-- Queues' flow control changed (pause, resume, limits, a first keyed task), in the transaction of
+-- the change. Every live worker that listens on one of them moves to a new flow_epoch: from the
+-- commit on, its plain claim (which checks the epoch) claims nothing until the worker has looked at
+-- the settings again (flow_view), so that no worker claims a queue as plain after it was paused or
+-- limited, whatever its listener has heard yet. Worker rows are locked in id order (two changes
+-- cannot deadlock). Then workers are told, on a channel of its own (the many enqueue notifications
+-- do not make every worker re-read settings), and woken (a resumed queue is claimed at once).
+WITH listening AS (
+  SELECT id FROM queueapp_worker
+  WHERE state = 'ALIVE' AND queues && %(queues)s::varchar[]
+  ORDER BY id
+  FOR UPDATE
+),
+moved AS (
+  UPDATE queueapp_worker w SET flow_epoch = w.flow_epoch + 1 FROM listening WHERE w.id = listening.id
+)
+SELECT pg_notify('taskqueue_settings', q), pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
+
+-- set_paused --
+-- Pause or resume (then flow_changed): the row is made if the queue had none. Paused queues are
+-- flow-controlled; claim_flow_tasks skips them.
+INSERT INTO queueapp_queuecontrol AS q (name, paused, key_concurrency, rate_period, has_keys, tokens, updated_at)
+VALUES (%(queue)s, %(paused)s, 1, 1.0, false, 0, now())
+ON CONFLICT (name) DO UPDATE SET paused = %(paused)s, updated_at = now();
+
+-- why_waiting --
+-- What holds one READY or SCHEDULED task: the figures the console and the API turn into reasons.
+SELECT t.status, t.run_after > now() AS not_due, t.queue_name AS queue, t.concurrency_key AS key,
+       coalesce(q.paused, false) AS paused, q.breaker_state AS breaker, q.concurrency_limit AS queue_limit,
+       (SELECT count(*) FROM queueapp_task_live r
+        WHERE r.status = 'RUNNING' AND r.queue_name = t.queue_name) AS queue_running,
+       coalesce(q.key_concurrency, 1) AS key_limit,
+       (SELECT count(*) FROM queueapp_task_live r
+        WHERE r.status = 'RUNNING' AND r.queue_name = t.queue_name AND r.concurrency_key = t.concurrency_key)
+         AS key_running,
+       q.rate_limit, q.rate_period,
+       CASE WHEN q.rate_limit IS NULL OR q.tokens_at IS NULL THEN NULL
+            ELSE least(greatest(1, q.rate_limit / q.rate_period * 0.1),
+                       q.tokens + q.rate_limit / q.rate_period * extract(epoch FROM now() - q.tokens_at)) END
+         AS tokens,
+       (SELECT count(*) FROM queueapp_task_live a
+        WHERE a.status = 'READY' AND a.queue_name = t.queue_name
+          AND (a.priority, -extract(epoch FROM a.run_after), -a.id)
+              > (t.priority, -extract(epoch FROM t.run_after), -t.id)) AS ahead,
+       (SELECT count(*) FROM queueapp_worker w
+        WHERE w.state = 'ALIVE' AND t.queue_name = ANY(w.queues)
+          AND w.last_heartbeat_at >= now() - make_interval(secs => %(stale_after)s::float8)) AS listeners
+FROM queueapp_task_live t
+LEFT JOIN queueapp_queuecontrol q ON q.name = t.queue_name
+WHERE t.id = %(id)s;
+
+-- queue_flow --
+-- The Queues page: per queue with live tasks or settings, its settings and figures. READY due and
+-- deferred (SCHEDULED), RUNNING, started in the last minute (live tasks by started_at, finished ones
+-- from history), and the wait of the oldest READY task.
+WITH names AS (
+  SELECT name FROM queueapp_queuecontrol
+  UNION
+  SELECT DISTINCT queue_name FROM queueapp_task_live
+)
+SELECT n.name, coalesce(q.paused, false), q.concurrency_limit, coalesce(q.key_concurrency, 1),
+       q.rate_limit, coalesce(q.rate_period, 1.0),
+       live.ready, live.scheduled, live.running, live.started_live + finished.started, live.oldest_ready,
+       q.breaker_threshold, coalesce(q.breaker_state, 'closed')
+FROM names n
+LEFT JOIN queueapp_queuecontrol q ON q.name = n.name
+CROSS JOIN LATERAL (
+  SELECT count(*) FILTER (WHERE status = 'READY') AS ready,
+         count(*) FILTER (WHERE status = 'SCHEDULED') AS scheduled,
+         count(*) FILTER (WHERE status = 'RUNNING') AS running,
+         count(*) FILTER (WHERE status = 'RUNNING' AND started_at >= now() - interval '1 minute') AS started_live,
+         extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'READY')) AS oldest_ready
+  FROM queueapp_task_live WHERE queue_name = n.name
+) AS live
+CROSS JOIN LATERAL (
+  SELECT count(*) AS started FROM queueapp_task_history
+  WHERE queue_name = n.name AND finished_at >= now() - interval '1 minute'
+    AND started_at >= now() - interval '1 minute'
+) AS finished
+ORDER BY n.name;
+
 -- release_unknown_claims --
 -- After a round whose outcome is unknown (the connection broke before its COMMIT's answer came
 -- back) the claim in it may have committed: tasks RUNNING under this worker that it does not hold
@@ -185,6 +479,8 @@ WHERE t.worker_id = %(worker_id)s::uuid AND t.attempts = r.attempt AND t.status 
 -- worker's RUNNING tasks and runs the unnest again for each of them (a batch of 100 made 10,000
 -- rows and took 5 ms); each task's attempt and return value are looked up by its position in the
 -- arrays instead, in C, with no join to plan.
+-- A queue with a circuit breaker counts each success (a semi-join on the few rows of queue
+-- settings with a breaker: the other queues pay for one hashed lookup per batch).
 WITH done AS (
   DELETE FROM queueapp_task_live t
   WHERE t.id = ANY(%(ids)s::bigint[]) AND t.status = 'RUNNING' AND t.worker_id = %(worker_id)s::uuid
@@ -193,14 +489,24 @@ WITH done AS (
 )
 INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                    enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                   errors, return_value, timeout, cancel_requested, worker_id, unique_key)
+                                   errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
 SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'SUCCESSFUL' END,
        args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids, errors,
        CASE WHEN cancel_requested THEN NULL
             ELSE ((%(return_values)s::text[])[array_position(%(ids)s::bigint[], id)])::jsonb END,
-       timeout, cancel_requested, worker_id, unique_key
+       timeout, cancel_requested, worker_id, unique_key, concurrency_key
 FROM done
 RETURNING id, status;
+
+-- count_breaker_successes --
+-- After finish_tasks, in its transaction, for a worker whose flow view has queues with a circuit
+-- breaker (workers without any run finish_tasks alone): each success of such a queue is an outcome
+-- for its breaker. The rows just moved are those with finished_at = now() (the transaction's time:
+-- one partition).
+INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+SELECT h.queue_name, now(), false FROM queueapp_task_history h
+WHERE h.finished_at = now() AND h.id = ANY(%(ids)s::bigint[]) AND h.status = 'SUCCESSFUL'
+  AND h.queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL);
 
 -- fail_task --
 -- Fenced. Appends the attempt's error, then: SCHEDULED for a retry after an exponential backoff
@@ -208,11 +514,17 @@ RETURNING id, status;
 -- FAILED, or CANCELLED if a cancel was requested. The row is locked first (a cancel or the reaper
 -- waits, or is waited for and re-read), and which branch it takes is decided once, from that row.
 WITH failed AS (
-  SELECT id, NOT cancel_requested AND attempts < max_attempts AS retry,
+  SELECT id, queue_name, NOT cancel_requested AND attempts < max_attempts AS retry,
          jsonb_build_array(%(error)s::jsonb) AS error
   FROM queueapp_task_live
   WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
   FOR UPDATE
+),
+-- A queue with a circuit breaker counts each failed attempt.
+counted AS (
+  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+  SELECT queue_name, now(), true FROM failed
+  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
 ),
 retried AS (
   UPDATE queueapp_task_live t
@@ -230,10 +542,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING status, run_after
 )
@@ -260,9 +572,9 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, 'CANCELLED', args, kwargs, run_after, enqueued_at, started_at,
-         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id, unique_key
+         now(), attempts, max_attempts, worker_ids, errors, NULL, timeout, true, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING status
 )
@@ -372,10 +684,10 @@ ended AS (
 moved AS (
   INSERT INTO queueapp_task_history (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                      enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
-                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key)
+                                     errors, return_value, timeout, cancel_requested, worker_id, unique_key, concurrency_key)
   SELECT id, task_path, queue_name, priority, CASE WHEN cancel_requested THEN 'CANCELLED' ELSE 'FAILED' END,
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
-         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key
+         errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
   RETURNING id
 )
@@ -422,9 +734,9 @@ ready AS (
   INSERT INTO queueapp_task_live (id, task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, started_at, finished_at, attempts, max_attempts, worker_ids,
                                   errors, return_value, timeout, cancel_requested, worker_id, unique_key,
-                                  retried_at_attempt)
+                                  retried_at_attempt, concurrency_key)
   SELECT id, task_path, queue_name, priority, 'READY', args, kwargs, now(), enqueued_at, NULL, NULL,
-         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key, attempts
+         attempts, attempts + %(budget)s, worker_ids, errors, NULL, timeout, false, NULL, unique_key, attempts, concurrency_key
   FROM back
   RETURNING status, queue_name
 )

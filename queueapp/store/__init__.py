@@ -16,6 +16,18 @@ from queueapp.store.history import (
     history_partitions,
     purge_finished,
 )
+from queueapp.store.limits import (
+    SETTINGS_CHANNEL,
+    FlowView,
+    Hold,
+    QueueFlow,
+    flow_view,
+    notify_settings,
+    queue_flow,
+    seed_queue_settings,
+    set_paused,
+    why_waiting,
+)
 from queueapp.store.maintenance import (
     claim_idempotency_key,
     get_idempotency_key,
@@ -50,7 +62,7 @@ from queueapp.store.schedules import (
     set_tick_task,
     upsert_code_schedule,
 )
-from queueapp.store.session import Success, WorkerSession
+from queueapp.store.session import BreakerChange, FlowQueue, Success, WorkerSession
 from queueapp.store.tasks import (
     cancel_task,
     claim_tasks,
@@ -81,10 +93,16 @@ from queueapp.store.workers import (
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "SETTINGS_CHANNEL",
+    "BreakerChange",
     "Dropped",
     "DueSchedule",
+    "FlowQueue",
+    "FlowView",
+    "Hold",
     "Inserted",
     "NewTask",
+    "QueueFlow",
     "ReapOutcome",
     "StatementLimits",
     "Success",
@@ -115,26 +133,32 @@ __all__ = [
     "finish_task",
     "finished_by_queue",
     "finished_per_minute",
+    "flow_view",
     "get_idempotency_key",
     "get_task",
     "history_partitions",
     "is_cancel_requested",
+    "notify_settings",
     "pickup_latency",
     "preview_reap",
     "purge_finished",
     "purge_idempotency_keys",
     "purge_schedule_ticks",
     "purge_workers",
+    "queue_flow",
     "queue_overview",
     "reap_workers",
     "register_worker",
     "release_tasks",
     "retry_task",
+    "seed_queue_settings",
     "set_idempotency_tasks",
+    "set_paused",
     "set_priority",
     "set_tick_task",
     "set_worker_state",
     "stage_tasks",
     "timed_tasks",
     "upsert_code_schedule",
+    "why_waiting",
 ]

@@ -30,6 +30,8 @@ class NewTask:
     run_after: datetime | None
     max_attempts: int
     timeout: float | None = None
+    concurrency_key: str | None = None
+    """Tasks of a queue with the same key run at most its key_concurrency at a time."""
     unique_key: str | None = None
     """No other live task may have this key: enqueueing it again returns the holder instead."""
     unique_for: float = 0.0

@@ -22,9 +22,30 @@ from django.db import connections
 
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
+from queueapp.store.limits import FlowView, flow_view
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
 from queueapp.store.timeouts import UNLIMITED_CLAIM_PLAN, StatementLimits
+
+
+@dataclass(frozen=True, slots=True)
+class FlowQueue:
+    """A flow-controlled queue of the worker's, as its claim locked it."""
+
+    name: str
+    paused: bool
+    rate_per_second: float | None
+    breaker: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChange:
+    """A queue's circuit breaker that changed state, and the window's figures that made it."""
+
+    queue: str
+    state: str
+    failures: int
+    attempts: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +73,8 @@ def finish_params(worker_id: UUID, successes: Sequence[Success]) -> dict[str, An
     }
 
 
-def claim_params(worker_id: UUID, queues: Sequence[str], limit: int) -> dict[str, Any]:
-    return {"worker_id": worker_id, "queues": list(queues), "limit": limit}
+def claim_params(worker_id: UUID, queues: Sequence[str], limit: int, flow_epoch: int = 0) -> dict[str, Any]:
+    return {"worker_id": worker_id, "queues": list(queues), "limit": limit, "flow_epoch": flow_epoch}
 
 
 def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskRow]:
@@ -108,6 +129,10 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+NO_FLOW = FlowView()
+"""The view of a worker that has not looked (or has no flow-controlled queue, as of epoch 0)."""
+
+
 class WorkerSession:
     """One worker process's claim-and-finish connection (used by one thread at a time)."""
 
@@ -128,6 +153,10 @@ class WorkerSession:
         """Set first in each transaction (the worker's statement and lock timeouts); None: none."""
         self.using = using
         self.conn: psycopg.Connection[Any] | None = None
+        self.flow_queues: list[FlowQueue] = []
+        """The worker's flow-controlled queues as the latest flow-controlled claim found them."""
+        self.breaker_changes: list[BreakerChange] = []
+        """Circuit breakers that the latest flow-controlled claim moved (to be logged)."""
 
     def connect(self) -> psycopg.Connection[Any]:
         # Django's connection parameters, but psycopg's own type adapters (C loaders for times and
@@ -146,27 +175,78 @@ class WorkerSession:
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
 
-    def round(self, successes: Sequence[Success], limit: int) -> tuple[dict[int, str], list[TaskRow]]:
+    def round(
+        self,
+        successes: Sequence[Success],
+        limit: int,
+        *,
+        view: FlowView = NO_FLOW,
+        refresh: bool = True,
+    ) -> tuple[dict[int, str], list[TaskRow]]:
         """Record successes and claim up to limit tasks in one transaction.
 
         Returns the recorded status by task id (SUCCESSFUL, or CANCELLED when a cancel was
         requested; a task taken away meanwhile is missing) and the claimed rows in claim order.
+        view: the worker's flow view (flow_view()). Its flow-controlled queues are claimed first (and
+        self.flow_queues refreshed), then the plain claim fills the slots left from the other
+        queues, in a second round trip of the same transaction. Without any, a round is the plain
+        claim alone; refresh: the settings may have changed since the last round (breakers are
+        looked at).
         """
         if self.conn is None:
             self.conn = self.connect()
         conn = self.conn
+        plain = [queue for queue in self.queues if queue not in view.queues] if view.queues else self.queues
         finish = claim = None
+        values: list[Any] = []
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
             if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
                 conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)
             else:
                 self.limit(conn)
             if successes:
-                finish = conn.execute(QUERIES["finish_tasks"], finish_params(self.worker_id, successes))
+                params = finish_params(self.worker_id, successes)
+                finish = conn.execute(QUERIES["finish_tasks"], params)
+                if view.breakers:
+                    conn.execute(QUERIES["count_breaker_successes"], params)
             if limit > 0:
-                claim = conn.execute(QUERIES["claim_tasks"], claim_params(self.worker_id, self.queues, limit))
+                if view.queues:
+                    values = self._claim_flow(conn, view, limit, refresh=refresh)
+                if plain and limit > len(values):
+                    params = claim_params(self.worker_id, plain, limit - len(values), view.epoch)
+                    claim = conn.execute(QUERIES["claim_tasks"], params)
+        if claim is not None:  # fetched after the commit: a plain round is one round trip
+            values += claim.fetchall()
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
-        return statuses, claimed_rows(self.worker_id, claim.fetchall()) if claim else []
+        return statuses, claimed_rows(self.worker_id, values)
+
+    def flow_view(self) -> FlowView:
+        """The worker's FlowView, on this connection (prepared like a round's statements)."""
+        if self.conn is None:
+            self.conn = self.connect()
+        with explain_lost_statements():
+            return flow_view(self.conn, self.worker_id, self.queues)
+
+    def _claim_flow(
+        self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool
+    ) -> list[Any]:
+        """The flow-controlled claim of round(): lock the queues' settings, step their breakers,
+        claim (one queue without keys by the cheaper claim_flow_queue); its rows."""
+        queues = sorted(view.queues)
+        params = {**claim_params(self.worker_id, queues, limit), "queue": queues[0]}
+        one_unkeyed = len(queues) == 1 and not view.keyed
+        conn.execute(QUERIES["flow_plan"], prepare=False)
+        locked = conn.execute(QUERIES["lock_flow_queues"], params)
+        # Breakers move only where the last look found one (or on a fresh look).
+        stepped = None
+        if refresh or any(queue.breaker for queue in self.flow_queues):
+            stepped = conn.execute(QUERIES["step_breakers"], params)
+        claim = conn.execute(
+            QUERIES["claim_flow_queue"] if one_unkeyed else QUERIES["claim_flow_tasks"], params
+        )
+        self.flow_queues = [FlowQueue(*row) for row in locked.fetchall()]
+        self.breaker_changes = [BreakerChange(*row) for row in stepped.fetchall()] if stepped else []
+        return claim.fetchall()
 
     def set_waiting(self, waiting: bool) -> bool:
         """Mark this worker waiting for work (enqueues on its queues notify it) or not. Marking

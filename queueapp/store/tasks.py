@@ -17,6 +17,7 @@ from queueapp import conf
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 from queueapp.store.cursors import prepared_cursor
+from queueapp.store.limits import flow_changed
 from queueapp.store.rows import Inserted, NewTask, TaskRow, task_row
 from queueapp.store.session import Success, claim_params, claimed_rows, finish_params
 from queueapp.store.unique import insert_unique
@@ -32,6 +33,7 @@ def _params(new: NewTask) -> dict[str, Any]:
         "run_after": new.run_after,
         "max_attempts": new.max_attempts,
         "timeout": new.timeout,
+        "concurrency_key": new.concurrency_key,
         "notify": conf.get().notify,
     }
 
@@ -39,7 +41,19 @@ def _params(new: NewTask) -> dict[str, Any]:
 def enqueue_task(new: NewTask, *, using: str = "default") -> Inserted:
     """Insert one READY task and notify its queue, in the caller's transaction."""
     with prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, [new])
         return _insert(cursor, new)
+
+
+def _mark_keyed_queues(cursor: CursorWrapper, batch: Sequence[NewTask]) -> None:
+    """Before tasks with a concurrency key are inserted, their queues go to the flow-controlled claim
+    (first, so that not even an enqueue outside a transaction lets the plain claim see them)."""
+    keyed = sorted({new.queue_name for new in batch if new.concurrency_key is not None})
+    if keyed:
+        cursor.execute(QUERIES["ensure_keyed_queues"], {"queues": keyed})
+        marked = [name for (name,) in cursor.fetchall()]
+        if marked:
+            flow_changed(cursor, marked)
 
 
 def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
@@ -72,6 +86,7 @@ def enqueue_tasks[T](
     made = []
     queues = set()  # those that get a READY task: SCHEDULED ones wake nobody
     lines: list[str] = []
+    keyed: list[NewTask] = []
     with transaction.atomic(using=using), prepared_cursor(using) as cursor:
         cursor.execute(QUERIES["reserve_task_ids"], {"n": count})
         now, ids = cursor.fetchone()
@@ -85,8 +100,12 @@ def enqueue_tasks[T](
                     lines.clear()
                 if due:
                     queues.add(new.queue_name)
+                if new.concurrency_key is not None:
+                    keyed.append(new)
                 made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
             copy.write("".join(lines))
+        # The batch is streamed, so its keys are known only now; nothing is committed before this.
+        _mark_keyed_queues(cursor, keyed)
         if queues and conf.get().notify:
             cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
     return made
@@ -108,6 +127,7 @@ def enqueue_unique_tasks[T](
     order = sorted(range(len(batch)), key=lambda i: batch[i].unique_key or "")
     made: dict[int, T] = {}
     with transaction.atomic(using=using, savepoint=False), prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, batch)
         for index in order:
             made[index] = each(index, batch[index], _insert(cursor, batch[index]))
     return [made[index] for index in range(len(batch))]
@@ -119,6 +139,7 @@ def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted
     # one multi-row statement.
     atomic = transaction.atomic(using=using, savepoint=False) if len(batch) > 1 else contextlib.nullcontext()
     with atomic, prepared_cursor(using) as cursor:
+        _mark_keyed_queues(cursor, batch)
         return [each(index, new, _insert(cursor, new)) for index, new in enumerate(batch)]
 
 
@@ -138,21 +159,23 @@ def _copy_line(task_id: int, new: NewTask, now_text: str, due: bool) -> str:
     run_after = new.run_after.isoformat() if new.run_after else now_text
     timeout = "\\N" if new.timeout is None else repr(float(new.timeout))
     status = TaskStatus.READY if due else TaskStatus.SCHEDULED
+    key = "\\N" if new.concurrency_key is None else _copy_text(new.concurrency_key)
     return (
         f"{task_id}\t{_copy_text(new.task_path)}\t{_copy_text(new.queue_name)}\t{int(new.priority)}\t{status}\t"
         f"{_json_text(new.args_json)}\t{_json_text(new.kwargs_json)}\t"
-        f"{run_after}\t{now_text}\t0\t{int(new.max_attempts)}\t{timeout}\t{{}}\t[]\tf\n"
+        f"{run_after}\t{now_text}\t0\t{int(new.max_attempts)}\t{timeout}\t{{}}\t[]\tf\t{key}\n"
     )
 
 
 def claim_tasks(
-    *, worker_id: UUID, queues: Sequence[str], limit: int, using: str = "default"
+    *, worker_id: UUID, queues: Sequence[str], limit: int, flow_epoch: int = 0, using: str = "default"
 ) -> list[TaskRow]:
-    """Claim up to limit READY, due tasks by priority, then run_after, then id."""
+    """Claim up to limit READY, due tasks by priority, then run_after, then id (the plain claim:
+    nothing unless the worker's flow_epoch is still the one given, see FlowView)."""
     if limit <= 0:
         return []
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit))
+        cursor.execute(QUERIES["claim_tasks"], claim_params(worker_id, queues, limit, flow_epoch))
         return claimed_rows(worker_id, cursor.fetchall())
 
 
@@ -161,11 +184,11 @@ def finish_task(
 ) -> str | None:
     """Record one success (or CANCELLED if cancel was requested); None when the task was taken away.
     Workers record theirs in batches through WorkerSession.round()."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["finish_tasks"], finish_params(worker_id, [Success(task_id, attempt, return_value_json)])
-        )
+    params = finish_params(worker_id, [Success(task_id, attempt, return_value_json)])
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["finish_tasks"], params)
         row = cursor.fetchone()
+        cursor.execute(QUERIES["count_breaker_successes"], params)  # in its transaction: same now()
     return row[1] if row else None
 
 
