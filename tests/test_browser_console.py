@@ -162,7 +162,9 @@ def test_a_workers_page_lists_what_it_runs_and_links_what_it_ran(page: Any) -> N
 
     page.goto(f"/admin/queueapp/worker/{worker.id}/change/")
     page.locator(".field-ran a").click()
-    ids = page.locator("#result_list tbody th a").all_text_contents()
+    rows = page.locator("#result_list tbody th a")
+    expect(rows).to_have_count(2)  # waits for the filtered list to load (all_text_contents does not)
+    ids = rows.all_text_contents()
     assert sorted(int(i) for i in ids) == sorted([ran, running])
     expect(page.locator("#changelist-filter")).to_contain_text(str(worker.id)[:8])
     assert models.Task.objects.filter(worker_id=other.id).count() == 1  # shown on its own page only
