@@ -110,16 +110,15 @@ def main() -> None:
         {"path": f"raw pgbench drain k=100, {opts.clients} clients", "rows_per_s": round(raw)},
         {"path": f"taskqueue live table claim + finish, {opts.clients} clients", "rows_per_s": round(ours)},
     ]
-    when = results.stamp()
-    base = results.save("ceiling", rows, about={"rows": opts.rows, "ratio": round(ours / raw, 3)}, when=when)
-    results.bar_chart(
-        base.with_suffix(".png"),
-        title=f"claim 100 + finish, {opts.rows:,} rows: {ours / raw:.0%} of the raw ceiling ({when})",
-        labels=[row["path"] for row in rows],
-        values=[row["rows_per_s"] for row in rows],
+    results.save_bars(
+        "ceiling",
+        rows,
+        about={"rows": opts.rows, "ratio": round(ours / raw, 3)},
+        title=f"claim 100 + finish, {opts.rows:,} rows: {ours / raw:.0%} of the raw ceiling",
+        label="path",
+        value="rows_per_s",
         unit="rows/s",
     )
-    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

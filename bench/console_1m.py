@@ -133,16 +133,15 @@ def main() -> None:
             median = statistics.median(timings)
             print(f"  {label:40s} {median:7.1f} ms  {'ok' if median < 500 else 'SLOW'}")
             rows.append({"page": label, "median_ms": round(median, 1)})
-    when = results.stamp()
-    base = results.save("console", rows, about={"live": live, "history": history}, when=when)
-    results.bar_chart(
-        base.with_suffix(".png"),
-        title=f"console pages, {live:,} live + {history:,} finished tasks, median of 5 ({when})",
-        labels=[row["page"] for row in rows],
-        values=[row["median_ms"] for row in rows],
+    results.save_bars(
+        "console",
+        rows,
+        about={"live": live, "history": history},
+        title=f"console pages, {live:,} live + {history:,} finished tasks, median of 5",
+        label="page",
+        value="median_ms",
         unit="ms",
     )
-    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

@@ -126,16 +126,15 @@ def main() -> None:
             "tasks_per_s": round(http_rate, 1),
         },
     ]
-    when = results.stamp()
-    base = results.save("http_submit", rows, about={"machine": about, "requests": requests}, when=when)
-    results.bar_chart(
-        base.with_suffix(".png"),
-        title=f"one task per transaction, {requests:,} submissions ({when})",
-        labels=[row["path"] for row in rows],
-        values=[row["tasks_per_s"] for row in rows],
+    results.save_bars(
+        "http_submit",
+        rows,
+        about={"machine": about, "requests": requests},
+        title=f"one task per transaction, {requests:,} submissions",
+        label="path",
+        value="tasks_per_s",
         unit="tasks/s",
     )
-    print(f"saved {base}.json, .csv and .png")
 
 
 if __name__ == "__main__":

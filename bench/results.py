@@ -57,3 +57,28 @@ def bar_chart(path: Path, *, title: str, labels: list[str], values: list[float],
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def save_bars(
+    name: str,
+    rows: list[dict[str, Any]],
+    *,
+    about: dict[str, Any],
+    title: str,
+    label: str,
+    value: str,
+    unit: str,
+) -> Path:
+    """save() the rows, then a bar_chart() of row[value] by row[label] (the title gets the run's stamp),
+    and say where they went; returns the path without its suffix."""
+    when = stamp()
+    base = save(name, rows, about=about, when=when)
+    bar_chart(
+        base.with_suffix(".png"),
+        title=f"{title} ({when})",
+        labels=[str(row[label]) for row in rows],
+        values=[float(row[value]) for row in rows],
+        unit=unit,
+    )
+    print(f"saved {base}.json, .csv and .png")
+    return base
