@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -163,4 +164,44 @@ def test_a_round_stuck_behind_a_lock_fails_within_the_lock_timeout(
     thread.join(10)
     session.close()
     assert not stuck, "the round waited on the lock past lock_timeout"
+    assert [type(exc) for exc in errors] == [psycopg.errors.LockNotAvailable]
+
+
+@pytest.mark.parametrize(
+    ("call", "lock"),
+    [
+        (lambda session: session.set_waiting(True), "SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE"),
+        (
+            lambda session: session.set_waiting(False),
+            "SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE",
+        ),
+        (lambda session: session.flow_view(), "LOCK TABLE queueapp_queuecontrol IN ACCESS EXCLUSIVE MODE"),
+    ],
+    ids=["mark-waiting", "clear-waiting", "flow-view"],
+)
+def test_the_rest_of_a_workers_session_fails_within_the_lock_timeout(
+    limits: db.ConnectionLimits, raw_conn: psycopg.Connection, call: Any, lock: str
+) -> None:
+    """Its other statements too: the waiting mark once waited on a locked worker row (an operator's
+    UPDATE, a migration) for as long as the lock was held, and the worker's loop with it."""
+    worker = make_worker()
+    raw_conn.execute("UPDATE queueapp_worker SET waiting = true WHERE id = %s", [worker.id])  # to clear
+    session = store.WorkerSession(worker_id=worker.id, queues=["default"], limits=limits.statements)
+    errors: list[Exception] = []
+
+    def run() -> None:
+        try:
+            call(session)
+        except psycopg.OperationalError as exc:
+            errors.append(exc)
+
+    with raw_conn.transaction():
+        raw_conn.execute(lock, [worker.id] if "%s" in lock else None)
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join(limits.lock_timeout_ms / 1000 + 3)
+        stuck = thread.is_alive()
+    thread.join(10)
+    session.close()
+    assert not stuck, "the session waited on the lock past lock_timeout"
     assert [type(exc) for exc in errors] == [psycopg.errors.LockNotAvailable]

@@ -167,15 +167,17 @@ def test_a_worker_behind_pgbouncer_gives_up_on_a_lock_within_its_lock_timeout(
         with raw_conn.transaction():
             raw_conn.execute("SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE", [worker_id])
             raw_conn.execute("LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE")  # the claim waits
-            for event in ("heartbeat_failed", "round_failed"):
-                wait_for(
-                    lambda event=event: (
-                        f"{event} worker={worker_id} error=canceling statement due to lock "
-                        "timeout" in worker.output()
-                    ),
-                    timeout=stale_after / 2 + 3,
-                    message=f"{event} to give up on the lock; worker log:\n{worker.output()}",
-                )
+            # Each stuck statement gives up after lock_timeout; the round may first wait out another
+            # (the waiting mark, on the worker row) and a poll interval: both fail within two.
+            wait_for(
+                lambda: all(
+                    f"{event} worker={worker_id} error=canceling statement due to lock timeout"
+                    in worker.output()
+                    for event in ("heartbeat_failed", "round_failed")
+                ),
+                timeout=stale_after + 5,
+                message=f"the heartbeat and the round to give up on the lock; worker log:\n{worker.output()}",
+            )
         tasks.add.enqueue(2, 3)
         wait_for(
             lambda: models.Task.objects.filter(status="SUCCESSFUL").count() == 1,

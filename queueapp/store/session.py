@@ -224,8 +224,10 @@ class WorkerSession:
         """The worker's FlowView, on this connection (prepared like a round's statements)."""
         if self.conn is None:
             self.conn = self.connect()
-        with explain_lost_statements():
-            return flow_view(self.conn, self.worker_id, self.queues)
+        conn = self.conn
+        with explain_lost_statements(), conn.pipeline(), conn.transaction():
+            self.limit(conn)
+            return flow_view(conn, self.worker_id, self.queues)
 
     def _claim_flow(
         self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool
@@ -253,12 +255,15 @@ class WorkerSession:
         gives up, False, while an enqueue on one of its queues is under way: claim again first."""
         if self.conn is None:
             self.conn = self.connect()
-        if not waiting:
-            self.conn.execute(QUERIES["clear_worker_waiting"], {"worker_id": self.worker_id})
-            return True
-        marked = self.conn.execute(
-            QUERIES["mark_worker_waiting"], {"worker_id": self.worker_id, "queues": self.queues}
-        )
+        conn = self.conn
+        with conn.pipeline(), conn.transaction():
+            self.limit(conn)
+            if not waiting:
+                conn.execute(QUERIES["clear_worker_waiting"], {"worker_id": self.worker_id})
+                return True
+            marked = conn.execute(
+                QUERIES["mark_worker_waiting"], {"worker_id": self.worker_id, "queues": self.queues}
+            )
         return marked.fetchone() is not None
 
     def reconcile(
