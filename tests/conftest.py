@@ -54,13 +54,14 @@ def listener(transactional_db: None) -> Iterator[psycopg.Connection]:
 
 
 def collect_until_sentinel(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[str]:
-    """Payloads received on 'taskqueue' before a sentinel sent now (delivery is in commit order)."""
+    """The queues of the notifications received on 'taskqueue' before a sentinel sent now (delivery
+    is in commit order); a named wake-up counts by its queue."""
     raw_conn.execute("SELECT pg_notify('taskqueue', 'sentinel')")
     payloads = []
     for notify in listener.notifies(timeout=10):
         if notify.payload == "sentinel":
             return payloads
-        payloads.append(notify.payload)
+        payloads.append(store.parse_wake(notify.payload).queue)
     raise AssertionError(f"sentinel notification not received within 10 s; got {payloads}")
 
 

@@ -50,24 +50,28 @@ from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
 from workers.lease import Lease
 from workers.ledger import Ledger
-from workers.listener import Listener
+from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
 from workers.services import ServiceThread
 from workers.stager import Stager
 from workers.waiting import Waiting
+from workers.wakeups import SupervisorLine
 
 logger = logging.getLogger(__name__)
 
 
 LOOK_EVERY = 5.0
-"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off):
-a flow-control change of its queues stops its plain claim at once (the epoch fence), for this long."""
+"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off,
+or a supervisor's child, which is told of changes but looks now and then too): a flow-control change
+of its queues stops its plain claim at once (the epoch fence), for this long."""
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, *, supervisor_line: socket.socket | None = None) -> None:
+        """supervisor_line: this child's end of its socket pair to its supervisor (workers.wakeups),
+        whose listener wakes it; without one, the worker LISTENs itself."""
         self.config = config
         self.id = config.worker_id
         backend = task_backends["default"]
@@ -95,17 +99,27 @@ class Worker:
             dispatch=self.dispatch,
         )
         self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
-        if not self.waiting.enabled:  # no listener runs: the producer looks at the settings itself
-            self.producer.look_every = LOOK_EVERY
         self.services_stop = threading.Event()
-        self.listener = Listener(
-            db.listen_conninfo(self.limits),
-            queues=config.queues,
-            wake=self.wake,
-            stop=self.services_stop,
-            worker_id=self.id,
-            on_settings=self.producer.settings_seen,
-        )
+        self.line: SupervisorLine | None = None
+        self.listener: Listener | None = None
+        if not self.waiting.enabled:
+            pass  # TASKQUEUE["NOTIFY"] off: nothing to hear
+        elif supervisor_line is not None:
+            self.line = SupervisorLine(
+                supervisor_line, wake=self.wake, look=self.producer.look_now, stop=self.services_stop
+            )
+        else:
+            hearer = WorkerHearer(
+                worker_id=self.id,
+                queues=config.queues,
+                wake=self.wake,
+                on_settings=self.producer.settings_seen,
+            )
+            self.listener = Listener(
+                db.listen_conninfo(self.limits), queues=config.queues, hearer=hearer, stop=self.services_stop
+            )
+        if self.listener is None:  # no listener reads the settings for it: the producer does
+            self.producer.look_every = LOOK_EVERY
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
             self.id,
@@ -138,12 +152,14 @@ class Worker:
             stop=self.services_stop,
             on_crash=self.service_died,
         )
-        listener = ServiceThread(
-            self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died
-        )
+        hearing = [
+            ServiceThread(service, interval=0, stop=self.services_stop, on_crash=self.service_died)
+            for service in (self.listener, self.line)
+            if service is not None
+        ]
         threads = [
             lease,
-            *([listener] if self.waiting.enabled else []),  # TASKQUEUE["NOTIFY"] off: nothing to hear
+            *hearing,
             ServiceThread(
                 self.heartbeat,
                 interval=self.config.heartbeat_interval,
@@ -183,7 +199,8 @@ class Worker:
             # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
             # A LOST worker stays LOST (the statement matches nothing).
             self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPED))
-            self.listener.close()
+            if self.listener is not None:
+                self.listener.close()
             self.producer.close()
             for _ in self.threads:
                 self.inbox.put(None)  # a task thread still running a task is a daemon: not waited for
@@ -261,6 +278,8 @@ class Worker:
         if self.lease.expired:
             return self.poll_timeout()  # written off: not another word to the database
         after = self.waiting.after_round(free_slots=self.ledger.slots_left())
+        if self.line is not None:
+            self.line.tell(idle=self.waiting.marked)  # the supervisor wakes only children that wait
         return self.poll_timeout() if after is None else after
 
     def poll_timeout(self) -> float:

@@ -79,6 +79,7 @@ from queueapp.store.tasks import (
     stage_tasks,
 )
 from queueapp.store.timeouts import StatementLimits
+from queueapp.store.wakeups import Wake, check_listener, parse_wake
 from queueapp.store.workers import (
     ReapOutcome,
     TimedTask,
@@ -108,11 +109,13 @@ __all__ = [
     "Success",
     "TaskRow",
     "TimedTask",
+    "Wake",
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
     "cancel_task",
     "check_arguments",
+    "check_listener",
     "claim_idempotency_key",
     "claim_tasks",
     "claim_tick",
@@ -139,6 +142,7 @@ __all__ = [
     "history_partitions",
     "is_cancel_requested",
     "notify_settings",
+    "parse_wake",
     "pickup_latency",
     "preview_reap",
     "purge_finished",
