@@ -224,3 +224,33 @@ def test_a_worker_with_notify_off_neither_listens_nor_marks_itself_and_polls(
     assert not models.Worker.objects.filter(waiting=True).exists()
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.output()
+
+
+def named_in_notifications(
+    listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> list[uuid.UUID | None]:
+    """The workers named by the notifications before a sentinel sent now."""
+    raw_conn.execute("SELECT pg_notify('taskqueue', 'sentinel')")
+    named = []
+    for notify in listener.notifies(timeout=10):
+        if notify.payload == "sentinel":
+            return named
+        named.append(store.parse_wake(notify.payload).named)
+    raise AssertionError(f"sentinel notification not received within 10 s; got {named}")
+
+
+def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
+    bare_listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    """Wake one, not all: only the named worker claims (a supervisor's child, or a lone listener)."""
+    waiters = {waiting_worker(["default"]).id for _ in range(3)}
+    make_worker(["default"])  # busy: never named
+    tasks.add.enqueue(1, 1)
+    (named,) = named_in_notifications(bare_listener, raw_conn)
+    assert named in waiters
+    tasks.add.enqueue_many(((i, i), {}) for i in range(20))  # by COPY: one call for the batch's 20
+    assert sorted(map(str, named_in_notifications(bare_listener, raw_conn))) == sorted(map(str, waiters))
+    busy = waiters.pop()
+    models.Worker.objects.filter(id=busy).update(waiting=False)
+    tasks.add.enqueue_many(((i, i), {}) for i in range(12))
+    assert sorted(map(str, named_in_notifications(bare_listener, raw_conn))) == sorted(map(str, waiters))
