@@ -144,6 +144,9 @@ class Worker:
         if not self.register():
             logger.info("worker_exit worker=%s exit_code=0: stopped before it could register", self.id)
             return ExitCode.OK
+        # The main thread's rounds run on the producer's session: its Django connection would idle
+        # until the shutdown writes (which open a fresh one), one connection per process for nothing.
+        connection.close()
         # Never touches the database: a hung socket cannot hold it. Checked often enough that the
         # lease is found expired well within a heartbeat interval of its end.
         lease = ServiceThread(
