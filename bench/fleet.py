@@ -104,12 +104,14 @@ def socket_holders(pids: list[int]) -> dict[int, set[int]]:
     return holders
 
 
-def client_inodes() -> dict[int, int]:
-    """Local TCP port -> socket inode, for this host's IPv4 sockets."""
+def client_inodes(server_port: int) -> dict[int, int]:
+    """Local TCP port -> socket inode, for this host's IPv4 sockets to server_port (an ephemeral port
+    may be in use at once towards another server: the shared cluster's clients)."""
     ports = {}
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        ports[int(fields[1].split(":")[1], 16)] = int(fields[9])
+        if int(fields[2].split(":")[1], 16) == server_port:
+            ports[int(fields[1].split(":")[1], 16)] = int(fields[9])
     return ports
 
 
@@ -119,7 +121,7 @@ def connections(conn: psycopg.Connection[Any], supervisors: list[int], children:
         "SELECT client_port FROM pg_stat_activity WHERE datname = current_database()"
         " AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
     ).fetchall()
-    holders, inodes = socket_holders([*supervisors, *children]), client_inodes()
+    holders, inodes = socket_holders([*supervisors, *children]), client_inodes(conn.info.port)
     counts: Counter[str] = Counter()
     for (port,) in rows:
         held = holders.get(inodes.get(port, -1), set())

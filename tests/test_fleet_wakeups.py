@@ -15,10 +15,11 @@ import psycopg
 import pytest
 from django.test import override_settings
 
+from bench import fleet as bench_fleet
 from queueapp import models, store
 from queueapp.states import WorkerState
 from tests import tasks
-from tests.helpers import WorkerProcess, wait_for
+from tests.helpers import WorkerProcess, child_pids, wait_for
 from tests.settings import TASKQUEUE
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -190,4 +191,24 @@ def test_a_resumed_queue_reaches_the_children_at_once(workers: Start, raw_conn: 
     assert started_by(raw_conn, task_id) is None
     store.set_paused("default", False)
     wait_for(lambda: started_by(raw_conn, task_id), timeout=WOKEN, message="the resumed queue's task")
+    stop(supervisor)
+
+
+def test_a_child_holds_two_connections_and_its_supervisor_the_listener_and_the_housekeeping(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    """A child: its rounds' session and its heartbeat's; the supervisor: the listener, and one
+    Django connection for the host's reaper, stager and scheduler."""
+    supervisor, _ = fleet(workers, 2)
+    children = child_pids(supervisor.pid)
+    seen: list[Counter[str]] = []
+
+    def held() -> bool:
+        seen.append(bench_fleet.connections(raw_conn, [supervisor.pid], children))
+        return seen[-1]["supervisor"] == 2 and seen[-1]["child"] == 4  # "other": the test's own
+
+    try:
+        wait_for(held, timeout=30, message="2 connections per child, 2 for the supervisor")
+    except AssertionError:
+        raise AssertionError(f"connections held: {seen[-1]}") from None
     stop(supervisor)

@@ -23,7 +23,7 @@ from django.utils import timezone
 from queueapp import models, store
 from queueapp.states import WorkerState
 from tests import tasks
-from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker
+from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker, wakes_until_sentinel
 from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers.producer import Producer
@@ -226,17 +226,9 @@ def test_a_worker_with_notify_off_neither_listens_nor_marks_itself_and_polls(
     assert worker.wait(30) == 0, worker.output()
 
 
-def named_in_notifications(
-    listener: psycopg.Connection, raw_conn: psycopg.Connection
-) -> list[uuid.UUID | None]:
+def named_in_notifications(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[str]:
     """The workers named by the notifications before a sentinel sent now."""
-    raw_conn.execute("SELECT pg_notify('taskqueue', 'sentinel')")
-    named = []
-    for notify in listener.notifies(timeout=10):
-        if notify.payload == "sentinel":
-            return named
-        named.append(store.parse_wake(notify.payload).named)
-    raise AssertionError(f"sentinel notification not received within 10 s; got {named}")
+    return [str(wake.named) for wake in wakes_until_sentinel(listener, raw_conn)]
 
 
 def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
@@ -247,10 +239,10 @@ def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
     make_worker(["default"])  # busy: never named
     tasks.add.enqueue(1, 1)
     (named,) = named_in_notifications(bare_listener, raw_conn)
-    assert named in waiters
+    assert named in map(str, waiters)
     tasks.add.enqueue_many(((i, i), {}) for i in range(20))  # by COPY: one call for the batch's 20
-    assert sorted(map(str, named_in_notifications(bare_listener, raw_conn))) == sorted(map(str, waiters))
+    assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
     busy = waiters.pop()
     models.Worker.objects.filter(id=busy).update(waiting=False)
     tasks.add.enqueue_many(((i, i), {}) for i in range(12))
-    assert sorted(map(str, named_in_notifications(bare_listener, raw_conn))) == sorted(map(str, waiters))
+    assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))

@@ -12,6 +12,11 @@ dies on its own is reaped at once by the supervisor (its tasks do not wait for t
 stale). Every exit but 0 is followed by a fresh child, a child whose lease ran out (exit 4: cut off
 from the database) too: it registers once the database answers again, and until then claims
 nothing.
+
+For its children it holds the host's one LISTEN connection (workers.wakeups: each wake-up to one idle
+child) and runs the reaper, stager and scheduler in its main loop, on one Django connection: a child
+has only its rounds' session and its heartbeat's connection. No thread: a thread holding a lock at a
+fork would leave the child a lock nobody releases.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
 from workers.listener import Listener
 from workers.reaper import Reaper
+from workers.scheduler import Scheduler
+from workers.services import Rotation
+from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,15 @@ class Supervisor:
         self.signals = 0
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
+        )
+        # The children's housekeeping, once per host on the supervisor's one Django connection (a
+        # child runs only its rounds and its heartbeat): reaping, staging due tasks, schedules.
+        self.housekeeping = Rotation(
+            [
+                (self.reaper, config.reap_interval),
+                (Stager(), config.stage_interval),
+                (Scheduler(grace=config.schedule_grace), config.schedule_interval),
+            ]
         )
         self.restart_delay = 0.0
         self.timed_tasks = threading.Event()
@@ -98,7 +115,7 @@ class Supervisor:
             try:
                 while not self.stopping.is_set():
                     self.run_once()
-                    self.listen(self.check_interval)
+                    self.listen(min(self.check_interval, self.housekeeping.run_due()))
             finally:
                 if self.listener is not None:
                     self.listener.close()

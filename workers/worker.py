@@ -1,6 +1,9 @@
 """One worker process: its lifecycle. Rounds in the main thread, tasks in a pool of threads, and the
 listener, heartbeat, reaper, stager and lease in threads of their own.
 
+A supervisor's child leaves the reaper, stager and scheduler to its supervisor, and hears wake-ups
+from it instead of LISTENing (workers.wakeups).
+
 The main thread runs rounds (workers.completer over workers.producer): each records the tasks that
 succeeded since the last one and claims for the free slots, in one round trip. Pool threads take
 claimed rows from an inbox, run them, record failures themselves and hand successes back through the
@@ -54,7 +57,7 @@ from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
-from workers.services import ServiceThread
+from workers.services import Service, ServiceThread
 from workers.stager import Stager
 from workers.waiting import Waiting
 from workers.wakeups import SupervisorLine
@@ -144,8 +147,10 @@ class Worker:
         if not self.register():
             logger.info("worker_exit worker=%s exit_code=0: stopped before it could register", self.id)
             return ExitCode.OK
-        # The main thread's rounds run on the producer's session: its Django connection would idle
-        # until the shutdown writes (which open a fresh one), one connection per process for nothing.
+        # The main thread's rounds run on the producer's session: its Django connection (used to
+        # register, and by the session's one look for a pooler, done now) would idle until the
+        # shutdown writes, which open a fresh one: a connection per process for nothing.
+        db.unless_unreachable(store.prepared_statements, "pooler_check_failed worker=%s", self.id)
         connection.close()
         # Never touches the database: a hung socket cannot hold it. Checked often enough that the
         # lease is found expired well within a heartbeat interval of its end.
@@ -169,24 +174,7 @@ class Worker:
                 stop=self.services_stop,
                 on_crash=self.service_died,
             ),
-            ServiceThread(
-                self.reaper,
-                interval=self.config.reap_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
-            ServiceThread(
-                self.stager,
-                interval=self.config.stage_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
-            ServiceThread(
-                self.scheduler,
-                interval=self.config.schedule_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
+            *self.housekeeping(),
         ]
         for thread in [*threads, *self.threads]:
             thread.start()
@@ -215,6 +203,21 @@ class Worker:
             self.ledger.done_count,
         )
         return self.exit_code
+
+    def housekeeping(self) -> list[ServiceThread]:
+        """The reaper, stager and scheduler, a thread (and a connection) each; a supervisor's child
+        leaves them to its supervisor (one connection for the host's children)."""
+        if self.config.parent_pid is not None:
+            return []
+        services: list[tuple[Service, float]] = [
+            (self.reaper, self.config.reap_interval),
+            (self.stager, self.config.stage_interval),
+            (self.scheduler, self.config.schedule_interval),
+        ]
+        return [
+            ServiceThread(service, interval=interval, stop=self.services_stop, on_crash=self.service_died)
+            for service, interval in services
+        ]
 
     def register(self) -> bool:
         """Record this worker ALIVE, trying until the database answers; False if stopped first."""

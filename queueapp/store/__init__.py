@@ -34,6 +34,7 @@ from queueapp.store.maintenance import (
     purge_idempotency_keys,
     set_idempotency_tasks,
 )
+from queueapp.store.poolers import prepared_statements
 from queueapp.store.reports import (
     count_ready,
     database_now,
@@ -144,6 +145,7 @@ __all__ = [
     "notify_settings",
     "parse_wake",
     "pickup_latency",
+    "prepared_statements",
     "preview_reap",
     "purge_finished",
     "purge_idempotency_keys",
