@@ -103,15 +103,15 @@ class Worker:
         )
         self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
         self.services_stop = threading.Event()
+        # How it hears of work: from its supervisor (workers.wakeups; a supervisor listens only while
+        # TASKQUEUE["NOTIFY"] is on), from a listener of its own, or not at all (NOTIFY off: it polls).
         self.line: SupervisorLine | None = None
         self.listener: Listener | None = None
-        if not self.waiting.enabled:
-            pass  # TASKQUEUE["NOTIFY"] off: nothing to hear
-        elif supervisor_line is not None:
+        if supervisor_line is not None:
             self.line = SupervisorLine(
                 supervisor_line, wake=self.wake, look=self.producer.look_now, stop=self.services_stop
             )
-        else:
+        elif self.waiting.enabled:
             hearer = WorkerHearer(
                 worker_id=self.id,
                 queues=config.queues,
