@@ -51,6 +51,10 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
             " last_heartbeat_at) VALUES (%s, 'bench', 0, '{default}', 10, 'ALIVE', now(), now())",
             [worker_id],
         )
+        # A baseline from before migration 0010 compares its epoch on the worker row.
+        conn.execute(
+            "ALTER TABLE queueapp_worker ADD COLUMN IF NOT EXISTS flow_epoch integer NOT NULL DEFAULT 0"
+        )
         clear_tasks()
         conn.execute(FILL, [10_000])
         conn.execute("VACUUM ANALYZE queueapp_task_live")

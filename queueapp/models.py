@@ -40,9 +40,6 @@ class Worker(models.Model):
     started_at = models.DateTimeField(db_default=models.functions.Now())
     last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
     stopped_at = models.DateTimeField(null=True, blank=True)
-    flow_epoch = models.IntegerField(default=0, db_default=0, editable=False)
-    """Moved on by every flow-control change of the worker's queues: its plain claim claims nothing
-    until the worker has looked at the settings since (queries.sql, flow_changed)."""
     waiting = models.BooleanField(default=False, db_default=False)
     """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
 
@@ -267,7 +264,9 @@ class QueueControl(models.Model):
 
     A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
     nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0009) by
-    the claim that locks this row.
+    the claim that locks this row. The table also has a flow_epoch column that this model does not
+    declare (migration 0010): moved by every flow-control change of the queue (queries.sql,
+    flow_changed), and never written back by the ORM.
     """
 
     name = models.CharField(max_length=100, primary_key=True)

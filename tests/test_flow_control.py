@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from queueapp import models, store
+from queueapp.sql import QUERIES
 from tests import tasks
 from tests.conftest import make_worker
 
@@ -130,6 +132,31 @@ def test_a_paused_queue_is_not_claimed_and_resumes(sessions) -> None:
     store.set_paused("reports", False)
     assert worker.flow_view().queues == set()
     assert len(claim(worker, 10)) == 4  # no limit left: the plain claim takes it again
+
+
+@pytest.mark.parametrize("change", ["pause", "first keyed task"])
+def test_a_change_of_flow_control_left_open_holds_up_no_heartbeat(
+    sessions, raw_conn: psycopg.Connection, change: str
+) -> None:
+    """A transaction that changes a queue's flow control and stays open (an admin's, an enqueuer's)
+    locks no worker row: the heartbeats of the queue's workers go on at once. The fence holds all the
+    same: from its commit on, a plain claim with a view from before claims nothing."""
+    tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(3))
+    worker = session_for(sessions, ["reports"])
+    before = worker.flow_view()
+    raw_conn.execute("SET lock_timeout = '2s'")  # before the fix: LockNotAvailable after 2 s
+    with transaction.atomic():
+        if change == "pause":
+            store.set_paused("reports", True)
+        else:
+            put("reports", key="customer-7")
+        beat = raw_conn.execute(QUERIES["beat_worker"], {"id": worker.worker_id}).fetchone()
+        assert beat == ("ALIVE",)
+    assert claim(worker, 10, view=before) == []
+    if change == "pause":
+        assert claim(worker, 10) == []
+    else:
+        assert len(claim(worker, 10)) == 4  # through the flow-controlled claim, the key's one among them
 
 
 def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) -> None:

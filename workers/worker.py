@@ -103,7 +103,6 @@ class Worker:
             queues=config.queues,
             wake=self.wake,
             stop=self.services_stop,
-            worker_id=self.id,
             on_settings=self.producer.settings_seen,
         )
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)

@@ -109,10 +109,13 @@ WITH picked AS (
   SELECT id FROM queueapp_task_live
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
     -- A worker already marked LOST (a zombie back from a pause) claims nothing; nor does one whose
-    -- flow_view is older than the last flow-control change of its queues (flow_changed), until it
-    -- looked again: its queue list may hold a queue paused or limited since.
-    AND EXISTS (SELECT 1 FROM queueapp_worker w
-                WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE' AND w.flow_epoch = %(flow_epoch)s)
+    -- flow_view is older than the last flow-control change of these queues (flow_changed), until it
+    -- looked again: its queue list may hold a queue paused or limited since. The epochs only grow
+    -- (settings rows are never deleted), so their sum moved if any of them did. Both are InitPlans,
+    -- read once; a queue without a settings row has none (0).
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+    AND (SELECT coalesce(sum(c.flow_epoch), 0) FROM queueapp_queuecontrol c
+         WHERE c.name = ANY(%(queues)s::text[])) = %(flow_epoch)s::bigint
   ORDER BY priority DESC, run_after, id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -298,11 +301,13 @@ spent AS (
 SELECT * FROM claimed;
 
 -- flow_view --
--- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it), which
--- of its queues are flow-controlled, which of those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a change of
--- settings, and every few seconds, so that rounds of a worker without any pay nothing. A worker
--- without a row yet gets an epoch no row has (its claim would claim nothing anyway).
-SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), -1),
+-- A worker's view of flow control, in one snapshot: the flow epoch of its queues without flow
+-- control (claim_tasks, given those, checks it), which of its queues are flow-controlled, which of
+-- those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a
+-- change of settings, and every few seconds, so that rounds of a worker without any pay nothing.
+SELECT (SELECT coalesce(sum(c.flow_epoch), 0) FROM queueapp_queuecontrol c
+        WHERE c.name = ANY(%(queues)s::text[])
+          AND NOT EXISTS (SELECT 1 FROM queueapp_flow_queue f WHERE f.name = c.name)),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[])),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND breaker_threshold IS NOT NULL);
@@ -372,20 +377,16 @@ RETURNING q.name;
 
 -- flow_changed --
 -- Queues' flow control changed (pause, resume, limits, a first keyed task), in the transaction of
--- the change. Every live worker that listens on one of them moves to a new flow_epoch: from the
--- commit on, its plain claim (which checks the epoch) claims nothing until the worker has looked at
--- the settings again (flow_view), so that no worker claims a queue as plain after it was paused or
--- limited, whatever its listener has heard yet. Worker rows are locked in id order (two changes
--- cannot deadlock). Then workers are told, on a channel of its own (the many enqueue notifications
--- do not make every worker re-read settings), and woken (a resumed queue is claimed at once).
-WITH listening AS (
-  SELECT id FROM queueapp_worker
-  WHERE state = 'ALIVE' AND queues && %(queues)s::varchar[]
-  ORDER BY id
-  FOR UPDATE
-),
-moved AS (
-  UPDATE queueapp_worker w SET flow_epoch = w.flow_epoch + 1 FROM listening WHERE w.id = listening.id
+-- the change, which has written (so locked) their settings rows already. Their flow_epoch moves:
+-- from the commit on, the plain claim of a worker on one of them (which compares the epochs of its
+-- queues with its view's) claims nothing until the worker has looked at the settings again
+-- (flow_view), so that no worker claims a queue as plain after it was paused or limited, whatever
+-- its listener has heard yet. Only settings rows are written: an admin's or an enqueuer's
+-- transaction left open holds no worker row (their heartbeats would wait behind it). Then workers
+-- are told, on a channel of its own (the many enqueue notifications do not make every worker
+-- re-read settings), and woken (a resumed queue is claimed at once).
+WITH moved AS (
+  UPDATE queueapp_queuecontrol SET flow_epoch = flow_epoch + 1 WHERE name = ANY(%(queues)s::text[])
 )
 SELECT pg_notify('taskqueue_settings', q), pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from django.core.exceptions import ValidationError
@@ -26,7 +25,7 @@ claim through the flow-controlled claim."""
 @dataclass(frozen=True, slots=True)
 class FlowView:
     """What a worker knows of flow control: which of its queues are flow-controlled, as of epoch
-    (its row's flow_epoch then; its plain claim holds only while the row still has it)."""
+    (the flow epochs of its other queues then: its plain claim holds only while they have it)."""
 
     epoch: int = 0
     queues: frozenset[str] = frozenset()
@@ -36,10 +35,9 @@ class FlowView:
     """Those of queues with a circuit breaker: their successes are counted for it."""
 
 
-def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection[str]) -> FlowView:
+def flow_view(conn: psycopg.Connection[Any], queues: Collection[str]) -> FlowView:
     """A worker's FlowView, read in one snapshot on its own connection."""
-    params = {"worker_id": worker_id, "queues": sorted(queues)}
-    row = conn.execute(QUERIES["flow_view"], params).fetchone()
+    row = conn.execute(QUERIES["flow_view"], {"queues": sorted(queues)}).fetchone()
     assert row is not None  # one row, always
     return FlowView(row[0], frozenset(row[1]), frozenset(row[2]), frozenset(row[3]))
 
@@ -58,8 +56,9 @@ def notify_settings(queue: str, *, using: str = "default") -> None:
 
 
 def flow_changed(cursor: Any, queues: Sequence[str]) -> None:
-    """Queues' flow control changed in this transaction: from its commit on, the plain claims of
-    workers on these queues claim nothing until the worker looked again; workers are told."""
+    """Queues' flow control changed in this transaction (their settings rows written): from its
+    commit on, the plain claims of workers on these queues claim nothing until the worker looked
+    again; workers are told."""
     cursor.execute(QUERIES["flow_changed"], {"queues": sorted(queues)})
 
 

@@ -227,7 +227,7 @@ class WorkerSession:
         conn = self.conn
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
             self.limit(conn)
-            return flow_view(conn, self.worker_id, self.queues)
+            return flow_view(conn, self.queues)
 
     def _claim_flow(
         self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool
