@@ -241,6 +241,7 @@ def fail(session: store.WorkerSession, row: store.TaskRow) -> None:
         error=error,
         backoff_base=600,
         backoff_max=600,
+        breaker=row.queue_name in session.flow_view().breakers,  # as a worker's executor asks
     )
 
 

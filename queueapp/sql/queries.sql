@@ -521,12 +521,6 @@ WITH failed AS (
   WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
   FOR UPDATE
 ),
--- A queue with a circuit breaker counts each failed attempt.
-counted AS (
-  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
-  SELECT queue_name, now(), true FROM failed
-  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
-),
 retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
@@ -534,7 +528,7 @@ retried AS (
                   %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
-  RETURNING t.status, t.run_after
+  RETURNING t.status, t.run_after, t.queue_name
 ),
 ended AS (
   DELETE FROM queueapp_task_live t USING failed WHERE t.id = failed.id AND NOT failed.retry
@@ -548,11 +542,19 @@ moved AS (
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
          errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
-  RETURNING status, run_after
+  RETURNING status, run_after, queue_name
 )
-SELECT status, run_after FROM retried
+SELECT status, run_after, queue_name FROM retried
 UNION ALL
-SELECT status, run_after FROM moved;
+SELECT status, run_after, queue_name FROM moved;
+
+-- count_breaker_failure --
+-- After fail_task, in its transaction, when the task's queue had a circuit breaker as the worker
+-- last looked (fail_task alone for the other queues, which so pay nothing for breakers): the failed
+-- attempt is an outcome for the breaker, if the queue still has one.
+INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+SELECT name, now(), true FROM queueapp_queuecontrol
+WHERE name = %(queue)s AND breaker_threshold IS NOT NULL;
 
 -- cancel_task --
 -- SCHEDULED and READY tasks end at once (CANCELLED, in history); a RUNNING one gets a request that
