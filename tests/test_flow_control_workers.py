@@ -1,8 +1,10 @@
 """Flow control with real worker processes (4 processes x 8 threads): concurrency limits and keys
-proven by a trigger-fed audit of RUNNING tasks, a rate limit by started_at, pause under load."""
+proven by a trigger-fed audit of RUNNING tasks, a rate limit by started_at, pause under load; the
+circuit breaker counting attempts lost with SIGKILLed workers."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -10,7 +12,9 @@ import pytest
 
 from queueapp import models, store
 from tests import tasks
+from tests.conftest import make_worker
 from tests.helpers import WorkerProcess, wait_for
+from workers.reaper import Reaper
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -138,3 +142,30 @@ def test_pause_under_load_stops_claims_at_commit_and_resume_wakes_workers(
     store.set_paused("reports", False)
     (resumed_at,) = raw_conn.execute("SELECT clock_timestamp()").fetchone()
     wait_for(lambda: started.filter(started_at__gt=resumed_at).exists(), timeout=10, message="resumed")
+
+
+def test_attempts_lost_with_their_worker_open_the_breaker(
+    sessions: list[store.WorkerSession], workers: Callable[..., WorkerProcess]
+) -> None:
+    """A worker SIGKILLed mid-task three times: each lost attempt, taken back by the reaper, is a
+    failed attempt for the queue's breaker, which opens at the next claim."""
+    models.QueueControl.objects.create(
+        name="reports", breaker_threshold=0.5, breaker_min_attempts=3, breaker_cooloff=600
+    )
+    tasks.sleep_then_return.using(queue_name="reports").enqueue_many(((60,), {}) for _ in range(4))
+    reaper = Reaper(stale_after=30, backoff_base=600, backoff_max=600)
+    running = models.LiveTask.objects.filter(status="RUNNING")
+    for kill in range(3):
+        doomed = workers("--queues", "reports", "--concurrency", "1", "--prefetch", "0")
+        wait_for(running.exists, timeout=30, message=f"a task running on worker {kill + 1}")
+        doomed.signal(signal.SIGKILL)
+        doomed.wait(10)
+        outcome = reaper.run_once([models.Worker.objects.get(pid=doomed.pid).id])
+        assert outcome is not None
+        assert outcome.tasks_requeued == 1
+    assert models.BreakerEvent.objects.filter(queue_name="reports", failed=True).count() == 3
+
+    session = store.WorkerSession(worker_id=make_worker(["reports"]).id, queues=["reports"])
+    sessions.append(session)
+    assert session.round([], 1, view=session.flow_view())[1] == []  # the fourth task stays READY
+    assert session.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]

@@ -661,7 +661,7 @@ orphaned AS (
   SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
 ),
 taken AS (
-  SELECT t.id, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
+  SELECT t.id, t.queue_name, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
          jsonb_build_array(jsonb_build_object(
            'exception_class_path', 'queueapp.exceptions.WorkerLost',
            'message', 'worker ' || t.worker_id || ' was lost (no heartbeat, or its process died) during attempt '
@@ -670,6 +670,14 @@ taken AS (
   FROM queueapp_task_live t
   WHERE t.status = 'RUNNING' AND t.worker_id IN (SELECT id FROM orphaned)
   FOR UPDATE OF t
+),
+-- An attempt lost with its worker is a failed attempt for its queue's circuit breaker (a worker
+-- that a task's downstream kills or hangs must open it as a raised error would). Reaps are rare:
+-- the semi-join on the settings costs here, not on the claim or the finish.
+counted AS (
+  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+  SELECT queue_name, now(), true FROM taken
+  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
 ),
 requeued AS (
   UPDATE queueapp_task_live t
