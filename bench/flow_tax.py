@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 
 from bench.claim_cost import FILL
-from bench.common import ROOT, clear_tasks, scratch_database
+from bench.common import ROOT, clear_tasks, rolled_back, scratch_database
 
 DRAIN = """
 from bench.common import scratch_database
@@ -66,12 +66,13 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
 
 
 def claim_ms(conn: psycopg.Connection, claim: str, params: dict[str, object], samples: int) -> float:
-    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back)."""
+    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back
+    with the statement kept prepared)."""
     from queueapp.store import timeouts
 
     times = []
     for n in range(samples + 20):  # the first 20 warm the cache and the prepared statement
-        with conn.transaction(force_rollback=True):
+        with rolled_back(conn):
             started = time.perf_counter()
             with conn.pipeline():
                 conn.execute(timeouts.UNLIMITED_CLAIM_PLAN, prepare=False)

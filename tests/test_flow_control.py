@@ -66,6 +66,30 @@ def test_limits_of_two_queues_claimed_together_hold_each(sessions) -> None:
     assert claim(worker, 10) == []
 
 
+PLANS = """
+SELECT generic_plans, custom_plans FROM pg_prepared_statements
+WHERE statement LIKE %s AND NOT from_sql
+"""
+
+
+def test_the_flow_claim_keeps_its_generic_plan_and_the_plain_claim_after_it_does_not(sessions) -> None:
+    """Planned afresh, claim_flow_tasks cost twice its cached plan (flow_plan forces the generic one);
+    the plain claim after it in the same round goes back to the plan cache's choice (plain_plan)."""
+    settle("reports", concurrency_limit=1)
+    settle("emails", concurrency_limit=1)
+    for queue in ("reports", "emails", "default"):
+        tasks.add.using(queue_name=queue).enqueue_many(((i, i), {}) for i in range(30))
+    worker = session_for(sessions, ["reports", "emails", "default"])
+    view = worker.flow_view()
+    for _ in range(8):  # the plan cache decides after five runs
+        assert worker.round([], 3, view=view)[1]
+    assert worker.conn is not None
+    (flow,) = worker.conn.execute(PLANS, ["%The flow-controlled claim, step 2,%"]).fetchall()
+    (plain,) = worker.conn.execute(PLANS, ["%The CTE is an optimisation fence%"]).fetchall()
+    assert flow == (8, 0)
+    assert plain[1] >= 5  # the plan cache's own choice: custom plans first, as in a round without
+
+
 RUNNING_REPORTS = "SELECT count(*) FROM queueapp_task_live WHERE status = 'RUNNING' AND queue_name = %s"
 
 

@@ -213,6 +213,8 @@ class WorkerSession:
                 if view.queues:
                     values = self._claim_flow(conn, view, limit, refresh=refresh)
                 if plain and limit > len(values):
+                    if view.queues:
+                        conn.execute(QUERIES["plain_plan"], prepare=False)
                     params = claim_params(self.worker_id, plain, limit - len(values), view.epoch)
                     claim = conn.execute(QUERIES["claim_tasks"], params)
         if claim is not None:  # fetched after the commit: a plain round is one round trip
