@@ -115,7 +115,7 @@ class LiveTask(TaskColumns):
 
     # No foreign key constraint: every claim writes worker_id, and the constraint's trigger would
     # read and KEY SHARE-lock the worker's row for each claimed task. The claim checks instead that
-    # its worker is ALIVE, once per statement. No full index either: task_live_running_idx
+    # its worker is ALIVE, once per statement. No full index either: task_live_running_queue_idx
     # (partial, RUNNING only) serves the reaper and the workers page.
     worker = models.ForeignKey(
         Worker,
@@ -153,9 +153,14 @@ class LiveTask(TaskColumns):
             models.Index(
                 fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status=TaskStatus.READY)
             ),
-            # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
+            # RUNNING tasks by queue: the flow-controlled claims count their queue's (and its keys')
+            # through its range alone, not every queue's. The reaper, the workers page and the
+            # supervisor find a worker's by worker in the same index (the fleet's RUNNING tasks,
+            # no heap read for the others): they are rare, the claims are not.
             models.Index(
-                fields=["worker"], name="task_live_running_idx", condition=Q(status=TaskStatus.RUNNING)
+                fields=["queue_name", "worker"],
+                name="task_live_running_queue_idx",
+                condition=Q(status=TaskStatus.RUNNING),
             ),
         ]
         constraints = [

@@ -872,7 +872,7 @@ DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.fi
 -- purge_workers --
 -- Retention of worker rows (one per process start): those STOPPED or LOST before the cutoff go,
 -- except a LOST one that still holds RUNNING tasks (the reaper has yet to take them back through
--- it). The check reads task_live_running_idx. Finished tasks keep the id of the worker that ran
+-- it). The check reads task_live_running_queue_idx. Finished tasks keep the id of the worker that ran
 -- them; the console shows it without a link once the row is gone.
 DELETE FROM queueapp_worker w
 WHERE w.state IN ('STOPPED', 'LOST')
