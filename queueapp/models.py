@@ -284,6 +284,10 @@ class QueueControl(models.Model):
     rate_limit = models.PositiveIntegerField(null=True, blank=True)
     """At most this many starts per rate_period seconds, fleet-wide (a token bucket)."""
     rate_period = models.FloatField(default=1.0, db_default=1.0)
+    key_rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    """At most this many starts per key_rate_period seconds for each concurrency key, fleet-wide (a
+    token bucket per key, KeyBucket)."""
+    key_rate_period = models.FloatField(default=1.0, db_default=1.0)
     has_keys = models.BooleanField(default=False, db_default=False, editable=False)
     """Set by the first enqueue with a concurrency key: its tasks need the flow-controlled claim."""
     tokens = models.FloatField(default=0.0, db_default=0.0, editable=False)
@@ -332,6 +336,16 @@ class QueueControl(models.Model):
                 condition=Q(rate_period__gt=0),
                 name="queue_rate_period_positive",
                 violation_error_message="The rate period is a positive number of seconds.",
+            ),
+            models.CheckConstraint(
+                condition=Q(key_rate_limit__gte=1) | Q(key_rate_limit__isnull=True),
+                name="queue_key_rate_limit_positive",
+                violation_error_message="A rate limit per key is at least 1 start per period (empty: none).",
+            ),
+            models.CheckConstraint(
+                condition=Q(key_rate_period__gt=0),
+                name="queue_key_rate_period_positive",
+                violation_error_message="The rate period per key is a positive number of seconds.",
             ),
             models.CheckConstraint(
                 condition=Q(breaker_threshold__gt=0, breaker_threshold__lte=1)
@@ -450,3 +464,18 @@ class ScheduleTick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.tick_at}"
+
+
+class KeyBucket(models.Model):
+    """The token bucket of one concurrency key of a queue with a rate limit per key: written by the
+    flow-controlled claim, under its queue's lock, when the key's tasks start. No row: a full bucket."""
+
+    pk = models.CompositePrimaryKey("queue_name", "concurrency_key")
+    queue_name = models.CharField(max_length=100)
+    concurrency_key = models.CharField(max_length=200)
+    tokens = models.FloatField()
+    tokens_at = models.DateTimeField()
+    """The bucket's tokens at tokens_at; it refills at the queue's key_rate_limit per key_rate_period."""
+
+    def __str__(self) -> str:
+        return f"{self.queue_name} key {self.concurrency_key}: {self.tokens:g} tokens at {self.tokens_at}"

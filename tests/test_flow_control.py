@@ -197,6 +197,40 @@ def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) 
     assert claim(worker, 5) == []
 
 
+def keys_of(rows: list[store.TaskRow]) -> list[str | None]:
+    return list(
+        models.LiveTask.objects.filter(id__in=[row.id for row in rows]).values_list(
+            "concurrency_key", flat=True
+        )
+    )
+
+
+def test_a_rate_limit_per_key_holds_each_key_to_its_own_bucket(sessions) -> None:
+    settle("reports", key_concurrency=10, key_rate_limit=2, key_rate_period=3600.0)
+    for key in ["a", "a", "a", "b", "b", "b"]:
+        tasks.add.using(queue_name="reports", concurrency_key=key).enqueue(1, 2)
+    tasks.add.using(queue_name="reports").enqueue(3, 4)  # no key: no key's rate holds it
+    worker = session_for(sessions, ["reports"])
+
+    first = claim(worker, 10)
+    keys = models.LiveTask.objects.filter(id__in=[row.id for row in first]).values_list(
+        "concurrency_key", flat=True
+    )
+    assert sorted(keys, key=str) == [None, "a", "b"]  # a full bucket holds one token at this rate
+    assert claim(worker, 10) == []
+    tasks.add.using(queue_name="reports", concurrency_key="c").enqueue(5, 6)
+    assert len(claim(worker, 10)) == 1  # a third key has a bucket of its own
+    assert worker.flow_queues == [store.FlowQueue("reports", False, 2 / 3600)]
+    with connection.cursor() as cursor:  # half an hour passes for the buckets: one token each
+        cursor.execute("UPDATE queueapp_keybucket SET tokens_at = tokens_at - interval '30 minutes'")
+    second = claim(worker, 10)
+    keys = models.LiveTask.objects.filter(id__in=[row.id for row in second]).values_list(
+        "concurrency_key", flat=True
+    )
+    assert sorted(keys) == ["a", "b"]
+    assert claim(worker, 10) == []
+
+
 def put(queue: str, *, key: str | None = None, later: bool = False) -> int:
     """One task straight through store (any queue name, none of the backend's checks)."""
     run_after = timezone.now() + dt.timedelta(hours=1) if later else None
@@ -219,12 +253,14 @@ def held_tasks(made: list[store.WorkerSession]) -> dict[str, int]:
     """A waiting task for each reason, held by that reason only: {reason code: task id}."""
     settle("conc", concurrency_limit=1)
     settle("rated", rate_limit=1, rate_period=3600.0)
+    settle("keyrated", key_concurrency=10, key_rate_limit=1, key_rate_period=3600.0)
     held = {"run_after": put("later", later=True), "queue_paused": put("paused")}
     store.set_paused("paused", True)
     for code, queue, key in [
         ("queue_concurrency", "conc", None),
         ("key_concurrency", "keyed", "k"),
         ("rate_limit", "rated", None),
+        ("key_rate_limit", "keyrated", "k"),
     ]:
         put(queue, key=key)
         held[code] = put(queue, key=key)

@@ -110,16 +110,47 @@ def test_a_rate_limit_of_20_per_second_and_an_unlimited_queue_beside_it(
     assert rated_by_then < 300
 
 
-def store_starts_per_second(queue: str) -> list[int]:
+def store_starts_per_second(queue: str, key: str | None = None) -> list[int]:
+    """Starts in each whole second of the queue's (or of one key's) tasks, seconds without any left out."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM queueapp_task WHERE queue_name = %s"
+            " AND (%s::text IS NULL OR concurrency_key = %s)"
             " GROUP BY date_trunc('second', started_at) ORDER BY date_trunc('second', started_at)",
-            [queue],
+            [queue, key, key],
         )
         return [n for (n,) in cursor.fetchall()]
+
+
+def test_a_rate_limit_per_key_holds_each_key_to_its_own_rate_and_no_other_key(
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    models.QueueControl.objects.create(
+        name="reports", key_concurrency=100, key_rate_limit=4, key_rate_period=1.0
+    )
+    task = tasks.add.using(queue_name="reports")
+    for key in ("a", "b"):  # 12 s each at 4 a second
+        task.using(concurrency_key=key).enqueue_many(((i, i), {}) for i in range(48))
+    task.using(concurrency_key="c").enqueue_many(((i, i), {}) for i in range(3))
+    workers(*FLEET, "--queues", "reports")
+
+    wait_for(lambda: drained("reports"), timeout=120, message="the keyed tasks done")
+    for key in ("a", "b"):
+        per_second = store_starts_per_second("reports", key)
+        steady = per_second[1:-1]  # the first and last seconds are partial
+        assert len(steady) >= 9, per_second
+        assert all(3 <= n <= 5 for n in steady), f"starts per second of {key}: {per_second}"
+    started = models.Task.objects.filter(queue_name="reports").order_by("started_at")
+    first = started.first()
+    last_of_c = started.filter(concurrency_key="c").last()
+    assert first is not None
+    assert last_of_c is not None
+    assert first.started_at is not None
+    assert last_of_c.started_at is not None
+    # c was held to its own rate only (3 starts: about half a second), not behind a and b (12 s).
+    assert (last_of_c.started_at - first.started_at).total_seconds() < 3
 
 
 def test_pause_under_load_stops_claims_at_commit_and_resume_wakes_workers(

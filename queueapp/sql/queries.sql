@@ -174,11 +174,15 @@ SELECT set_config('enable_sort', 'off', true),
 -- COMMITTED its snapshot then sees every task the previous claimer made RUNNING, so counts of
 -- RUNNING tasks and the token bucket cannot be read stale by two workers at once. Counting in the
 -- statement that waited for the lock would not do: its snapshot predates the wait.
-SELECT name, paused, rate_limit / rate_period, breaker_threshold IS NOT NULL
-FROM queueapp_flow_queue
-WHERE name = ANY(%(queues)s::text[])
-ORDER BY name
-FOR UPDATE;
+-- The rate is the fastest of the queue's and its keys' (greatest skips a NULL): a worker that was
+-- held back polls again when such a token is due. (The view was made before the rate per key: its
+-- columns come from the table.)
+SELECT q.name, q.paused, greatest(q.rate_limit / q.rate_period, q.key_rate_limit / q.key_rate_period),
+       q.breaker_threshold IS NOT NULL
+FROM queueapp_queuecontrol q JOIN queueapp_flow_queue f ON f.name = q.name
+WHERE q.name = ANY(%(queues)s::text[])
+ORDER BY q.name
+FOR UPDATE OF q;
 
 -- claim_flow_tasks --
 -- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue, the free
@@ -189,10 +193,17 @@ FOR UPDATE;
 -- claimers of these queues out; the UPDATE re-checks on the row's latest version that it is still
 -- unclaimed (a task cancelled meanwhile is gone and skipped). started_at is statement_timestamp(): the time of this
 -- claim, after the lock (a rate limit is judged on it).
+-- A rate limit per key (key_rate_limit per key_rate_period) is a token bucket per key in
+-- queueapp_keybucket (no row: full), refilled like the queue's, at most 100 ms of tokens, never
+-- less than one: keys out of tokens are left out of the scan, as keys at their concurrency limit
+-- are, and a key takes at most its whole tokens. Only this claim writes the buckets of a queue,
+-- under the queue's lock.
 WITH slots AS (
-  SELECT name, key_concurrency, rated, trying, tokens, least(free, %(limit)s::int) AS free
-  FROM queueapp_flow_slot
-  WHERE name = ANY(%(queues)s::text[])
+  SELECT f.name, f.key_concurrency, f.rated, f.trying, f.tokens, least(f.free, %(limit)s::int) AS free,
+         q.key_rate_limit / q.key_rate_period AS key_rate,
+         greatest(1, q.key_rate_limit / q.key_rate_period * 0.1) AS key_burst
+  FROM queueapp_flow_slot f JOIN queueapp_queuecontrol q ON q.name = f.name
+  WHERE f.name = ANY(%(queues)s::text[])
 ),
 busy_keys AS (
   SELECT r.queue_name, r.concurrency_key, count(*) AS running
@@ -208,9 +219,20 @@ candidates AS (
     AND NOT EXISTS (SELECT 1 FROM busy_keys b JOIN slots s ON s.name = b.queue_name
                     WHERE b.queue_name = t.queue_name AND b.concurrency_key = t.concurrency_key
                       AND b.running >= s.key_concurrency)
+    AND NOT EXISTS (SELECT 1 FROM queueapp_keybucket kb JOIN slots s ON s.name = kb.queue_name
+                    WHERE kb.queue_name = t.queue_name AND kb.concurrency_key = t.concurrency_key
+                      AND kb.tokens + s.key_rate * extract(epoch FROM statement_timestamp() - kb.tokens_at) < 1)
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY t.priority DESC, t.run_after, t.id
   LIMIT %(limit)s * 4
+),
+key_tokens AS (
+  SELECT kb.queue_name, kb.concurrency_key,
+         least(s.key_burst, kb.tokens + s.key_rate * extract(epoch FROM statement_timestamp() - kb.tokens_at))
+           AS tokens
+  FROM queueapp_keybucket kb JOIN slots s ON s.name = kb.queue_name
+  WHERE s.key_rate IS NOT NULL
+    AND (kb.queue_name, kb.concurrency_key) IN (SELECT queue_name, concurrency_key FROM candidates)
 ),
 by_key AS (
   SELECT c.*, row_number() OVER (PARTITION BY c.queue_name, c.concurrency_key
@@ -220,7 +242,10 @@ by_key AS (
 keys_allowed AS (
   SELECT k.* FROM by_key k JOIN slots s ON s.name = k.queue_name
   LEFT JOIN busy_keys b ON b.queue_name = k.queue_name AND b.concurrency_key = k.concurrency_key
-  WHERE k.concurrency_key IS NULL OR k.nth_of_key <= s.key_concurrency - coalesce(b.running, 0)
+  LEFT JOIN key_tokens kt ON kt.queue_name = k.queue_name AND kt.concurrency_key = k.concurrency_key
+  WHERE k.concurrency_key IS NULL
+     OR (k.nth_of_key <= s.key_concurrency - coalesce(b.running, 0)
+         AND (s.key_rate IS NULL OR k.nth_of_key <= floor(coalesce(kt.tokens, s.key_burst))))
 ),
 picked AS (
   SELECT a.id FROM (
@@ -255,6 +280,15 @@ spent AS (
                            ELSE q.breaker_until END
   FROM slots s CROSS JOIN LATERAL (SELECT count(*) AS claimed FROM claimed c WHERE c.queue_name = s.name) AS n
   WHERE q.name = s.name AND (s.rated OR s.trying)
+),
+key_spent AS (
+  INSERT INTO queueapp_keybucket AS kb (queue_name, concurrency_key, tokens, tokens_at)
+  SELECT k.queue_name, k.concurrency_key, coalesce(kt.tokens, s.key_burst) - count(*), statement_timestamp()
+  FROM claimed c JOIN keys_allowed k ON k.id = c.id JOIN slots s ON s.name = k.queue_name
+  LEFT JOIN key_tokens kt ON kt.queue_name = k.queue_name AND kt.concurrency_key = k.concurrency_key
+  WHERE k.concurrency_key IS NOT NULL AND s.key_rate IS NOT NULL
+  GROUP BY k.queue_name, k.concurrency_key, kt.tokens, s.key_burst
+  ON CONFLICT (queue_name, concurrency_key) DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at
 )
 SELECT * FROM claimed;
 
@@ -417,6 +451,11 @@ SELECT t.status, t.run_after > now() AS not_due, t.queue_name AS queue, t.concur
        (SELECT count(*) FROM queueapp_task_live r
         WHERE r.status = 'RUNNING' AND r.queue_name = t.queue_name AND r.concurrency_key = t.concurrency_key)
          AS key_running,
+       q.key_rate_limit, q.key_rate_period,
+       (SELECT least(greatest(1, q.key_rate_limit / q.key_rate_period * 0.1),
+                     kb.tokens + q.key_rate_limit / q.key_rate_period * extract(epoch FROM now() - kb.tokens_at))
+        FROM queueapp_keybucket kb
+        WHERE kb.queue_name = t.queue_name AND kb.concurrency_key = t.concurrency_key) AS key_tokens,
        q.rate_limit, q.rate_period,
        CASE WHEN q.rate_limit IS NULL OR q.tokens_at IS NULL THEN NULL
             ELSE least(greatest(1, q.rate_limit / q.rate_period * 0.1),
@@ -445,7 +484,7 @@ WITH names AS (
 SELECT n.name, coalesce(q.paused, false), q.concurrency_limit, coalesce(q.key_concurrency, 1),
        q.rate_limit, coalesce(q.rate_period, 1.0),
        live.ready, live.scheduled, live.running, live.started_live + finished.started, live.oldest_ready,
-       q.breaker_threshold, coalesce(q.breaker_state, 'closed')
+       q.breaker_threshold, coalesce(q.breaker_state, 'closed'), q.key_rate_limit, coalesce(q.key_rate_period, 1.0)
 FROM names n
 LEFT JOIN queueapp_queuecontrol q ON q.name = n.name
 CROSS JOIN LATERAL (

@@ -80,6 +80,8 @@ class QueueFlow:
     breaker_threshold: float | None
     breaker_state: str
     """closed, open or half_open (closed when the queue has no breaker)."""
+    key_rate_limit: int | None
+    key_rate_period: float
 
 
 def queue_flow(*, using: str = "default") -> list[QueueFlow]:
@@ -127,6 +129,9 @@ def _holds(w: dict[str, Any]) -> Iterator[tuple[str, str]]:
     if w["key"] is not None and w["key_running"] >= w["key_limit"]:
         running = f"{w['key_running']} of {w['key_limit']} running"
         yield "key_concurrency", f"concurrency key {w['key']!r} is at its limit ({running})"
+    if w["key_rate_limit"] is not None and w["key_tokens"] is not None and w["key_tokens"] < 1:
+        rate = f"{w['key_rate_limit']} per {w['key_rate_period']:g} s"
+        yield "key_rate_limit", f"concurrency key {w['key']!r} is at its rate limit ({rate} per key)"
     if w["tokens"] is not None and w["tokens"] < 1:
         rate = f"{w['rate_limit']} per {w['rate_period']:g} s"
         yield "rate_limit", f"queue {queue} is at its rate limit ({rate})"
@@ -136,7 +141,15 @@ def _holds(w: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "no_worker", f"no live worker listens on queue {queue}"
 
 
-SEEDABLE = ("paused", "concurrency_limit", "key_concurrency", "rate_limit", "rate_period")
+SEEDABLE = (
+    "paused",
+    "concurrency_limit",
+    "key_concurrency",
+    "rate_limit",
+    "rate_period",
+    "key_rate_limit",
+    "key_rate_period",
+)
 """The settings TASKQUEUE["FLOW_CONTROL"] may give a queue."""
 
 
