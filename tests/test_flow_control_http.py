@@ -166,6 +166,7 @@ def test_metrics_show_flow_control() -> None:
     assert 'taskqueue_queue_paused{queue="imports"} 1.0' in text
     assert 'taskqueue_queue_concurrency_limit{queue="emails"} 5.0' in text
     assert 'taskqueue_queue_rate_limit_per_second{queue="emails"} 10.0' in text
+    assert 'taskqueue_queue_key_rate_limit_per_second{queue="emails"} 2.0' in text
     assert 'taskqueue_queue_breaker_open{queue="payments"} 0.0' in text
     models.QueueControl.objects.filter(name="payments").update(breaker_state="open")
     assert 'taskqueue_queue_breaker_open{queue="payments"} 1.0' in Client().get("/metrics").content.decode()
