@@ -146,14 +146,20 @@ def test_a_schedule_whose_task_is_not_registered_is_logged_and_counted_not_crash
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = store.database_now()
-    make_schedule("* * * * * *", task_path="tests.tasks.gone", next_run_at=now - dt.timedelta(seconds=2))
+    schedule = make_schedule(
+        "* * * * * *", task_path="tests.tasks.gone", next_run_at=now - dt.timedelta(seconds=2)
+    )
     counts = Scheduler(grace=10).run_once()
     assert counts is not None
     assert counts["failed"] >= 2
     assert counts["enqueued"] == 0
     assert "schedule_task_refused schedule=every-5" in caplog.text
     assert models.LiveTask.objects.count() == 0
-    assert store.due_schedules() == []  # the cursor moved on: said once per tick
+    # The cursor moved past the refused ticks: said once per tick. (Not "nothing due": a per-second
+    # schedule may be due again by the time that is asked, on a loaded machine.)
+    schedule.refresh_from_db()
+    assert schedule.next_run_at is not None
+    assert schedule.next_run_at > now
 
 
 @override_settings(
