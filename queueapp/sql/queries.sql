@@ -530,7 +530,7 @@ retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
   RETURNING t.status, t.run_after
@@ -638,7 +638,10 @@ RETURNING state;
 -- task that kills its worker cannot do it forever), else it ends in history, FAILED, or CANCELLED
 -- if a cancel was requested.
 -- Tasks are joined to workers LOST before this statement too: a claim that committed while the
--- worker was being marked LOST is picked up by the next run.
+-- worker was being marked LOST is picked up by the next run; and to STOPPED ones, whose process has
+-- ended: a task it still held (its loop died on an error, or a shutdown write failed) has no one
+-- else to take it back. The backoff's exponent stops at 60 (2^1024 would overflow float8 and fail
+-- the statement, and every reap with it, for a task retried a thousand times).
 -- `taken` locks each task on its latest row version (READ COMMITTED): a task that finished an
 -- instant earlier has left the live table and is skipped, so it stays SUCCESSFUL or FAILED.
 WITH reaper AS MATERIALIZED (
@@ -655,7 +658,7 @@ lost AS (
 orphaned AS (
   SELECT id FROM lost
   UNION
-  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
+  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state IN ('LOST', 'STOPPED')
 ),
 taken AS (
   SELECT t.id, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
@@ -672,7 +675,7 @@ requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -700,7 +703,7 @@ WITH stale AS (
   SELECT id FROM queueapp_worker
   WHERE state IN ('ALIVE', 'STOPPING') AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)
   UNION
-  SELECT id FROM queueapp_worker WHERE state = 'LOST'
+  SELECT id FROM queueapp_worker WHERE state IN ('LOST', 'STOPPED')
 )
 SELECT (SELECT count(*) FROM queueapp_worker
         WHERE state IN ('ALIVE', 'STOPPING')
