@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from django.tasks import TaskContext, task
@@ -131,3 +132,9 @@ http_tasks.expose("record")(record)
 @task
 def raises_unstorable_text() -> None:
     raise ValueError("nul \x00 and a lone surrogate \ud800 in the message")
+
+
+@task(max_attempts=1)
+def exits(code: int) -> None:
+    """What argparse or click do with bad arguments, or a script's sys.exit()."""
+    sys.exit(code)

@@ -382,3 +382,23 @@ def test_children_of_a_sigkilled_supervisor_stop_and_hand_their_running_tasks_ba
     assert {row.errors[0]["exception_class_path"] for row in rows} == {
         "queueapp.exceptions.WorkerInterrupted"
     }
+
+
+def test_a_task_that_calls_sys_exit_fails_and_its_thread_runs_the_next(workers: Start) -> None:
+    """SystemExit is not an Exception: caught as one, it once ended the pool thread silently and
+    left the task RUNNING, the worker a slot short for good (none left at --concurrency 1)."""
+    exited = tasks.exits.enqueue(2)
+    worker = workers("--concurrency", "1")
+    wait_for(
+        lambda: models.Task.objects.get(id=int(exited.id)).status == "FAILED",
+        timeout=30,
+        message=f"the task to be FAILED; worker log:\n{worker.output()}",
+    )
+    row = models.Task.objects.get(id=int(exited.id))
+    assert row.errors[0]["exception_class_path"] == "builtins.SystemExit"
+    after = tasks.add.enqueue(2, 3)
+    wait_for(
+        lambda: models.Task.objects.get(id=int(after.id)).status == "SUCCESSFUL",
+        timeout=30,
+        message=f"the next task to run on the same thread; worker log:\n{worker.output()}",
+    )

@@ -113,11 +113,11 @@ class Executor:
             task_started.send(type(self.backend), task_result=attempt.result)
             value = self.call(task, attempt.result, row)
             attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from argparse or sys.exit() too: the task's failure
             self.fail(attempt, exc)
         return attempt
 
-    def fail(self, attempt: Attempt, exc: Exception) -> None:
+    def fail(self, attempt: Attempt, exc: BaseException) -> None:
         """Record exc as the attempt's failure and report it (called inside the except block, as
         Django's own backends do, so that task_finished receivers see exc_info)."""
         row = attempt.row
