@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from queueapp import models
+from queueapp import models, store
 from tests import tasks
+from tests.conftest import make_worker
 from tests.helpers import FAST_ENV, WorkerProcess, child_pids, run_manage, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -402,3 +403,22 @@ def test_a_task_that_calls_sys_exit_fails_and_its_thread_runs_the_next(workers: 
         timeout=30,
         message=f"the next task to run on the same thread; worker log:\n{worker.output()}",
     )
+
+
+def test_a_task_cancelled_while_claimed_ahead_and_handed_back_never_runs(
+    workers: Start, side_effects: psycopg.Connection
+) -> None:
+    """Cancelled while it waited in a worker's inbox (RUNNING to the database), then handed back at
+    shutdown: READY again with its cancel requested. The next worker must not run it."""
+    result = tasks.record.enqueue("cancelled-ahead")
+    holder = make_worker()
+    (claimed,) = store.claim_tasks(worker_id=holder.id, queues=["default"], limit=1)
+    assert tasks.record.get_backend().cancel(result.id) is True  # RUNNING: a request, not the end
+    assert store.release_tasks(worker_id=holder.id, claimed=[(claimed.id, claimed.attempts)]) == [claimed.id]
+    worker = workers("--concurrency", "1")
+    wait_for(
+        lambda: models.Task.objects.get(id=int(result.id)).status == "CANCELLED",
+        timeout=30,
+        message=f"the task to end CANCELLED; worker log:\n{worker.output()}",
+    )
+    assert side_effects.execute("SELECT count(*) FROM test_side_effect").fetchone() == (0,)

@@ -106,6 +106,11 @@ class Executor:
         """
         db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
         attempt = Attempt(row=row, started=time.monotonic())
+        if row.cancel_requested:
+            # Cancelled while claimed and not yet started (it waited in an inbox, then was handed
+            # back): not run. Recorded like a success, the finish writes it CANCELLED.
+            attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(None))
+            return attempt
         try:
             store.check_arguments(row)
             task = registry.get(row.task_path)
