@@ -422,3 +422,21 @@ def test_a_task_cancelled_while_claimed_ahead_and_handed_back_never_runs(
         message=f"the task to end CANCELLED; worker log:\n{worker.output()}",
     )
     assert side_effects.execute("SELECT count(*) FROM test_side_effect").fetchone() == (0,)
+
+
+def test_a_task_finished_receiver_that_raises_is_logged_and_the_worker_carries_on(workers: Start) -> None:
+    """Receivers of successes run in the worker's main thread: one that raised ended the worker's
+    loop, and the tasks it held stayed RUNNING under a STOPPED worker."""
+    first = tasks.has_a_failing_receiver.enqueue()
+    worker = workers("--concurrency", "1")
+    after = tasks.add.enqueue(2, 3)
+    wait_for(
+        lambda: (
+            models.Task.objects.filter(id__in=[int(first.id), int(after.id)], status="SUCCESSFUL").count()
+            == 2
+        ),
+        timeout=30,
+        message=f"both tasks to succeed; worker log:\n{worker.output()}",
+    )
+    assert "a task_finished receiver failed" in worker.output()
+    assert worker.process.poll() is None

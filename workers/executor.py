@@ -167,7 +167,10 @@ class Executor:
         attempt.outcome = outcome = self.outcome(row, status)
         if attempt.result is not None and outcome != Outcome.DROPPED:
             object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
-            task_finished.send(type(self.backend), task_result=attempt.result)
+            # Robust: a receiver that raises is logged (by Django, with its traceback) and the
+            # others still run; raised here, it ended the worker's loop (successes are reported
+            # in the main thread), though the outcome was recorded already.
+            task_finished.send_robust(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and
         # the console, /metrics and the task itself say the same. Every other outcome at INFO.
