@@ -884,11 +884,16 @@ SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.partitions')), set_config('
 -- A table like history (columns, defaults, the status check), then attached: ATTACH takes a
 -- SHARE UPDATE EXCLUSIVE lock on history, which INSERTs pass (CREATE TABLE ... PARTITION OF would
 -- take an ACCESS EXCLUSIVE one). ATTACH builds the partition's indexes (it is empty: at once).
+-- The lock_timeout is set again here: in a worker, each statement of a transaction starts with the
+-- worker's own limits (store.StatementLimits), which would replace lock_partitions' 2 s by 15.
+SET LOCAL lock_timeout = '2s';
 CREATE TABLE {partition} (LIKE queueapp_task_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE queueapp_task_history ATTACH PARTITION {partition} FOR VALUES FROM (%(start)s) TO (%(end)s);
 
 -- drop_history_partition --
--- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum.
+-- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum. (lock_timeout: as in
+-- create_history_partition.)
+SET LOCAL lock_timeout = '2s';
 DROP TABLE {partition};
 
 -- stage_tasks --
