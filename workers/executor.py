@@ -118,6 +118,11 @@ class Executor:
         """
         db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
         attempt = Attempt(row=row, started=time.monotonic())
+        if row.cancel_requested:
+            # Cancelled while claimed and not yet started (it waited in an inbox, then was handed
+            # back): not run. Recorded like a success, the finish writes it CANCELLED.
+            attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(None))
+            return attempt
         try:
             store.check_arguments(row)
             task = registry.get(row.task_path)
@@ -125,11 +130,11 @@ class Executor:
             task_started.send(type(self.backend), task_result=attempt.result)
             value = self.call(task, attempt.result, row)
             attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from argparse or sys.exit() too: the task's failure
             self.fail(attempt, exc)
         return attempt
 
-    def fail(self, attempt: Attempt, exc: Exception) -> None:
+    def fail(self, attempt: Attempt, exc: BaseException) -> None:
         """Record exc as the attempt's failure and report it (called inside the except block, as
         Django's own backends do, so that task_finished receivers see exc_info)."""
         row = attempt.row
@@ -175,7 +180,10 @@ class Executor:
         attempt.outcome = outcome = self.outcome(row, status)
         if attempt.result is not None and outcome != Outcome.DROPPED:
             object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
-            task_finished.send(type(self.backend), task_result=attempt.result)
+            # Robust: a receiver that raises is logged (by Django, with its traceback) and the
+            # others still run; raised here, it ended the worker's loop (successes are reported
+            # in the main thread), though the outcome was recorded already.
+            task_finished.send_robust(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and
         # the console, /metrics and the task itself say the same. Every other outcome at INFO.

@@ -296,7 +296,8 @@ class Worker:
             try:
                 attempt = self.executor.run(row)
             except Exception:
-                logger.exception("executor_crashed id=%s: the reaper will requeue the task", row.id)
+                # Left RUNNING under this worker: the reaper takes it back once the worker stops.
+                logger.exception("executor_crashed id=%s: the task is reaped when this worker stops", row.id)
                 attempt = None
             self.ledger.returned(row, attempt, time.monotonic() - started)
             self.wake.set()

@@ -574,7 +574,7 @@ retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
   RETURNING t.status, t.run_after, t.queue_name
@@ -690,7 +690,10 @@ RETURNING state;
 -- task that kills its worker cannot do it forever), else it ends in history, FAILED, or CANCELLED
 -- if a cancel was requested.
 -- Tasks are joined to workers LOST before this statement too: a claim that committed while the
--- worker was being marked LOST is picked up by the next run.
+-- worker was being marked LOST is picked up by the next run; and to STOPPED ones, whose process has
+-- ended: a task it still held (its loop died on an error, or a shutdown write failed) has no one
+-- else to take it back. The backoff's exponent stops at 60 (2^1024 would overflow float8 and fail
+-- the statement, and every reap with it, for a task retried a thousand times).
 -- `taken` locks each task on its latest row version (READ COMMITTED): a task that finished an
 -- instant earlier has left the live table and is skipped, so it stays SUCCESSFUL or FAILED.
 WITH reaper AS MATERIALIZED (
@@ -707,7 +710,7 @@ lost AS (
 orphaned AS (
   SELECT id FROM lost
   UNION
-  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
+  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state IN ('LOST', 'STOPPED')
 ),
 taken AS (
   SELECT t.id, t.queue_name, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
@@ -732,7 +735,7 @@ requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -760,7 +763,7 @@ WITH stale AS (
   SELECT id FROM queueapp_worker
   WHERE state IN ('ALIVE', 'STOPPING') AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)
   UNION
-  SELECT id FROM queueapp_worker WHERE state = 'LOST'
+  SELECT id FROM queueapp_worker WHERE state IN ('LOST', 'STOPPED')
 )
 SELECT (SELECT count(*) FROM queueapp_worker
         WHERE state IN ('ALIVE', 'STOPPING')
@@ -941,11 +944,16 @@ SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.partitions')), set_config('
 -- A table like history (columns, defaults, the status check), then attached: ATTACH takes a
 -- SHARE UPDATE EXCLUSIVE lock on history, which INSERTs pass (CREATE TABLE ... PARTITION OF would
 -- take an ACCESS EXCLUSIVE one). ATTACH builds the partition's indexes (it is empty: at once).
+-- The lock_timeout is set again here: in a worker, each statement of a transaction starts with the
+-- worker's own limits (store.StatementLimits), which would replace lock_partitions' 2 s by 15.
+SET LOCAL lock_timeout = '2s';
 CREATE TABLE {partition} (LIKE queueapp_task_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE queueapp_task_history ATTACH PARTITION {partition} FOR VALUES FROM (%(start)s) TO (%(end)s);
 
 -- drop_history_partition --
--- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum.
+-- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum. (lock_timeout: as in
+-- create_history_partition.)
+SET LOCAL lock_timeout = '2s';
 DROP TABLE {partition};
 
 -- stage_tasks --
