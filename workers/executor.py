@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -64,8 +64,10 @@ def fail_attempt(
     attempt: int,
     backoff_base: float,
     backoff_max: float,
+    breaker: bool,
 ) -> tuple[str, Any] | None:
-    """Record exc as the attempt's failure (fenced): READY for a retry, FAILED or CANCELLED; None if taken."""
+    """Record exc as the attempt's failure (fenced): READY for a retry, FAILED or CANCELLED; None if taken.
+    breaker: count it for the queue's circuit breaker (store.fail_task)."""
     return store.fail_task(
         task_id=task_id,
         worker_id=worker_id,
@@ -73,6 +75,7 @@ def fail_attempt(
         error=error_entry(exc, attempt=attempt, worker_id=worker_id),
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        breaker=breaker,
     )
 
 
@@ -91,11 +94,20 @@ class Attempt:
 
 
 class Executor:
-    def __init__(self, *, worker_id: UUID, backend: PostgresBackend, give_up: threading.Event) -> None:
+    def __init__(
+        self,
+        *,
+        worker_id: UUID,
+        backend: PostgresBackend,
+        give_up: threading.Event,
+        breakers: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self.worker_id = worker_id
         self.backend = backend
         self.give_up = give_up
         """Set on a hard stop: stop retrying writes that fail for lack of a database."""
+        self.breakers = breakers
+        """The worker's queues with a circuit breaker, as it last looked: their failures are counted."""
 
     def run(self, row: store.TaskRow) -> Attempt:
         """Run one claimed task in this thread.
@@ -138,6 +150,7 @@ class Executor:
                 attempt=row.attempts,
                 backoff_base=self.backend.backoff_base,
                 backoff_max=self.backend.backoff_max,
+                breaker=row.queue_name in self.breakers(),
             )
         )
         self.complete(attempt, written[0] if written else None)

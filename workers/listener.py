@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
-from uuid import UUID
 
 import psycopg
 
@@ -30,7 +29,6 @@ class Listener:
         queues: Collection[str],
         wake: threading.Event,
         stop: threading.Event,
-        worker_id: UUID,
         on_settings: Callable[[store.FlowView], None],
         idle_check: float = 5.0,
     ) -> None:
@@ -39,7 +37,6 @@ class Listener:
         self.wake = wake
         self.stop = stop
         self.idle_check = idle_check
-        self.worker_id = worker_id
         self.on_settings = on_settings
         self.conn: psycopg.Connection | None = None
         self.last_checked = time.monotonic()
@@ -88,7 +85,7 @@ class Listener:
     def look_at_settings(self) -> None:
         """Tell the producer which of our queues are flow-controlled (it claims those apart)."""
         assert self.conn is not None
-        self.on_settings(store.flow_view(self.conn, self.worker_id, self.queues))
+        self.on_settings(store.flow_view(self.conn, self.queues))
 
     def close(self) -> None:
         if self.conn is not None:

@@ -78,7 +78,9 @@ class Worker:
         self.exit_code: ExitCode = ExitCode.OK
         self.limits = db.ConnectionLimits(config.stale_after)
         self.producer = Producer(worker_id=self.id, queues=config.queues, limits=self.limits.statements)
-        self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
+        self.executor = Executor(
+            worker_id=self.id, backend=backend, give_up=self.hard_stop, breakers=self.producer.breakers
+        )
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [
             threading.Thread(target=self.run_tasks, name=f"taskqueue-task-{n}", daemon=True)
@@ -103,7 +105,6 @@ class Worker:
             queues=config.queues,
             wake=self.wake,
             stop=self.services_stop,
-            worker_id=self.id,
             on_settings=self.producer.settings_seen,
         )
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
@@ -332,6 +333,7 @@ class Worker:
                     attempt=row.attempts,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
+                    breaker=row.queue_name in self.producer.breakers(),
                 )
             )
             logger.warning(
