@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -362,6 +363,14 @@ class QueueControl(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.breaker_threshold is None:
+            # No breaker: none left open or half-open, which would hold the queue for good (nothing
+            # steps a breaker without a threshold).
+            self.breaker_state = BreakerState.CLOSED
+            self.breaker_until = None
+        super().save(*args, **kwargs)
 
 
 class ApiKey(models.Model):

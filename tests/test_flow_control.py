@@ -355,3 +355,24 @@ def test_a_failed_trial_opens_the_breaker_again(sessions) -> None:
     assert claim(worker, 2) == []
     assert worker.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]
     assert not models.QueueControl.objects.filter(breaker_state="closed").exists()
+
+
+def test_switching_a_tripped_breaker_off_frees_its_queue(sessions) -> None:
+    """The operator clears the threshold of a breaker that is open: the queue must run again, not
+    stay held by a breaker that nothing steps any more (step_breakers skips queues without one)."""
+    settle(
+        "reports", concurrency_limit=5, breaker_threshold=0.5, breaker_min_attempts=2, breaker_cooloff=3600
+    )
+    tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(6))
+    worker = session_for(sessions, ["reports"])
+    for row in claim(worker, 2):
+        fail(worker, row)
+    assert claim(worker, 2) == []
+    control = models.QueueControl.objects.get(name="reports")
+    assert control.breaker_state == "open"
+
+    control.breaker_threshold = None  # as the admin's form saves it
+    control.save()
+    store.notify_settings("reports")
+    assert models.QueueControl.objects.get(name="reports").breaker_state == "closed"
+    assert len(claim(worker, 4)) == 4
