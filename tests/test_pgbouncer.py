@@ -167,15 +167,17 @@ def test_a_worker_behind_pgbouncer_gives_up_on_a_lock_within_its_lock_timeout(
         with raw_conn.transaction():
             raw_conn.execute("SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE", [worker_id])
             raw_conn.execute("LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE")  # the claim waits
-            # Each stuck statement gives up after lock_timeout; the round may first wait out another
-            # (the waiting mark, on the worker row) and a poll interval: both fail within two.
+            # Each stuck statement gives up after lock_timeout (without limits they would wait for as
+            # long as the locks are held); the round may first wait out another (the waiting mark, on
+            # the worker row) and a poll interval, and a loaded machine adds to each: a deadline well
+            # past two lock timeouts, far short of "never".
             wait_for(
                 lambda: all(
                     f"{event} worker={worker_id} error=canceling statement due to lock timeout"
                     in worker.output()
                     for event in ("heartbeat_failed", "round_failed")
                 ),
-                timeout=stale_after + 5,
+                timeout=3 * stale_after,
                 message=f"the heartbeat and the round to give up on the lock; worker log:\n{worker.output()}",
             )
         tasks.add.enqueue(2, 3)
