@@ -48,6 +48,20 @@ def scratch_database(name: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def rolled_back(conn: psycopg.Connection) -> Iterator[None]:
+    """A transaction rolled back past psycopg, which forgets (and deallocates) its prepared
+    statements on a ROLLBACK. A worker's rounds commit, so its statements stay prepared and their
+    plans cached; a benchmark of them that rolls back must keep them too, or every claim it times
+    is parsed and planned afresh (the flow-controlled claims measured 1.6-2.7x the plain claim so,
+    against 0.9-1.3x kept: docs/benchmarks.md)."""
+    conn.execute("BEGIN", prepare=False)
+    try:
+        yield
+    finally:
+        conn.pgconn.exec_(b"ROLLBACK")
+
+
 def worker_env(url: str, **extra: str) -> dict[str, str]:
     """Environment for `manage.py runworker` subprocesses against the scratch database."""
     return {

@@ -6,7 +6,9 @@ At 10,000 READY rows, the worker's claim of 10 (prepared, median of 300, each ro
   that do not bind, as a worker with that one flow-controlled queue runs it (lock its settings row,
   then claim_flow_queue): target <= 1.5x;
 - general: the same queue claimed by claim_flow_tasks, as a worker runs it when the queue has keyed
-  tasks or it claims several flow-controlled queues at once.
+  tasks or it claims several flow-controlled queues at once;
+each with no other task RUNNING, then with 1,000 tasks of another queue RUNNING (the claims count
+their queue's RUNNING tasks through the running index, which holds every queue's).
 What queues without flow control pay is bench/flow_tax.py (against main).
 """
 
@@ -20,7 +22,7 @@ import uuid
 import psycopg
 
 from bench.claim_cost import FILL
-from bench.common import Figure, clear_tasks, scratch_database
+from bench.common import Figure, clear_tasks, rolled_back, scratch_database
 
 SETTINGS = "INSERT INTO queueapp_queuecontrol (name, concurrency_limit, rate_limit)"
 
@@ -29,13 +31,13 @@ def timed_ms(
     conn: psycopg.Connection, statements: list[str], params: dict[str, object], samples: int
 ) -> float:
     """Median milliseconds of claim_plan and the statements, pipelined in one transaction (rolled
-    back), as a worker's round runs them."""
+    back, the statements kept prepared), as a worker's round runs them."""
     from queueapp.sql import QUERIES
     from queueapp.store import timeouts
 
     times = []
     for n in range(samples + 20):  # the first 20 warm the cache and the prepared statements
-        with conn.transaction(force_rollback=True):
+        with rolled_back(conn):
             started = time.perf_counter()
             with conn.pipeline():
                 conn.execute(timeouts.UNLIMITED_CLAIM_PLAN, prepare=False)
@@ -49,7 +51,15 @@ def timed_ms(
     return statistics.median(times)
 
 
-def figures(ready: int = 10_000, samples: int = 300, rounds: int = 3) -> list[Figure]:
+# Tasks of another queue RUNNING across the fleet: the flow-controlled claims count the RUNNING
+# tasks of their queue through the running index, which holds every queue's.
+RUNNING = """
+UPDATE queueapp_task_live SET status = 'RUNNING', worker_id = gen_random_uuid(), attempts = 1
+WHERE id IN (SELECT id FROM queueapp_task_live WHERE queue_name = 'emails' LIMIT %s)
+"""
+
+
+def figures(ready: int = 10_000, samples: int = 300, rounds: int = 3, running: int = 0) -> list[Figure]:
     from queueapp.sql import QUERIES
 
     worker_id = uuid.uuid4()
@@ -65,6 +75,7 @@ def figures(ready: int = 10_000, samples: int = 300, rounds: int = 3) -> list[Fi
         )
         clear_tasks()
         conn.execute(FILL, [ready])
+        conn.execute(RUNNING, [running])
         conn.execute("VACUUM ANALYZE queueapp_task_live")
         cost = {}
         for round_ in range(rounds):  # alternating, so that a drift of the machine falls on all
@@ -75,8 +86,9 @@ def figures(ready: int = 10_000, samples: int = 300, rounds: int = 3) -> list[Fi
             cost["general", round_] = timed_ms(conn, general, params, samples)
         clear_tasks()
     base = statistics.mean([cost["plain", n] for n in range(rounds)])
+    beside = f", {running:,} tasks of another queue running" if running else ""
     return [
-        flow_figure(what, statistics.mean([cost[key, n] for n in range(rounds)]), base, target)
+        flow_figure(what + beside, statistics.mean([cost[key, n] for n in range(rounds)]), base, target)
         for key, what, target in [
             ("limited", "flow-controlled claim of 10, one unkeyed queue (lock + claim_flow_queue)", 1.5),
             ("general", "flow-controlled claim of 10 by claim_flow_tasks (keys, several queues)", None),
@@ -97,9 +109,10 @@ def flow_figure(what: str, ms: float, base: float, target: float | None) -> Figu
 
 
 def main() -> None:
-    with scratch_database("taskqueue_bench_flow"):
-        for figure in figures():
-            print(f"{figure.what}: {figure.figure} vs {figure.ceiling}: {figure.ratio} ({figure.target})")
+    for running in (0, 1_000):
+        with scratch_database("taskqueue_bench_flow"):
+            for figure in figures(running=running):
+                print(f"{figure.what}: {figure.figure} vs {figure.ceiling}: {figure.ratio} ({figure.target})")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 
 from bench.claim_cost import FILL
-from bench.common import ROOT, clear_tasks, scratch_database
+from bench.common import ROOT, clear_tasks, rolled_back, scratch_database
 
 DRAIN = """
 from bench.common import scratch_database
@@ -51,6 +51,10 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
             " last_heartbeat_at) VALUES (%s, 'bench', 0, '{default}', 10, 'ALIVE', now(), now())",
             [worker_id],
         )
+        # A baseline from before migration 0010 compares its epoch on the worker row.
+        conn.execute(
+            "ALTER TABLE queueapp_worker ADD COLUMN IF NOT EXISTS flow_epoch integer NOT NULL DEFAULT 0"
+        )
         clear_tasks()
         conn.execute(FILL, [10_000])
         conn.execute("VACUUM ANALYZE queueapp_task_live")
@@ -62,12 +66,13 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
 
 
 def claim_ms(conn: psycopg.Connection, claim: str, params: dict[str, object], samples: int) -> float:
-    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back)."""
+    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back
+    with the statement kept prepared)."""
     from queueapp.store import timeouts
 
     times = []
     for n in range(samples + 20):  # the first 20 warm the cache and the prepared statement
-        with conn.transaction(force_rollback=True):
+        with rolled_back(conn):
             started = time.perf_counter()
             with conn.pipeline():
                 conn.execute(timeouts.UNLIMITED_CLAIM_PLAN, prepare=False)

@@ -434,6 +434,7 @@ class QueueControlAdmin(admin.ModelAdmin[models.QueueControl]):
     fieldsets = (
         (None, {"fields": ("name", "paused", "concurrency_limit", "key_concurrency")}),
         ("Rate limit", {"fields": ("rate_limit", "rate_period")}),
+        ("Rate limit per concurrency key", {"fields": ("key_rate_limit", "key_rate_period")}),
         (
             "Circuit breaker (off while the threshold is empty)",
             {

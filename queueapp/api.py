@@ -15,7 +15,7 @@ from pydantic import Field
 from queueapp import api_schemas as s
 from queueapp import conf, http_tasks, models, reads, store, submissions
 from queueapp import health as health_checks
-from queueapp.api_support import ApiKeyAuth, HealthAuth, StrictJsonParser, error, install_error_handlers
+from queueapp.api_support import ApiKeyAuth, Docs, HealthAuth, StrictJsonParser, error, install_error_handlers
 from queueapp.backend import PostgresBackend, parse_result_id
 
 api = NinjaAPI(
@@ -26,6 +26,7 @@ api = NinjaAPI(
     auth=ApiKeyAuth(),
     parser=StrictJsonParser(),
     urls_namespace="api",
+    docs=Docs(),
 )
 install_error_handlers(api)
 

@@ -161,7 +161,7 @@ class TaskError(Schema):
 class HoldOut(Schema):
     code: str = Field(
         description="run_after, queue_paused, breaker_open, queue_concurrency, key_concurrency, rate_limit, "
-        "tasks_ahead or no_worker"
+        "key_rate_limit, tasks_ahead or no_worker"
     )
     message: str
 
@@ -180,6 +180,10 @@ class QueueOut(Schema):
     oldest_ready_seconds: float | None
     breaker_threshold: float | None = Field(description="Failed share that opens the breaker (null: none).")
     breaker_state: str = Field(description="closed, open or half_open")
+    key_rate_limit: int | None = Field(
+        description="Starts per key_rate_period seconds for each concurrency key."
+    )
+    key_rate_period: float
 
 
 class QueuesOut(Schema):

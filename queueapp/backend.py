@@ -106,6 +106,10 @@ class QueueTask(AnyTask):
         return backend.enqueue_many((self, args, kwargs) for args, kwargs in calls)
 
 
+MAX_ATTEMPTS_LIMIT = 1_000_000
+"""A task's max_attempts at most ("retry for ever" included: a million attempts at backoff_max)."""
+
+
 class PostgresBackend(BaseTaskBackend):
     """Tasks are rows of queueapp_task_live, enqueued in the caller's transaction; finished ones
     move to queueapp_task_history, and get_result reads both."""
@@ -127,9 +131,14 @@ class PostgresBackend(BaseTaskBackend):
         super().validate_task(task)
         max_attempts = getattr(task, "max_attempts", None)
         if max_attempts is not None and (
-            isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+            isinstance(max_attempts, bool)
+            or not isinstance(max_attempts, int)
+            or not 1 <= max_attempts <= MAX_ATTEMPTS_LIMIT
         ):
-            raise InvalidTask(f"max_attempts must be a whole number of at least 1, not {max_attempts!r}.")
+            raise InvalidTask(
+                f"max_attempts must be a whole number of at least 1 and at most {MAX_ATTEMPTS_LIMIT:,}, "
+                f"not {max_attempts!r}."
+            )
         timeout = getattr(task, "timeout", None)
         if timeout is not None and (
             isinstance(timeout, bool)

@@ -10,8 +10,13 @@ from django.db import connections
 
 from queueapp import conf, models, schedules, store
 
+TAG = "taskqueue"
+WORKER_TAGS = [checks.Tags.models, checks.Tags.compatibility, TAG]
+"""The checks `runworker` runs before it starts: the queue's and the models'. The web's (URLs,
+templates, the admin) would import the API and every view, which a worker never serves."""
 
-@checks.register()
+
+@checks.register(TAG)
 def check_database_is_postgresql(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """The claim relies on SKIP LOCKED, LISTEN/NOTIFY and jsonb: PostgreSQL only."""
     vendor = connections["default"].vendor
@@ -26,7 +31,7 @@ def check_database_is_postgresql(app_configs: Any = None, **kwargs: Any) -> list
     return []
 
 
-@checks.register()
+@checks.register(TAG)
 def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     limit = conf.get().max_args_bytes
     if not 0 < limit <= models.ARGS_HARD_LIMIT_BYTES:
@@ -40,7 +45,7 @@ def check_args_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.Chec
     return []
 
 
-@checks.register()
+@checks.register(TAG)
 def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Schedules declared in code: a bad cron expression, zone or task stops start-up with its
     reason instead of a schedule that silently never runs."""
@@ -53,7 +58,7 @@ def check_schedules(app_configs: Any = None, **kwargs: Any) -> list[checks.Check
     ]
 
 
-@checks.register()
+@checks.register(TAG)
 def check_settings_are_known(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """A TASKQUEUE key nothing reads is most likely a typo, which would otherwise go unnoticed."""
     return [
@@ -66,7 +71,7 @@ def check_settings_are_known(app_configs: Any = None, **kwargs: Any) -> list[che
     ]
 
 
-@checks.register()
+@checks.register(TAG)
 def check_return_value_limit(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     limit = conf.get().max_return_bytes
     if limit <= 0:
@@ -78,7 +83,7 @@ def check_return_value_limit(app_configs: Any = None, **kwargs: Any) -> list[che
     return []
 
 
-@checks.register()
+@checks.register(TAG)
 def check_prepared_statements(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     try:
         store.poolers.prepared_mode()

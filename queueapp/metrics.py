@@ -67,6 +67,10 @@ class FlowCollector(Collector):
             "paused": gauge("paused", "1 when the queue is paused"),
             "concurrency_limit": gauge("concurrency_limit", "Fleet-wide RUNNING limit (absent: none)"),
             "rate_limit": gauge("rate_limit_per_second", "Starts allowed per second (absent: none)"),
+            "key_rate_limit": gauge(
+                "key_rate_limit_per_second",
+                "Starts allowed per second for each concurrency key (absent: none)",
+            ),
             "started": gauge("started_last_minute", "Tasks started in the last minute"),
             "breaker": gauge("breaker_open", "1 when the circuit breaker is open, 0.5 half-open, 0 closed"),
         }
@@ -76,6 +80,10 @@ class FlowCollector(Collector):
                 families["concurrency_limit"].add_metric([queue.name], queue.concurrency_limit)
             if queue.rate_limit is not None:
                 families["rate_limit"].add_metric([queue.name], queue.rate_limit / queue.rate_period)
+            if queue.key_rate_limit is not None:
+                families["key_rate_limit"].add_metric(
+                    [queue.name], queue.key_rate_limit / queue.key_rate_period
+                )
             families["started"].add_metric([queue.name], queue.started_last_minute)
             if queue.breaker_threshold is not None:
                 openness = _OPENNESS.get(BreakerState(queue.breaker_state), 0.0)

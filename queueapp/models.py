@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
@@ -40,9 +41,6 @@ class Worker(models.Model):
     started_at = models.DateTimeField(db_default=models.functions.Now())
     last_heartbeat_at = models.DateTimeField(db_default=models.functions.Now())
     stopped_at = models.DateTimeField(null=True, blank=True)
-    flow_epoch = models.IntegerField(default=0, db_default=0, editable=False)
-    """Moved on by every flow-control change of the worker's queues: its plain claim claims nothing
-    until the worker has looked at the settings since (queries.sql, flow_changed)."""
     waiting = models.BooleanField(default=False, db_default=False)
     """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
 
@@ -118,7 +116,7 @@ class LiveTask(TaskColumns):
 
     # No foreign key constraint: every claim writes worker_id, and the constraint's trigger would
     # read and KEY SHARE-lock the worker's row for each claimed task. The claim checks instead that
-    # its worker is ALIVE, once per statement. No full index either: task_live_running_idx
+    # its worker is ALIVE, once per statement. No full index either: task_live_running_queue_idx
     # (partial, RUNNING only) serves the reaper and the workers page.
     worker = models.ForeignKey(
         Worker,
@@ -156,9 +154,14 @@ class LiveTask(TaskColumns):
             models.Index(
                 fields=["queue_name"], name="task_live_ready_queue_idx", condition=Q(status=TaskStatus.READY)
             ),
-            # The reaper: RUNNING tasks of a lost worker; the workers page: running counts.
+            # RUNNING tasks by queue: the flow-controlled claims count their queue's (and its keys')
+            # through its range alone, not every queue's. The reaper, the workers page and the
+            # supervisor find a worker's by worker in the same index (the fleet's RUNNING tasks,
+            # no heap read for the others): they are rare, the claims are not.
             models.Index(
-                fields=["worker"], name="task_live_running_idx", condition=Q(status=TaskStatus.RUNNING)
+                fields=["queue_name", "worker"],
+                name="task_live_running_queue_idx",
+                condition=Q(status=TaskStatus.RUNNING),
             ),
         ]
         constraints = [
@@ -267,7 +270,9 @@ class QueueControl(models.Model):
 
     A queue without a row, or whose row limits nothing, is claimed by the plain claim and pays
     nothing for flow control; the others (the view queueapp_flow_queue, made by migration 0009) by
-    the claim that locks this row.
+    the claim that locks this row. The table also has a flow_epoch column that this model does not
+    declare (migration 0010): moved by every flow-control change of the queue (queries.sql,
+    flow_changed), and never written back by the ORM.
     """
 
     name = models.CharField(max_length=100, primary_key=True)
@@ -280,6 +285,10 @@ class QueueControl(models.Model):
     rate_limit = models.PositiveIntegerField(null=True, blank=True)
     """At most this many starts per rate_period seconds, fleet-wide (a token bucket)."""
     rate_period = models.FloatField(default=1.0, db_default=1.0)
+    key_rate_limit = models.PositiveIntegerField(null=True, blank=True)
+    """At most this many starts per key_rate_period seconds for each concurrency key, fleet-wide (a
+    token bucket per key, KeyBucket)."""
+    key_rate_period = models.FloatField(default=1.0, db_default=1.0)
     has_keys = models.BooleanField(default=False, db_default=False, editable=False)
     """Set by the first enqueue with a concurrency key: its tasks need the flow-controlled claim."""
     tokens = models.FloatField(default=0.0, db_default=0.0, editable=False)
@@ -330,6 +339,16 @@ class QueueControl(models.Model):
                 violation_error_message="The rate period is a positive number of seconds.",
             ),
             models.CheckConstraint(
+                condition=Q(key_rate_limit__gte=1) | Q(key_rate_limit__isnull=True),
+                name="queue_key_rate_limit_positive",
+                violation_error_message="A rate limit per key is at least 1 start per period (empty: none).",
+            ),
+            models.CheckConstraint(
+                condition=Q(key_rate_period__gt=0),
+                name="queue_key_rate_period_positive",
+                violation_error_message="The rate period per key is a positive number of seconds.",
+            ),
+            models.CheckConstraint(
                 condition=Q(breaker_threshold__gt=0, breaker_threshold__lte=1)
                 | Q(breaker_threshold__isnull=True),
                 name="queue_breaker_threshold_share",
@@ -344,6 +363,14 @@ class QueueControl(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.breaker_threshold is None:
+            # No breaker: none left open or half-open, which would hold the queue for good (nothing
+            # steps a breaker without a threshold).
+            self.breaker_state = BreakerState.CLOSED
+            self.breaker_until = None
+        super().save(*args, **kwargs)
 
 
 class ApiKey(models.Model):
@@ -446,3 +473,18 @@ class ScheduleTick(models.Model):
 
     def __str__(self) -> str:
         return f"{self.schedule_id} @ {self.tick_at}"
+
+
+class KeyBucket(models.Model):
+    """The token bucket of one concurrency key of a queue with a rate limit per key: written by the
+    flow-controlled claim, under its queue's lock, when the key's tasks start. No row: a full bucket."""
+
+    pk = models.CompositePrimaryKey("queue_name", "concurrency_key")
+    queue_name = models.CharField(max_length=100)
+    concurrency_key = models.CharField(max_length=200)
+    tokens = models.FloatField()
+    tokens_at = models.DateTimeField()
+    """The bucket's tokens at tokens_at; it refills at the queue's key_rate_limit per key_rate_period."""
+
+    def __str__(self) -> str:
+        return f"{self.queue_name} key {self.concurrency_key}: {self.tokens:g} tokens at {self.tokens_at}"

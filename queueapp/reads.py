@@ -77,7 +77,7 @@ def workers_with_running_counts() -> QuerySet[models.Worker]:
 
 
 def running_tasks(worker_id: uuid.UUID, *, limit: int) -> list[models.LiveTask]:
-    """The tasks a worker is running, oldest start first (task_live_running_idx)."""
+    """The tasks a worker is running, oldest start first (task_live_running_queue_idx)."""
     return list(
         models.LiveTask.objects.filter(worker_id=worker_id, status=models.TaskStatus.RUNNING).order_by(
             "started_at", "id"

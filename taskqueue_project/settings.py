@@ -5,6 +5,7 @@ Defaults are production-safe: DEBUG is off and SECRET_KEY must be given unless D
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import django_stubs_ext
@@ -34,9 +35,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
-    "ninja",
     "queueapp",
 ]
+# django-ninja's Swagger UI (template and static files) is served from here, never from a CDN, but
+# "ninja" is not an installed app: every app is imported at start-up, and ninja's import (pydantic
+# and all) was a sixth of a worker's start, for pages a worker never serves (queueapp.api_support.Docs).
+NINJA_ASSETS = Path(importlib.util.find_spec("ninja").origin or "").parent  # type: ignore[union-attr]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -56,7 +60,7 @@ WSGI_APPLICATION = "taskqueue_project.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        "DIRS": [NINJA_ASSETS / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -84,6 +88,7 @@ FORMAT_MODULE_PATH = ["taskqueue_project.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "static"
+STATICFILES_DIRS = [NINJA_ASSETS / "static"]
 # gunicorn serves the admin's CSS and JS itself (WhiteNoise): from STATIC_ROOT after collectstatic
 # in production, straight from the apps under DEBUG (make run).
 WHITENOISE_USE_FINDERS = DEBUG

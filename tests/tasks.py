@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-from django.tasks import TaskContext, task
+from django.dispatch import receiver
+from django.tasks import TaskContext, TaskResult, task
+from django.tasks.signals import task_finished
 
 from queueapp import http_tasks
 
@@ -131,3 +134,21 @@ http_tasks.expose("record")(record)
 @task
 def raises_unstorable_text() -> None:
     raise ValueError("nul \x00 and a lone surrogate \ud800 in the message")
+
+
+@task(max_attempts=1)
+def exits(code: int) -> None:
+    """What argparse or click do with bad arguments, or a script's sys.exit()."""
+    sys.exit(code)
+
+
+@task
+def has_a_failing_receiver() -> str:
+    return "done"
+
+
+@receiver(task_finished)
+def _fail_for_one_task(sender: type, task_result: TaskResult[Any, Any], **kwargs: Any) -> None:
+    """A user's task_finished receiver that raises (for has_a_failing_receiver only)."""
+    if task_result.task.func is has_a_failing_receiver.func:
+        raise RuntimeError("a task_finished receiver failed")

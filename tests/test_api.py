@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpResponse
 from django.test import Client, override_settings
@@ -302,6 +303,11 @@ def test_openapi_schema_and_docs_are_served(client: Client) -> None:
     docs = client.get("/api/docs")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()
+    # Swagger UI's own files, served from here (ninja is not an installed app: see settings).
+    for asset in ("ninja/swagger-ui-bundle.js", "ninja/swagger-ui.css"):
+        assert f"/static/{asset}".encode() in docs.content
+        assert finders.find(asset)
+    assert b'"url": "/api/openapi.json"' in docs.content
 
 
 def test_strings_postgresql_cannot_store_get_a_clear_422(client: Client) -> None:

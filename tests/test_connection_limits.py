@@ -6,9 +6,11 @@ why that matters behind a pooler)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,9 +28,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def limits() -> Iterator[db.ConnectionLimits]:
-    """Installed in this test process as a worker installs them, and taken out again afterwards."""
-    limits = db.ConnectionLimits(stale_after=3.0)
+def limits(request: pytest.FixtureRequest) -> Iterator[db.ConnectionLimits]:
+    """Installed in this test process as a worker installs them, and taken out again afterwards
+    (for STALE_AFTER 3 s unless the test asks otherwise)."""
+    limits = db.ConnectionLimits(stale_after=getattr(request, "param", 3.0))
     settings_dict = connections.settings["default"]
     options = settings_dict.get("OPTIONS", {})
     limits.install()
@@ -205,3 +208,21 @@ def test_the_rest_of_a_workers_session_fails_within_the_lock_timeout(
     session.close()
     assert not stuck, "the session waited on the lock past lock_timeout"
     assert [type(exc) for exc in errors] == [psycopg.errors.LockNotAvailable]
+
+
+@pytest.mark.parametrize("limits", [30.0], indirect=True)  # the default STALE_AFTER: lock_timeout 15 s
+def test_partition_ddl_keeps_its_own_two_second_lock_timeout_under_a_workers_limits(
+    limits: db.ConnectionLimits, raw_conn: psycopg.Connection
+) -> None:
+    """ATTACH waits for the default partition's lock, and every read of history queues behind it:
+    the worker's 15 s lock_timeout, re-set before each statement, once replaced the DDL's 2 s."""
+    today = store.database_now().astimezone(dt.UTC).date()
+    name = store.history.partition_name(today + dt.timedelta(days=7))
+    raw_conn.execute(f"DROP TABLE {name}")
+    with raw_conn.transaction():
+        raw_conn.execute("LOCK TABLE queueapp_task_history_default IN ACCESS SHARE MODE")  # a long read
+        started = time.monotonic()
+        assert store.ensure_history_partitions() == []
+        waited = time.monotonic() - started
+    assert waited < 2 + 3, f"the DDL waited {waited:.1f} s for its lock"
+    assert store.ensure_history_partitions() == [name]  # the next run makes it

@@ -201,6 +201,8 @@ def test_enqueue_stores_task_defaults() -> None:
         (lambda: tasks.add.using(queue_name="nope"), "Queue 'nope' is not valid"),
         (lambda: tasks.add.using(run_after=dt.datetime(2030, 1, 1)), "run_after must be an aware datetime"),
         (lambda: tasks.add.using(max_attempts=0), "max_attempts must be a whole number of at least 1"),
+        # It once reached the database, whose integer column refused it with a DataError.
+        (lambda: tasks.add.using(max_attempts=2**31), "at most 1,000,000, not 2147483648"),
     ],
 )
 def test_invalid_task_options_raise_invalid_task(make: object, message: str) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from queueapp import models, store
+from queueapp.sql import QUERIES
 from tests import tasks
 from tests.conftest import make_worker
 
@@ -62,6 +64,30 @@ def test_limits_of_two_queues_claimed_together_hold_each(sessions) -> None:
 
     assert sorted(row.queue_name for row in claim(worker, 10)) == ["emails", "reports", "reports"]
     assert claim(worker, 10) == []
+
+
+PLANS = """
+SELECT generic_plans, custom_plans FROM pg_prepared_statements
+WHERE statement LIKE %s AND NOT from_sql
+"""
+
+
+def test_the_flow_claim_keeps_its_generic_plan_and_the_plain_claim_after_it_does_not(sessions) -> None:
+    """Planned afresh, claim_flow_tasks cost twice its cached plan (flow_plan forces the generic one);
+    the plain claim after it in the same round goes back to the plan cache's choice (plain_plan)."""
+    settle("reports", concurrency_limit=1)
+    settle("emails", concurrency_limit=1)
+    for queue in ("reports", "emails", "default"):
+        tasks.add.using(queue_name=queue).enqueue_many(((i, i), {}) for i in range(30))
+    worker = session_for(sessions, ["reports", "emails", "default"])
+    view = worker.flow_view()
+    for _ in range(8):  # the plan cache decides after five runs
+        assert worker.round([], 3, view=view)[1]
+    assert worker.conn is not None
+    (flow,) = worker.conn.execute(PLANS, ["%The flow-controlled claim, step 2,%"]).fetchall()
+    (plain,) = worker.conn.execute(PLANS, ["%The CTE is an optimisation fence%"]).fetchall()
+    assert flow == (8, 0)
+    assert plain[1] >= 5  # the plan cache's own choice: custom plans first, as in a round without
 
 
 RUNNING_REPORTS = "SELECT count(*) FROM queueapp_task_live WHERE status = 'RUNNING' AND queue_name = %s"
@@ -132,6 +158,31 @@ def test_a_paused_queue_is_not_claimed_and_resumes(sessions) -> None:
     assert len(claim(worker, 10)) == 4  # no limit left: the plain claim takes it again
 
 
+@pytest.mark.parametrize("change", ["pause", "first keyed task"])
+def test_a_change_of_flow_control_left_open_holds_up_no_heartbeat(
+    sessions, raw_conn: psycopg.Connection, change: str
+) -> None:
+    """A transaction that changes a queue's flow control and stays open (an admin's, an enqueuer's)
+    locks no worker row: the heartbeats of the queue's workers go on at once. The fence holds all the
+    same: from its commit on, a plain claim with a view from before claims nothing."""
+    tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(3))
+    worker = session_for(sessions, ["reports"])
+    before = worker.flow_view()
+    raw_conn.execute("SET lock_timeout = '2s'")  # before the fix: LockNotAvailable after 2 s
+    with transaction.atomic():
+        if change == "pause":
+            store.set_paused("reports", True)
+        else:
+            put("reports", key="customer-7")
+        beat = raw_conn.execute(QUERIES["beat_worker"], {"id": worker.worker_id}).fetchone()
+        assert beat == ("ALIVE",)
+    assert claim(worker, 10, view=before) == []
+    if change == "pause":
+        assert claim(worker, 10) == []
+    else:
+        assert len(claim(worker, 10)) == 4  # through the flow-controlled claim, the key's one among them
+
+
 def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) -> None:
     settle("reports", rate_limit=1, rate_period=3600.0)
     tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(5))
@@ -144,6 +195,40 @@ def test_a_rate_limit_spends_tokens_and_refills_by_the_database_clock(sessions) 
         cursor.execute("UPDATE queueapp_queuecontrol SET tokens_at = tokens_at - interval '1 hour'")
     assert len(claim(worker, 5)) == 1
     assert claim(worker, 5) == []
+
+
+def keys_of(rows: list[store.TaskRow]) -> list[str | None]:
+    return list(
+        models.LiveTask.objects.filter(id__in=[row.id for row in rows]).values_list(
+            "concurrency_key", flat=True
+        )
+    )
+
+
+def test_a_rate_limit_per_key_holds_each_key_to_its_own_bucket(sessions) -> None:
+    settle("reports", key_concurrency=10, key_rate_limit=2, key_rate_period=3600.0)
+    for key in ["a", "a", "a", "b", "b", "b"]:
+        tasks.add.using(queue_name="reports", concurrency_key=key).enqueue(1, 2)
+    tasks.add.using(queue_name="reports").enqueue(3, 4)  # no key: no key's rate holds it
+    worker = session_for(sessions, ["reports"])
+
+    first = claim(worker, 10)
+    keys = models.LiveTask.objects.filter(id__in=[row.id for row in first]).values_list(
+        "concurrency_key", flat=True
+    )
+    assert sorted(keys, key=str) == [None, "a", "b"]  # a full bucket holds one token at this rate
+    assert claim(worker, 10) == []
+    tasks.add.using(queue_name="reports", concurrency_key="c").enqueue(5, 6)
+    assert len(claim(worker, 10)) == 1  # a third key has a bucket of its own
+    assert worker.flow_queues == [store.FlowQueue("reports", False, 2 / 3600)]
+    with connection.cursor() as cursor:  # half an hour passes for the buckets: one token each
+        cursor.execute("UPDATE queueapp_keybucket SET tokens_at = tokens_at - interval '30 minutes'")
+    second = claim(worker, 10)
+    keys = models.LiveTask.objects.filter(id__in=[row.id for row in second]).values_list(
+        "concurrency_key", flat=True
+    )
+    assert sorted(keys) == ["a", "b"]
+    assert claim(worker, 10) == []
 
 
 def put(queue: str, *, key: str | None = None, later: bool = False) -> int:
@@ -168,12 +253,14 @@ def held_tasks(made: list[store.WorkerSession]) -> dict[str, int]:
     """A waiting task for each reason, held by that reason only: {reason code: task id}."""
     settle("conc", concurrency_limit=1)
     settle("rated", rate_limit=1, rate_period=3600.0)
+    settle("keyrated", key_concurrency=10, key_rate_limit=1, key_rate_period=3600.0)
     held = {"run_after": put("later", later=True), "queue_paused": put("paused")}
     store.set_paused("paused", True)
     for code, queue, key in [
         ("queue_concurrency", "conc", None),
         ("key_concurrency", "keyed", "k"),
         ("rate_limit", "rated", None),
+        ("key_rate_limit", "keyrated", "k"),
     ]:
         put(queue, key=key)
         held[code] = put(queue, key=key)
@@ -214,6 +301,7 @@ def fail(session: store.WorkerSession, row: store.TaskRow) -> None:
         error=error,
         backoff_base=600,
         backoff_max=600,
+        breaker=row.queue_name in session.flow_view().breakers,  # as a worker's executor asks
     )
 
 
@@ -267,3 +355,24 @@ def test_a_failed_trial_opens_the_breaker_again(sessions) -> None:
     assert claim(worker, 2) == []
     assert worker.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]
     assert not models.QueueControl.objects.filter(breaker_state="closed").exists()
+
+
+def test_switching_a_tripped_breaker_off_frees_its_queue(sessions) -> None:
+    """The operator clears the threshold of a breaker that is open: the queue must run again, not
+    stay held by a breaker that nothing steps any more (step_breakers skips queues without one)."""
+    settle(
+        "reports", concurrency_limit=5, breaker_threshold=0.5, breaker_min_attempts=2, breaker_cooloff=3600
+    )
+    tasks.add.using(queue_name="reports").enqueue_many(((i, i), {}) for i in range(6))
+    worker = session_for(sessions, ["reports"])
+    for row in claim(worker, 2):
+        fail(worker, row)
+    assert claim(worker, 2) == []
+    control = models.QueueControl.objects.get(name="reports")
+    assert control.breaker_state == "open"
+
+    control.breaker_threshold = None  # as the admin's form saves it
+    control.save()
+    store.notify_settings("reports")
+    assert models.QueueControl.objects.get(name="reports").breaker_state == "closed"
+    assert len(claim(worker, 4)) == 4

@@ -52,7 +52,9 @@ def test_pause_and_resume_need_a_key_that_may_manage_queues() -> None:
 
 
 def test_get_queues_shows_limits_and_figures() -> None:
-    models.QueueControl.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
+    models.QueueControl.objects.create(
+        name="emails", rate_limit=600, rate_period=60, concurrency_limit=5, key_rate_limit=2
+    )
     put("emails")
     put("emails", later=True)
     queue = next(q for q in bearer(manage=False).get("/api/queues").json()["queues"] if q["name"] == "emails")
@@ -70,6 +72,8 @@ def test_get_queues_shows_limits_and_figures() -> None:
         "oldest_ready_seconds": 0,
         "breaker_threshold": None,
         "breaker_state": "closed",
+        "key_rate_limit": 2,
+        "key_rate_period": 1.0,
     }
     assert queue["oldest_ready_seconds"] >= 0
 
@@ -112,6 +116,16 @@ def test_the_admin_refuses_invalid_limits_with_a_clear_message(admin_client: Cli
     )
     assert "The rate period is a positive number of seconds" in response.content.decode()
     assert not models.QueueControl.objects.exists()
+    for values, message in [
+        ({"key_rate_limit": "0", "key_rate_period": "1"}, "A rate limit per key is at least 1 start"),
+        ({"key_rate_limit": "2", "key_rate_period": "-1"}, "The rate period per key is a positive number"),
+    ]:
+        response = admin_client.post(
+            "/admin/queueapp/queuecontrol/add/",
+            {"name": "emails", "key_concurrency": "1", "rate_period": "1", **values},
+        )
+        assert message in response.content.decode()
+        assert not models.QueueControl.objects.exists()
 
 
 def seeding(seeds: dict[str, dict[str, object]]) -> dict[str, object]:
@@ -142,7 +156,9 @@ def test_the_command_pauses_resumes_lists_and_seeds() -> None:
 
 
 def test_metrics_show_flow_control() -> None:
-    models.QueueControl.objects.create(name="emails", rate_limit=600, rate_period=60, concurrency_limit=5)
+    models.QueueControl.objects.create(
+        name="emails", rate_limit=600, rate_period=60, concurrency_limit=5, key_rate_limit=2
+    )
     models.QueueControl.objects.create(name="payments", breaker_threshold=0.5)
     store.set_paused("imports", True)
     make_worker(["emails"])
@@ -150,6 +166,7 @@ def test_metrics_show_flow_control() -> None:
     assert 'taskqueue_queue_paused{queue="imports"} 1.0' in text
     assert 'taskqueue_queue_concurrency_limit{queue="emails"} 5.0' in text
     assert 'taskqueue_queue_rate_limit_per_second{queue="emails"} 10.0' in text
+    assert 'taskqueue_queue_key_rate_limit_per_second{queue="emails"} 2.0' in text
     assert 'taskqueue_queue_breaker_open{queue="payments"} 0.0' in text
     models.QueueControl.objects.filter(name="payments").update(breaker_state="open")
     assert 'taskqueue_queue_breaker_open{queue="payments"} 1.0' in Client().get("/metrics").content.decode()

@@ -1,8 +1,10 @@
 """Flow control with real worker processes (4 processes x 8 threads): concurrency limits and keys
-proven by a trigger-fed audit of RUNNING tasks, a rate limit by started_at, pause under load."""
+proven by a trigger-fed audit of RUNNING tasks, a rate limit by started_at, pause under load; the
+circuit breaker counting attempts lost with SIGKILLed workers."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -10,7 +12,9 @@ import pytest
 
 from queueapp import models, store
 from tests import tasks
+from tests.conftest import make_worker
 from tests.helpers import WorkerProcess, wait_for
+from workers.reaper import Reaper
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,16 +110,47 @@ def test_a_rate_limit_of_20_per_second_and_an_unlimited_queue_beside_it(
     assert rated_by_then < 300
 
 
-def store_starts_per_second(queue: str) -> list[int]:
+def store_starts_per_second(queue: str, key: str | None = None) -> list[int]:
+    """Starts in each whole second of the queue's (or of one key's) tasks, seconds without any left out."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT count(*) FROM queueapp_task WHERE queue_name = %s"
+            " AND (%s::text IS NULL OR concurrency_key = %s)"
             " GROUP BY date_trunc('second', started_at) ORDER BY date_trunc('second', started_at)",
-            [queue],
+            [queue, key, key],
         )
         return [n for (n,) in cursor.fetchall()]
+
+
+def test_a_rate_limit_per_key_holds_each_key_to_its_own_rate_and_no_other_key(
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    models.QueueControl.objects.create(
+        name="reports", key_concurrency=100, key_rate_limit=4, key_rate_period=1.0
+    )
+    task = tasks.add.using(queue_name="reports")
+    for key in ("a", "b"):  # 12 s each at 4 a second
+        task.using(concurrency_key=key).enqueue_many(((i, i), {}) for i in range(48))
+    task.using(concurrency_key="c").enqueue_many(((i, i), {}) for i in range(3))
+    workers(*FLEET, "--queues", "reports")
+
+    wait_for(lambda: drained("reports"), timeout=120, message="the keyed tasks done")
+    for key in ("a", "b"):
+        per_second = store_starts_per_second("reports", key)
+        steady = per_second[1:-1]  # the first and last seconds are partial
+        assert len(steady) >= 9, per_second
+        assert all(3 <= n <= 5 for n in steady), f"starts per second of {key}: {per_second}"
+    started = models.Task.objects.filter(queue_name="reports").order_by("started_at")
+    first = started.first()
+    last_of_c = started.filter(concurrency_key="c").last()
+    assert first is not None
+    assert last_of_c is not None
+    assert first.started_at is not None
+    assert last_of_c.started_at is not None
+    # c was held to its own rate only (3 starts: about half a second), not behind a and b (12 s).
+    assert (last_of_c.started_at - first.started_at).total_seconds() < 3
 
 
 def test_pause_under_load_stops_claims_at_commit_and_resume_wakes_workers(
@@ -138,3 +173,30 @@ def test_pause_under_load_stops_claims_at_commit_and_resume_wakes_workers(
     store.set_paused("reports", False)
     (resumed_at,) = raw_conn.execute("SELECT clock_timestamp()").fetchone()
     wait_for(lambda: started.filter(started_at__gt=resumed_at).exists(), timeout=10, message="resumed")
+
+
+def test_attempts_lost_with_their_worker_open_the_breaker(
+    sessions: list[store.WorkerSession], workers: Callable[..., WorkerProcess]
+) -> None:
+    """A worker SIGKILLed mid-task three times: each lost attempt, taken back by the reaper, is a
+    failed attempt for the queue's breaker, which opens at the next claim."""
+    models.QueueControl.objects.create(
+        name="reports", breaker_threshold=0.5, breaker_min_attempts=3, breaker_cooloff=600
+    )
+    tasks.sleep_then_return.using(queue_name="reports").enqueue_many(((60,), {}) for _ in range(4))
+    reaper = Reaper(stale_after=30, backoff_base=600, backoff_max=600)
+    running = models.LiveTask.objects.filter(status="RUNNING")
+    for kill in range(3):
+        doomed = workers("--queues", "reports", "--concurrency", "1", "--prefetch", "0")
+        wait_for(running.exists, timeout=30, message=f"a task running on worker {kill + 1}")
+        doomed.signal(signal.SIGKILL)
+        doomed.wait(10)
+        outcome = reaper.run_once([models.Worker.objects.get(pid=doomed.pid).id])
+        assert outcome is not None
+        assert outcome.tasks_requeued == 1
+    assert models.BreakerEvent.objects.filter(queue_name="reports", failed=True).count() == 3
+
+    session = store.WorkerSession(worker_id=make_worker(["reports"]).id, queues=["reports"])
+    sessions.append(session)
+    assert session.round([], 1, view=session.flow_view())[1] == []  # the fourth task stays READY
+    assert session.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]

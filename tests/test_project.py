@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from queueapp.sql import QUERIES, load
+from tests.helpers import database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,3 +108,44 @@ def test_log_format_json_gives_one_object_per_line_with_the_fields(tmp_path: Pat
         "SUCCESSFUL",
     )
     assert line["level"] == "INFO"
+
+
+def test_runworker_refuses_a_bad_queue_setting(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SECRET_KEY": "x",
+        "DJANGO_SETTINGS_MODULE": "taskqueue_project.settings",
+        "TASKQUEUE_PREPARED_STATEMENTS": "sometimes",
+    }
+    refused = subprocess.run(
+        [sys.executable, "manage.py", "runworker", "--burst"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode != 0
+    assert "queueapp.E006" in refused.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_loads_no_web_code() -> None:
+    """runworker runs the queue's checks (checks.WORKER_TAGS), not the web's, and ninja is not an
+    installed app: the URLconf, the API and pydantic were a quarter of a worker's start."""
+    env = {**os.environ, "SECRET_KEY": "x", "DATABASE_URL": database_url()}
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "manage.py", "runworker", "--burst"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "burst_done" in proc.stderr, proc.stderr[-2000:]
+    imported = {
+        line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if "import time:" in line
+    }
+    assert "django.db.models" in imported  # what importtime reports is seen
+    assert imported.isdisjoint({"ninja", "pydantic", "queueapp.api", "taskqueue_project.urls"})

@@ -294,3 +294,45 @@ def test_purge_tasks_removes_old_worker_rows_but_keeps_those_running_tasks_still
     assert remaining == {recent_stopped.id, alive.id, holding.id}
     assert old_stopped.id not in remaining
     assert old_lost.id not in remaining
+
+
+def test_tasks_left_running_under_a_stopped_worker_are_reaped(raw_conn: psycopg.Connection) -> None:
+    """A worker whose loop died on an error (or whose last writes failed at shutdown) still records
+    itself STOPPED: its process is gone, and nobody else would ever take back what it held."""
+    result = tasks.add.enqueue(1, 1)
+    worker = make_worker()
+    store.claim_tasks(worker_id=worker.id, queues=["default"], limit=1)
+    assert store.set_worker_state(worker.id, "STOPPED")
+    assert store.preview_reap(stale_after=30).tasks_requeued == 1
+    assert store.reap_workers(stale_after=30, **REAP).tasks_requeued == 1
+    task = models.Task.objects.get(id=int(result.id))
+    assert (task.status, task.worker_id) == ("SCHEDULED", None)
+    assert "was lost" in task.errors[-1]["message"]
+
+
+@pytest.mark.parametrize("lost", [False, True], ids=["failed", "reaped"])
+def test_the_backoff_of_a_task_retried_a_thousand_times_does_not_overflow(
+    raw_conn: psycopg.Connection, lost: bool
+) -> None:
+    """2^1024 overflows float8: the statement failed, and with it every reap of the fleet."""
+    result = tasks.add.using(max_attempts=5000).enqueue(1, 1)
+    worker = make_worker()
+    store.claim_tasks(worker_id=worker.id, queues=["default"], limit=1)
+    raw_conn.execute("UPDATE queueapp_task_live SET attempts = 1100 WHERE id = %s", [int(result.id)])
+    if lost:
+        age_heartbeat(raw_conn, worker, 60)
+        assert store.reap_workers(stale_after=30, backoff_base=1.0, backoff_max=60.0).tasks_requeued == 1
+    else:
+        outcome = store.fail_task(
+            task_id=int(result.id),
+            worker_id=worker.id,
+            attempt=1100,
+            error={"message": "boom"},
+            backoff_base=1.0,
+            backoff_max=60.0,
+        )
+        assert outcome is not None
+    (wait,) = raw_conn.execute(
+        "SELECT extract(epoch FROM run_after - now()) FROM queueapp_task_live WHERE id = %s", [int(result.id)]
+    ).fetchone()
+    assert 25 <= wait <= 61  # backoff_max, with jitter

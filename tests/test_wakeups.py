@@ -27,7 +27,7 @@ from tests.conftest import collect_until_sentinel, conninfo, make_worker, waitin
 from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers.producer import Producer
-from workers.waiting import RETRY_FIRST, Waiting
+from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -224,6 +224,43 @@ def test_a_worker_with_notify_off_neither_listens_nor_marks_itself_and_polls(
     assert not models.Worker.objects.filter(waiting=True).exists()
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.output()
+
+
+def test_a_mark_whose_clearing_failed_is_written_again_when_the_worker_is_idle(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """A clear whose answer was lost (it committed, or not): the worker must not go on believing it
+    is marked, or no enqueue would ever notify it again and every idle pickup would wait for the poll."""
+    worker = make_worker(["default"])
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    waiting = Waiting(producer, enabled=True, poll_interval=1.0)
+    try:
+        assert waiting.after_round(free_slots=1) == 0.0  # marked
+        # The clear commits but its answer never arrives: the row says not waiting, the session is gone.
+        raw_conn.execute("UPDATE queueapp_worker SET waiting = false WHERE id = %s", [worker.id])
+        assert producer.session.conn is not None
+        pid = producer.session.conn.info.backend_pid
+        raw_conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        assert waiting.after_round(free_slots=0) is None
+        assert waiting.after_round(free_slots=1) == 0.0  # idle again: marked again
+        assert worker_row_version(worker.id)[0] is True
+    finally:
+        producer.close()
+
+
+def test_a_mark_held_back_by_a_long_transaction_is_tried_again_within_a_quarter_second() -> None:
+    """Not at the poll interval: meanwhile enqueues on the worker's other queues do not notify it."""
+    worker = make_worker(["default", "emails"])
+    producer = Producer(worker_id=worker.id, queues=["default", "emails"])
+    waiting = Waiting(producer, enabled=True, poll_interval=5.0)
+    try:
+        with transaction.atomic():
+            tasks.add.enqueue(1, 1)
+            delays = [waiting.after_round(free_slots=1) for _ in range(12)]
+        assert delays[0] == RETRY_FIRST
+        assert max(d for d in delays if d is not None) == RETRY_MOST
+    finally:
+        producer.close()
 
 
 def named_in_notifications(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[str]:

@@ -12,8 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from queueapp import models
+from queueapp import models, store
 from tests import tasks
+from tests.conftest import make_worker
 from tests.helpers import FAST_ENV, WorkerProcess, child_pids, run_manage, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -382,3 +383,60 @@ def test_children_of_a_sigkilled_supervisor_stop_and_hand_their_running_tasks_ba
     assert {row.errors[0]["exception_class_path"] for row in rows} == {
         "queueapp.exceptions.WorkerInterrupted"
     }
+
+
+def test_a_task_that_calls_sys_exit_fails_and_its_thread_runs_the_next(workers: Start) -> None:
+    """SystemExit is not an Exception: caught as one, it once ended the pool thread silently and
+    left the task RUNNING, the worker a slot short for good (none left at --concurrency 1)."""
+    exited = tasks.exits.enqueue(2)
+    worker = workers("--concurrency", "1")
+    wait_for(
+        lambda: models.Task.objects.get(id=int(exited.id)).status == "FAILED",
+        timeout=30,
+        message=f"the task to be FAILED; worker log:\n{worker.output()}",
+    )
+    row = models.Task.objects.get(id=int(exited.id))
+    assert row.errors[0]["exception_class_path"] == "builtins.SystemExit"
+    after = tasks.add.enqueue(2, 3)
+    wait_for(
+        lambda: models.Task.objects.get(id=int(after.id)).status == "SUCCESSFUL",
+        timeout=30,
+        message=f"the next task to run on the same thread; worker log:\n{worker.output()}",
+    )
+
+
+def test_a_task_cancelled_while_claimed_ahead_and_handed_back_never_runs(
+    workers: Start, side_effects: psycopg.Connection
+) -> None:
+    """Cancelled while it waited in a worker's inbox (RUNNING to the database), then handed back at
+    shutdown: READY again with its cancel requested. The next worker must not run it."""
+    result = tasks.record.enqueue("cancelled-ahead")
+    holder = make_worker()
+    (claimed,) = store.claim_tasks(worker_id=holder.id, queues=["default"], limit=1)
+    assert tasks.record.get_backend().cancel(result.id) is True  # RUNNING: a request, not the end
+    assert store.release_tasks(worker_id=holder.id, claimed=[(claimed.id, claimed.attempts)]) == [claimed.id]
+    worker = workers("--concurrency", "1")
+    wait_for(
+        lambda: models.Task.objects.get(id=int(result.id)).status == "CANCELLED",
+        timeout=30,
+        message=f"the task to end CANCELLED; worker log:\n{worker.output()}",
+    )
+    assert side_effects.execute("SELECT count(*) FROM test_side_effect").fetchone() == (0,)
+
+
+def test_a_task_finished_receiver_that_raises_is_logged_and_the_worker_carries_on(workers: Start) -> None:
+    """Receivers of successes run in the worker's main thread: one that raised ended the worker's
+    loop, and the tasks it held stayed RUNNING under a STOPPED worker."""
+    first = tasks.has_a_failing_receiver.enqueue()
+    worker = workers("--concurrency", "1")
+    after = tasks.add.enqueue(2, 3)
+    wait_for(
+        lambda: (
+            models.Task.objects.filter(id__in=[int(first.id), int(after.id)], status="SUCCESSFUL").count()
+            == 2
+        ),
+        timeout=30,
+        message=f"both tasks to succeed; worker log:\n{worker.output()}",
+    )
+    assert "a task_finished receiver failed" in worker.output()
+    assert worker.process.poll() is None

@@ -218,7 +218,7 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         assert not wake.is_set()
         store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once,
         listener.run_once(timeout=5)
-        assert views[-1] == store.FlowView(1, frozenset({"emails"}))
+        assert views[-1] == store.FlowView(0, frozenset({"emails"}))
         assert woken_with_view == [False, False]  # and is woken only once it has the new view
         assert wake.is_set()
 
@@ -301,12 +301,50 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         assert [attempt.outcome for attempt in attempts if not attempt.success] == ["retry"]
         assert len(round_statements) == 2 + 3  # second round: one finish for five, setting, claim
         assert len(task_thread_statements) == 1  # the failure
+        assert "queueapp_queuecontrol" not in task_thread_statements[0]  # pays nothing for breakers
         listed = producer.session.conn.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [text for (text,) in listed]
         assert sum("SKIP LOCKED" in text for text in prepared) == 1
         assert sum("DELETE FROM queueapp_task_live" in text for text in prepared) == 1  # the finish
     finally:
         producer.close()
+
+
+def test_only_failures_of_a_queue_with_a_breaker_are_counted_for_it() -> None:
+    """A failure is one statement (main's, with no look at the settings) unless the worker's flow
+    view has a breaker on the task's queue: then the failure and its count, in one transaction."""
+    from django.db import connection
+
+    models.QueueControl.objects.create(name="emails", breaker_threshold=0.5)
+    tasks.flaky.enqueue(1)
+    tasks.flaky.using(queue_name="emails").enqueue(2)
+    worker = make_worker(["default", "emails"])
+    producer = Producer(worker_id=worker.id, queues=["default", "emails"])
+    statements: dict[str, list[str]] = {}
+
+    def count(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.setdefault(queue, []).append(sql)
+        return execute(sql, params, many, context)
+
+    try:
+        producer.settings_seen(producer.session.flow_view())
+        executor = Executor(
+            worker_id=worker.id,
+            backend=task_backends["default"],
+            give_up=threading.Event(),
+            breakers=producer.breakers,
+        )
+        _, rows = round_(producer, 2)
+        assert sorted(row.queue_name for row in rows) == ["default", "emails"]
+        for row in rows:
+            queue = row.queue_name
+            with connection.execute_wrapper(count):
+                assert executor.run(row).outcome == "retry"
+    finally:
+        producer.close()
+    assert len(statements["default"]) == 1
+    assert len(statements["emails"]) == 2
+    assert list(models.BreakerEvent.objects.values_list("queue_name", "failed")) == [("emails", True)]
 
 
 def test_after_a_round_whose_answer_was_lost_its_claims_are_released_and_its_successes_known() -> None:

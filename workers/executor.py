@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -64,8 +64,10 @@ def fail_attempt(
     attempt: int,
     backoff_base: float,
     backoff_max: float,
+    breaker: bool,
 ) -> tuple[str, Any] | None:
-    """Record exc as the attempt's failure (fenced): READY for a retry, FAILED or CANCELLED; None if taken."""
+    """Record exc as the attempt's failure (fenced): READY for a retry, FAILED or CANCELLED; None if taken.
+    breaker: count it for the queue's circuit breaker (store.fail_task)."""
     return store.fail_task(
         task_id=task_id,
         worker_id=worker_id,
@@ -73,6 +75,7 @@ def fail_attempt(
         error=error_entry(exc, attempt=attempt, worker_id=worker_id),
         backoff_base=backoff_base,
         backoff_max=backoff_max,
+        breaker=breaker,
     )
 
 
@@ -91,11 +94,20 @@ class Attempt:
 
 
 class Executor:
-    def __init__(self, *, worker_id: UUID, backend: PostgresBackend, give_up: threading.Event) -> None:
+    def __init__(
+        self,
+        *,
+        worker_id: UUID,
+        backend: PostgresBackend,
+        give_up: threading.Event,
+        breakers: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self.worker_id = worker_id
         self.backend = backend
         self.give_up = give_up
         """Set on a hard stop: stop retrying writes that fail for lack of a database."""
+        self.breakers = breakers
+        """The worker's queues with a circuit breaker, as it last looked: their failures are counted."""
 
     def run(self, row: store.TaskRow) -> Attempt:
         """Run one claimed task in this thread.
@@ -106,6 +118,11 @@ class Executor:
         """
         db.ensure_usable_connection()  # the task's own queries use this thread's Django connection
         attempt = Attempt(row=row, started=time.monotonic())
+        if row.cancel_requested:
+            # Cancelled while claimed and not yet started (it waited in an inbox, then was handed
+            # back): not run. Recorded like a success, the finish writes it CANCELLED.
+            attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(None))
+            return attempt
         try:
             store.check_arguments(row)
             task = registry.get(row.task_path)
@@ -113,11 +130,11 @@ class Executor:
             task_started.send(type(self.backend), task_result=attempt.result)
             value = self.call(task, attempt.result, row)
             attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from argparse or sys.exit() too: the task's failure
             self.fail(attempt, exc)
         return attempt
 
-    def fail(self, attempt: Attempt, exc: Exception) -> None:
+    def fail(self, attempt: Attempt, exc: BaseException) -> None:
         """Record exc as the attempt's failure and report it (called inside the except block, as
         Django's own backends do, so that task_finished receivers see exc_info)."""
         row = attempt.row
@@ -133,6 +150,7 @@ class Executor:
                 attempt=row.attempts,
                 backoff_base=self.backend.backoff_base,
                 backoff_max=self.backend.backoff_max,
+                breaker=row.queue_name in self.breakers(),
             )
         )
         self.complete(attempt, written[0] if written else None)
@@ -162,7 +180,10 @@ class Executor:
         attempt.outcome = outcome = self.outcome(row, status)
         if attempt.result is not None and outcome != Outcome.DROPPED:
             object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
-            task_finished.send(type(self.backend), task_result=attempt.result)
+            # Robust: a receiver that raises is logged (by Django, with its traceback) and the
+            # others still run; raised here, it ended the worker's loop (successes are reported
+            # in the main thread), though the outcome was recorded already.
+            task_finished.send_robust(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and
         # the console, /metrics and the task itself say the same. Every other outcome at INFO.

@@ -50,7 +50,7 @@ class Ledger:
 
     def returned(self, row: store.TaskRow, attempt: Attempt | None, ran: float) -> None:
         """A task returned after ran seconds: a success waits for the next round; a failure (already
-        recorded) or a crash of the executor (None: the reaper will requeue) frees its slot now."""
+        recorded) or a crash of the executor (None: reaped once the worker stops) frees its slot now."""
         with self.lock:
             self.executing -= 1
             average = self.average_run

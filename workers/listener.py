@@ -128,7 +128,7 @@ class WorkerHearer:
         self.on_settings = on_settings
 
     def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
-        self.on_settings(store.flow_view(conn, self.worker_id, self.queues))
+        self.on_settings(store.flow_view(conn, self.queues))
 
     def enqueued(self, wake: store.Wake) -> None:
         if wake.for_worker(self.worker_id):

@@ -52,6 +52,10 @@ class Producer:
         self.view = view
         self.settings_changed.set()
 
+    def breakers(self) -> frozenset[str]:
+        """The worker's queues with a circuit breaker, as it last looked (its failures count there)."""
+        return self.view.breakers if self.view else frozenset()
+
     def run_once(
         self, free_slots: int, successes: Sequence[store.Success] = ()
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:

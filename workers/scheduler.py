@@ -44,7 +44,18 @@ class Scheduler:
             schedules.sync_declared(store.database_now())
         counts: Counter[str] = Counter()
         for schedule in store.due_schedules():
-            counts.update(self.run_schedule(schedule))
+            try:
+                counts.update(self.run_schedule(schedule))
+            except db.CONNECTION_ERRORS:
+                raise  # the database is away: the whole pass waits for it (run_once)
+            except Exception:
+                # One schedule's error (deleted under us, a zone this image lacks, a unique key held
+                # too long) must not end the scheduler, and with it every worker of the fleet: its
+                # cursor stays where it was, and the next pass tries again.
+                logger.exception(
+                    "schedule_error schedule=%s: its ticks wait for the next pass", schedule.name
+                )
+                counts["error"] += 1
         if self.passes % self.purge_every == 0:
             store.purge_schedule_ticks(older_than=TICK_RETENTION)
         return counts

@@ -239,6 +239,9 @@ class Supervisor:
                     attempt=attempt,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
+                    # The supervisor has no flow view: count_breaker_failure looks at the settings
+                    # (a transaction and a statement more, for a timeout: rare).
+                    breaker=True,
                 ),
                 "timeout_record_failed id=%s",
                 task_id,

@@ -8,7 +8,11 @@ from __future__ import annotations
 from workers.producer import Producer
 
 RETRY_FIRST = 0.005
-"""Seconds before claiming again when an enqueue held the mark back (then doubled, to the poll)."""
+"""Seconds before claiming again when an enqueue held the mark back (then doubled, to RETRY_MOST)."""
+RETRY_MOST = 0.25
+"""At most this long between tries (or the poll interval, if shorter): a long transaction that
+enqueued holds the mark back for as long as it is open, and meanwhile enqueues on the worker's other
+queues do not notify it."""
 
 
 class Waiting:
@@ -25,7 +29,10 @@ class Waiting:
         if not self.enabled or not self.producer.healthy:
             return None
         if free_slots == 0:
-            if self.marked and self.producer.set_waiting(False):
+            if self.marked:
+                # Taken as cleared even when the answer is lost (it may have committed): marked
+                # again when idle, an extra write; believed marked, never notified again.
+                self.producer.set_waiting(False)
                 self.marked = False
             return None
         if self.marked:
@@ -35,5 +42,5 @@ class Waiting:
             self.retry = RETRY_FIRST
             return 0.0  # a task enqueued before the mark was not announced to us: claim once more
         # An enqueue is under way (or the database is away): it may not notify, so claim again soon.
-        delay, self.retry = self.retry, min(self.retry * 2, self.poll_interval)
+        delay, self.retry = self.retry, min(self.retry * 2, self.poll_interval, RETRY_MOST)
         return delay

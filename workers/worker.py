@@ -85,7 +85,9 @@ class Worker:
         self.exit_code: ExitCode = ExitCode.OK
         self.limits = db.ConnectionLimits(config.stale_after)
         self.producer = Producer(worker_id=self.id, queues=config.queues, limits=self.limits.statements)
-        self.executor = Executor(worker_id=self.id, backend=backend, give_up=self.hard_stop)
+        self.executor = Executor(
+            worker_id=self.id, backend=backend, give_up=self.hard_stop, breakers=self.producer.breakers
+        )
         self.inbox: queue.SimpleQueue[store.TaskRow | None] = queue.SimpleQueue()
         self.threads = [
             threading.Thread(target=self.run_tasks, name=f"taskqueue-task-{n}", daemon=True)
@@ -320,7 +322,8 @@ class Worker:
             try:
                 attempt = self.executor.run(row)
             except Exception:
-                logger.exception("executor_crashed id=%s: the reaper will requeue the task", row.id)
+                # Left RUNNING under this worker: the reaper takes it back once the worker stops.
+                logger.exception("executor_crashed id=%s: the task is reaped when this worker stops", row.id)
                 attempt = None
             self.ledger.returned(row, attempt, time.monotonic() - started)
             self.wake.set()
@@ -356,6 +359,7 @@ class Worker:
                     attempt=row.attempts,
                     backoff_base=self.config.backoff_base,
                     backoff_max=self.config.backoff_max,
+                    breaker=row.queue_name in self.producer.breakers(),
                 )
             )
             logger.warning(

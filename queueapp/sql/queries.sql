@@ -18,7 +18,7 @@
 -- queueapp_wake_waiters (a function: migration 0008) notifies only while a worker of the queue
 -- waits for work (mark_worker_waiting): a transaction that called pg_notify commits under a
 -- database-wide lock, one at a time, so with every worker busy producers skip it. %(notify)s is
--- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll. Wake one, not all (migration 0010):
+-- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll. Wake one, not all (migration 0013):
 -- the payload names one waiting worker picked at random ("<queue> <worker id>"), and only that
 -- worker (or an idle sibling under its supervisor) claims.
 WITH inserted AS (
@@ -98,7 +98,7 @@ FROM STDIN;
 
 -- notify_queues --
 -- For a batch, per queue: as many waiting workers named as it got READY tasks (there may be fewer
--- waiting; see enqueue_task and migration 0010).
+-- waiting; see enqueue_task and migration 0013).
 SELECT queueapp_wake_waiters(q, n) FROM unnest(%(queues)s::text[], %(counts)s::int[]) AS batch(q, n);
 
 -- claim_tasks --
@@ -112,10 +112,13 @@ WITH picked AS (
   SELECT id FROM queueapp_task_live
   WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]) AND run_after <= now()
     -- A worker already marked LOST (a zombie back from a pause) claims nothing; nor does one whose
-    -- flow_view is older than the last flow-control change of its queues (flow_changed), until it
-    -- looked again: its queue list may hold a queue paused or limited since.
-    AND EXISTS (SELECT 1 FROM queueapp_worker w
-                WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE' AND w.flow_epoch = %(flow_epoch)s)
+    -- flow_view is older than the last flow-control change of these queues (flow_changed), until it
+    -- looked again: its queue list may hold a queue paused or limited since. The epochs only grow
+    -- (settings rows are never deleted), so their sum moved if any of them did. Both are InitPlans,
+    -- read once; a queue without a settings row has none (0).
+    AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
+    AND (SELECT coalesce(sum(c.flow_epoch), 0) FROM queueapp_queuecontrol c
+         WHERE c.name = ANY(%(queues)s::text[])) = %(flow_epoch)s::bigint
   ORDER BY priority DESC, run_after, id
   LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
@@ -179,11 +182,15 @@ SELECT set_config('enable_sort', 'off', true),
 -- COMMITTED its snapshot then sees every task the previous claimer made RUNNING, so counts of
 -- RUNNING tasks and the token bucket cannot be read stale by two workers at once. Counting in the
 -- statement that waited for the lock would not do: its snapshot predates the wait.
-SELECT name, paused, rate_limit / rate_period, breaker_threshold IS NOT NULL
-FROM queueapp_flow_queue
-WHERE name = ANY(%(queues)s::text[])
-ORDER BY name
-FOR UPDATE;
+-- The rate is the fastest of the queue's and its keys' (greatest skips a NULL): a worker that was
+-- held back polls again when such a token is due. (The view was made before the rate per key: its
+-- columns come from the table.)
+SELECT q.name, q.paused, greatest(q.rate_limit / q.rate_period, q.key_rate_limit / q.key_rate_period),
+       q.breaker_threshold IS NOT NULL
+FROM queueapp_queuecontrol q JOIN queueapp_flow_queue f ON f.name = q.name
+WHERE q.name = ANY(%(queues)s::text[])
+ORDER BY q.name
+FOR UPDATE OF q;
 
 -- claim_flow_tasks --
 -- The flow-controlled claim, step 2, in the transaction of step 1. Per unpaused queue, the free
@@ -194,10 +201,17 @@ FOR UPDATE;
 -- claimers of these queues out; the UPDATE re-checks on the row's latest version that it is still
 -- unclaimed (a task cancelled meanwhile is gone and skipped). started_at is statement_timestamp(): the time of this
 -- claim, after the lock (a rate limit is judged on it).
+-- A rate limit per key (key_rate_limit per key_rate_period) is a token bucket per key in
+-- queueapp_keybucket (no row: full), refilled like the queue's, at most 100 ms of tokens, never
+-- less than one: keys out of tokens are left out of the scan, as keys at their concurrency limit
+-- are, and a key takes at most its whole tokens. Only this claim writes the buckets of a queue,
+-- under the queue's lock.
 WITH slots AS (
-  SELECT name, key_concurrency, rated, trying, tokens, least(free, %(limit)s::int) AS free
-  FROM queueapp_flow_slot
-  WHERE name = ANY(%(queues)s::text[])
+  SELECT f.name, f.key_concurrency, f.rated, f.trying, f.tokens, least(f.free, %(limit)s::int) AS free,
+         q.key_rate_limit / q.key_rate_period AS key_rate,
+         greatest(1, q.key_rate_limit / q.key_rate_period * 0.1) AS key_burst
+  FROM queueapp_flow_slot f JOIN queueapp_queuecontrol q ON q.name = f.name
+  WHERE f.name = ANY(%(queues)s::text[])
 ),
 busy_keys AS (
   SELECT r.queue_name, r.concurrency_key, count(*) AS running
@@ -213,9 +227,20 @@ candidates AS (
     AND NOT EXISTS (SELECT 1 FROM busy_keys b JOIN slots s ON s.name = b.queue_name
                     WHERE b.queue_name = t.queue_name AND b.concurrency_key = t.concurrency_key
                       AND b.running >= s.key_concurrency)
+    AND NOT EXISTS (SELECT 1 FROM queueapp_keybucket kb JOIN slots s ON s.name = kb.queue_name
+                    WHERE kb.queue_name = t.queue_name AND kb.concurrency_key = t.concurrency_key
+                      AND kb.tokens + s.key_rate * extract(epoch FROM statement_timestamp() - kb.tokens_at) < 1)
     AND EXISTS (SELECT 1 FROM queueapp_worker w WHERE w.id = %(worker_id)s::uuid AND w.state = 'ALIVE')
   ORDER BY t.priority DESC, t.run_after, t.id
   LIMIT %(limit)s * 4
+),
+key_tokens AS (
+  SELECT kb.queue_name, kb.concurrency_key,
+         least(s.key_burst, kb.tokens + s.key_rate * extract(epoch FROM statement_timestamp() - kb.tokens_at))
+           AS tokens
+  FROM queueapp_keybucket kb JOIN slots s ON s.name = kb.queue_name
+  WHERE s.key_rate IS NOT NULL
+    AND (kb.queue_name, kb.concurrency_key) IN (SELECT queue_name, concurrency_key FROM candidates)
 ),
 by_key AS (
   SELECT c.*, row_number() OVER (PARTITION BY c.queue_name, c.concurrency_key
@@ -225,7 +250,10 @@ by_key AS (
 keys_allowed AS (
   SELECT k.* FROM by_key k JOIN slots s ON s.name = k.queue_name
   LEFT JOIN busy_keys b ON b.queue_name = k.queue_name AND b.concurrency_key = k.concurrency_key
-  WHERE k.concurrency_key IS NULL OR k.nth_of_key <= s.key_concurrency - coalesce(b.running, 0)
+  LEFT JOIN key_tokens kt ON kt.queue_name = k.queue_name AND kt.concurrency_key = k.concurrency_key
+  WHERE k.concurrency_key IS NULL
+     OR (k.nth_of_key <= s.key_concurrency - coalesce(b.running, 0)
+         AND (s.key_rate IS NULL OR k.nth_of_key <= floor(coalesce(kt.tokens, s.key_burst))))
 ),
 picked AS (
   SELECT a.id FROM (
@@ -260,6 +288,15 @@ spent AS (
                            ELSE q.breaker_until END
   FROM slots s CROSS JOIN LATERAL (SELECT count(*) AS claimed FROM claimed c WHERE c.queue_name = s.name) AS n
   WHERE q.name = s.name AND (s.rated OR s.trying)
+),
+key_spent AS (
+  INSERT INTO queueapp_keybucket AS kb (queue_name, concurrency_key, tokens, tokens_at)
+  SELECT k.queue_name, k.concurrency_key, coalesce(kt.tokens, s.key_burst) - count(*), statement_timestamp()
+  FROM claimed c JOIN keys_allowed k ON k.id = c.id JOIN slots s ON s.name = k.queue_name
+  LEFT JOIN key_tokens kt ON kt.queue_name = k.queue_name AND kt.concurrency_key = k.concurrency_key
+  WHERE k.concurrency_key IS NOT NULL AND s.key_rate IS NOT NULL
+  GROUP BY k.queue_name, k.concurrency_key, kt.tokens, s.key_burst
+  ON CONFLICT (queue_name, concurrency_key) DO UPDATE SET tokens = excluded.tokens, tokens_at = excluded.tokens_at
 )
 SELECT * FROM claimed;
 
@@ -306,11 +343,13 @@ spent AS (
 SELECT * FROM claimed;
 
 -- flow_view --
--- A worker's view of flow control, in one snapshot: its flow_epoch (claim_tasks checks it), which
--- of its queues are flow-controlled, which of those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a change of
--- settings, and every few seconds, so that rounds of a worker without any pay nothing. A worker
--- without a row yet gets an epoch no row has (its claim would claim nothing anyway).
-SELECT coalesce((SELECT flow_epoch FROM queueapp_worker WHERE id = %(worker_id)s::uuid), -1),
+-- A worker's view of flow control, in one snapshot: the flow epoch of its queues without flow
+-- control (claim_tasks, given those, checks it), which of its queues are flow-controlled, which of
+-- those have keyed tasks, and which a breaker. Its listener asks on connecting, when told of a
+-- change of settings, and every few seconds, so that rounds of a worker without any pay nothing.
+SELECT (SELECT coalesce(sum(c.flow_epoch), 0) FROM queueapp_queuecontrol c
+        WHERE c.name = ANY(%(queues)s::text[])
+          AND NOT EXISTS (SELECT 1 FROM queueapp_flow_queue f WHERE f.name = c.name)),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[])),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND has_keys),
        ARRAY(SELECT name FROM queueapp_flow_queue WHERE name = ANY(%(queues)s::text[]) AND breaker_threshold IS NOT NULL);
@@ -365,8 +404,18 @@ SELECT name, breaker_state, failures, attempts FROM changed;
 -- flow_plan --
 -- Before the flow-controlled claim, after claim_plan, for this transaction only. Planner trap: its
 -- window functions must sort, and with sorting priced out (claim_plan) the plan's cost passes
--- jit_above_cost: compiling it took a second per claim.
-SET LOCAL jit = off;
+-- jit_above_cost: compiling it took a second per claim. And the generic plan, kept with the
+-- prepared statement: the plan cache took a custom plan for claim_flow_tasks every time (its
+-- generic plan is estimated no cheaper), and planning it afresh was 0.6 of its 1.0 ms; its generic
+-- plan walks the claim index and stops at its LIMIT, as the custom one does (docs/benchmarks.md).
+-- plain_plan undoes it before a plain claim in the same transaction.
+SELECT set_config('jit', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true);
+
+-- plain_plan --
+-- After the flow-controlled claim, before a plain claim in the same round: the plain claim's
+-- generic plan cannot know how few rows its LIMIT takes (it was 10x slower), so it goes back to
+-- the plan cache's choice (custom plans).
+SET LOCAL plan_cache_mode TO DEFAULT;
 
 -- ensure_keyed_queues --
 -- Tasks with a concurrency key need the flow-controlled claim: the first one enqueued in a queue
@@ -380,20 +429,16 @@ RETURNING q.name;
 
 -- flow_changed --
 -- Queues' flow control changed (pause, resume, limits, a first keyed task), in the transaction of
--- the change. Every live worker that listens on one of them moves to a new flow_epoch: from the
--- commit on, its plain claim (which checks the epoch) claims nothing until the worker has looked at
--- the settings again (flow_view), so that no worker claims a queue as plain after it was paused or
--- limited, whatever its listener has heard yet. Worker rows are locked in id order (two changes
--- cannot deadlock). Then workers are told, on a channel of its own (the many enqueue notifications
--- do not make every worker re-read settings), and woken (a resumed queue is claimed at once).
-WITH listening AS (
-  SELECT id FROM queueapp_worker
-  WHERE state = 'ALIVE' AND queues && %(queues)s::varchar[]
-  ORDER BY id
-  FOR UPDATE
-),
-moved AS (
-  UPDATE queueapp_worker w SET flow_epoch = w.flow_epoch + 1 FROM listening WHERE w.id = listening.id
+-- the change, which has written (so locked) their settings rows already. Their flow_epoch moves:
+-- from the commit on, the plain claim of a worker on one of them (which compares the epochs of its
+-- queues with its view's) claims nothing until the worker has looked at the settings again
+-- (flow_view), so that no worker claims a queue as plain after it was paused or limited, whatever
+-- its listener has heard yet. Only settings rows are written: an admin's or an enqueuer's
+-- transaction left open holds no worker row (their heartbeats would wait behind it). Then workers
+-- are told, on a channel of its own (the many enqueue notifications do not make every worker
+-- re-read settings), and woken (a resumed queue is claimed at once).
+WITH moved AS (
+  UPDATE queueapp_queuecontrol SET flow_epoch = flow_epoch + 1 WHERE name = ANY(%(queues)s::text[])
 )
 SELECT pg_notify('taskqueue_settings', q), pg_notify('taskqueue', q) FROM unnest(%(queues)s::text[]) AS q;
 
@@ -414,6 +459,11 @@ SELECT t.status, t.run_after > now() AS not_due, t.queue_name AS queue, t.concur
        (SELECT count(*) FROM queueapp_task_live r
         WHERE r.status = 'RUNNING' AND r.queue_name = t.queue_name AND r.concurrency_key = t.concurrency_key)
          AS key_running,
+       q.key_rate_limit, q.key_rate_period,
+       (SELECT least(greatest(1, q.key_rate_limit / q.key_rate_period * 0.1),
+                     kb.tokens + q.key_rate_limit / q.key_rate_period * extract(epoch FROM now() - kb.tokens_at))
+        FROM queueapp_keybucket kb
+        WHERE kb.queue_name = t.queue_name AND kb.concurrency_key = t.concurrency_key) AS key_tokens,
        q.rate_limit, q.rate_period,
        CASE WHEN q.rate_limit IS NULL OR q.tokens_at IS NULL THEN NULL
             ELSE least(greatest(1, q.rate_limit / q.rate_period * 0.1),
@@ -442,7 +492,7 @@ WITH names AS (
 SELECT n.name, coalesce(q.paused, false), q.concurrency_limit, coalesce(q.key_concurrency, 1),
        q.rate_limit, coalesce(q.rate_period, 1.0),
        live.ready, live.scheduled, live.running, live.started_live + finished.started, live.oldest_ready,
-       q.breaker_threshold, coalesce(q.breaker_state, 'closed')
+       q.breaker_threshold, coalesce(q.breaker_state, 'closed'), q.key_rate_limit, coalesce(q.key_rate_period, 1.0)
 FROM names n
 LEFT JOIN queueapp_queuecontrol q ON q.name = n.name
 CROSS JOIN LATERAL (
@@ -528,20 +578,14 @@ WITH failed AS (
   WHERE id = %(id)s AND status = 'RUNNING' AND worker_id = %(worker_id)s AND attempts = %(attempt)s
   FOR UPDATE
 ),
--- A queue with a circuit breaker counts each failed attempt.
-counted AS (
-  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
-  SELECT queue_name, now(), true FROM failed
-  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
-),
 retried AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || failed.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM failed
   WHERE t.id = failed.id AND failed.retry
-  RETURNING t.status, t.run_after
+  RETURNING t.status, t.run_after, t.queue_name
 ),
 ended AS (
   DELETE FROM queueapp_task_live t USING failed WHERE t.id = failed.id AND NOT failed.retry
@@ -555,11 +599,19 @@ moved AS (
          args, kwargs, run_after, enqueued_at, started_at, now(), attempts, max_attempts, worker_ids,
          errors || error, NULL, timeout, cancel_requested, worker_id, unique_key, concurrency_key
   FROM ended
-  RETURNING status, run_after
+  RETURNING status, run_after, queue_name
 )
-SELECT status, run_after FROM retried
+SELECT status, run_after, queue_name FROM retried
 UNION ALL
-SELECT status, run_after FROM moved;
+SELECT status, run_after, queue_name FROM moved;
+
+-- count_breaker_failure --
+-- After fail_task, in its transaction, when the task's queue had a circuit breaker as the worker
+-- last looked (fail_task alone for the other queues, which so pay nothing for breakers): the failed
+-- attempt is an outcome for the breaker, if the queue still has one.
+INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+SELECT name, now(), true FROM queueapp_queuecontrol
+WHERE name = %(queue)s AND breaker_threshold IS NOT NULL;
 
 -- cancel_task --
 -- SCHEDULED and READY tasks end at once (CANCELLED, in history); a RUNNING one gets a request that
@@ -646,7 +698,10 @@ RETURNING state;
 -- task that kills its worker cannot do it forever), else it ends in history, FAILED, or CANCELLED
 -- if a cancel was requested.
 -- Tasks are joined to workers LOST before this statement too: a claim that committed while the
--- worker was being marked LOST is picked up by the next run.
+-- worker was being marked LOST is picked up by the next run; and to STOPPED ones, whose process has
+-- ended: a task it still held (its loop died on an error, or a shutdown write failed) has no one
+-- else to take it back. The backoff's exponent stops at 60 (2^1024 would overflow float8 and fail
+-- the statement, and every reap with it, for a task retried a thousand times).
 -- `taken` locks each task on its latest row version (READ COMMITTED): a task that finished an
 -- instant earlier has left the live table and is skipped, so it stays SUCCESSFUL or FAILED.
 WITH reaper AS MATERIALIZED (
@@ -663,10 +718,10 @@ lost AS (
 orphaned AS (
   SELECT id FROM lost
   UNION
-  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state = 'LOST'
+  SELECT w.id FROM queueapp_worker w, reaper WHERE reaper.locked AND w.state IN ('LOST', 'STOPPED')
 ),
 taken AS (
-  SELECT t.id, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
+  SELECT t.id, t.queue_name, NOT t.cancel_requested AND t.attempts < t.max_attempts AS retry,
          jsonb_build_array(jsonb_build_object(
            'exception_class_path', 'queueapp.exceptions.WorkerLost',
            'message', 'worker ' || t.worker_id || ' was lost (no heartbeat, or its process died) during attempt '
@@ -676,11 +731,19 @@ taken AS (
   WHERE t.status = 'RUNNING' AND t.worker_id IN (SELECT id FROM orphaned)
   FOR UPDATE OF t
 ),
+-- An attempt lost with its worker is a failed attempt for its queue's circuit breaker (a worker
+-- that a task's downstream kills or hangs must open it as a raised error would). Reaps are rare:
+-- the semi-join on the settings costs here, not on the claim or the finish.
+counted AS (
+  INSERT INTO queueapp_breakerevent (queue_name, at, failed)
+  SELECT queue_name, now(), true FROM taken
+  WHERE queue_name IN (SELECT name FROM queueapp_queuecontrol WHERE breaker_threshold IS NOT NULL)
+),
 requeued AS (
   UPDATE queueapp_task_live t
   SET status = 'SCHEDULED', errors = t.errors || taken.error, worker_id = NULL,
       run_after = now() + make_interval(secs => least(%(backoff_max)s::float8,
-                  %(backoff_base)s::float8 * power(2, t.attempts - t.retried_at_attempt - 1)) * (0.5 + random() / 2))
+                  %(backoff_base)s::float8 * power(2, least(t.attempts - t.retried_at_attempt - 1, 60))) * (0.5 + random() / 2))
   FROM taken
   WHERE t.id = taken.id AND taken.retry
   RETURNING t.id
@@ -708,7 +771,7 @@ WITH stale AS (
   SELECT id FROM queueapp_worker
   WHERE state IN ('ALIVE', 'STOPPING') AND last_heartbeat_at < now() - make_interval(secs => %(stale_after)s::float8)
   UNION
-  SELECT id FROM queueapp_worker WHERE state = 'LOST'
+  SELECT id FROM queueapp_worker WHERE state IN ('LOST', 'STOPPED')
 )
 SELECT (SELECT count(*) FROM queueapp_worker
         WHERE state IN ('ALIVE', 'STOPPING')
@@ -859,7 +922,7 @@ DELETE FROM queueapp_task_history t USING doomed WHERE t.id = doomed.id AND t.fi
 -- purge_workers --
 -- Retention of worker rows (one per process start): those STOPPED or LOST before the cutoff go,
 -- except a LOST one that still holds RUNNING tasks (the reaper has yet to take them back through
--- it). The check reads task_live_running_idx. Finished tasks keep the id of the worker that ran
+-- it). The check reads task_live_running_queue_idx. Finished tasks keep the id of the worker that ran
 -- them; the console shows it without a link once the row is gone.
 DELETE FROM queueapp_worker w
 WHERE w.state IN ('STOPPED', 'LOST')
@@ -889,11 +952,16 @@ SELECT pg_try_advisory_xact_lock(hashtext('taskqueue.partitions')), set_config('
 -- A table like history (columns, defaults, the status check), then attached: ATTACH takes a
 -- SHARE UPDATE EXCLUSIVE lock on history, which INSERTs pass (CREATE TABLE ... PARTITION OF would
 -- take an ACCESS EXCLUSIVE one). ATTACH builds the partition's indexes (it is empty: at once).
+-- The lock_timeout is set again here: in a worker, each statement of a transaction starts with the
+-- worker's own limits (store.StatementLimits), which would replace lock_partitions' 2 s by 15.
+SET LOCAL lock_timeout = '2s';
 CREATE TABLE {partition} (LIKE queueapp_task_history INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
 ALTER TABLE queueapp_task_history ATTACH PARTITION {partition} FOR VALUES FROM (%(start)s) TO (%(end)s);
 
 -- drop_history_partition --
--- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum.
+-- Retention of a whole day: no row by row DELETE, no dead tuples, no vacuum. (lock_timeout: as in
+-- create_history_partition.)
+SET LOCAL lock_timeout = '2s';
 DROP TABLE {partition};
 
 -- stage_tasks --

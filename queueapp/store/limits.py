@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 import psycopg
 from django.core.exceptions import ValidationError
@@ -26,7 +25,7 @@ claim through the flow-controlled claim."""
 @dataclass(frozen=True, slots=True)
 class FlowView:
     """What a worker knows of flow control: which of its queues are flow-controlled, as of epoch
-    (its row's flow_epoch then; its plain claim holds only while the row still has it)."""
+    (the flow epochs of its other queues then: its plain claim holds only while they have it)."""
 
     epoch: int = 0
     queues: frozenset[str] = frozenset()
@@ -36,10 +35,9 @@ class FlowView:
     """Those of queues with a circuit breaker: their successes are counted for it."""
 
 
-def flow_view(conn: psycopg.Connection[Any], worker_id: UUID, queues: Collection[str]) -> FlowView:
+def flow_view(conn: psycopg.Connection[Any], queues: Collection[str]) -> FlowView:
     """A worker's FlowView, read in one snapshot on its own connection."""
-    params = {"worker_id": worker_id, "queues": sorted(queues)}
-    row = conn.execute(QUERIES["flow_view"], params).fetchone()
+    row = conn.execute(QUERIES["flow_view"], {"queues": sorted(queues)}).fetchone()
     assert row is not None  # one row, always
     return FlowView(row[0], frozenset(row[1]), frozenset(row[2]), frozenset(row[3]))
 
@@ -58,8 +56,9 @@ def notify_settings(queue: str, *, using: str = "default") -> None:
 
 
 def flow_changed(cursor: Any, queues: Sequence[str]) -> None:
-    """Queues' flow control changed in this transaction: from its commit on, the plain claims of
-    workers on these queues claim nothing until the worker looked again; workers are told."""
+    """Queues' flow control changed in this transaction (their settings rows written): from its
+    commit on, the plain claims of workers on these queues claim nothing until the worker looked
+    again; workers are told."""
     cursor.execute(QUERIES["flow_changed"], {"queues": sorted(queues)})
 
 
@@ -81,6 +80,8 @@ class QueueFlow:
     breaker_threshold: float | None
     breaker_state: str
     """closed, open or half_open (closed when the queue has no breaker)."""
+    key_rate_limit: int | None
+    key_rate_period: float
 
 
 def queue_flow(*, using: str = "default") -> list[QueueFlow]:
@@ -128,6 +129,9 @@ def _holds(w: dict[str, Any]) -> Iterator[tuple[str, str]]:
     if w["key"] is not None and w["key_running"] >= w["key_limit"]:
         running = f"{w['key_running']} of {w['key_limit']} running"
         yield "key_concurrency", f"concurrency key {w['key']!r} is at its limit ({running})"
+    if w["key_rate_limit"] is not None and w["key_tokens"] is not None and w["key_tokens"] < 1:
+        rate = f"{w['key_rate_limit']} per {w['key_rate_period']:g} s"
+        yield "key_rate_limit", f"concurrency key {w['key']!r} is at its rate limit ({rate} per key)"
     if w["tokens"] is not None and w["tokens"] < 1:
         rate = f"{w['rate_limit']} per {w['rate_period']:g} s"
         yield "rate_limit", f"queue {queue} is at its rate limit ({rate})"
@@ -137,7 +141,15 @@ def _holds(w: dict[str, Any]) -> Iterator[tuple[str, str]]:
         yield "no_worker", f"no live worker listens on queue {queue}"
 
 
-SEEDABLE = ("paused", "concurrency_limit", "key_concurrency", "rate_limit", "rate_period")
+SEEDABLE = (
+    "paused",
+    "concurrency_limit",
+    "key_concurrency",
+    "rate_limit",
+    "rate_period",
+    "key_rate_limit",
+    "key_rate_period",
+)
 """The settings TASKQUEUE["FLOW_CONTROL"] may give a queue."""
 
 

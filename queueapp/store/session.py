@@ -213,6 +213,8 @@ class WorkerSession:
                 if view.queues:
                     values = self._claim_flow(conn, view, limit, refresh=refresh)
                 if plain and limit > len(values):
+                    if view.queues:
+                        conn.execute(QUERIES["plain_plan"], prepare=False)
                     params = claim_params(self.worker_id, plain, limit - len(values), view.epoch)
                     claim = conn.execute(QUERIES["claim_tasks"], params)
         if claim is not None:  # fetched after the commit: a plain round is one round trip
@@ -227,7 +229,7 @@ class WorkerSession:
         conn = self.conn
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
             self.limit(conn)
-            return flow_view(conn, self.worker_id, self.queues)
+            return flow_view(conn, self.queues)
 
     def _claim_flow(
         self, conn: psycopg.Connection[Any], view: FlowView, limit: int, *, refresh: bool

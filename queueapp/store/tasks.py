@@ -202,24 +202,30 @@ def fail_task(
     error: dict[str, Any],
     backoff_base: float,
     backoff_max: float,
+    breaker: bool = False,
     using: str = "default",
 ) -> tuple[str, datetime] | None:
-    """Record a failed attempt: READY for a retry, FAILED or CANCELLED; None when taken away."""
+    """Record a failed attempt: READY for a retry, FAILED or CANCELLED; None when taken away.
+    breaker: the task's queue has a circuit breaker (as the worker last looked): the failure is
+    counted for it, in the same transaction; others pay nothing for breakers."""
     if not (math.isfinite(backoff_base) and math.isfinite(backoff_max)):
         raise ValueError("backoff_base and backoff_max must be finite numbers of seconds")
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            QUERIES["fail_task"],
-            {
-                "id": task_id,
-                "worker_id": worker_id,
-                "attempt": attempt,
-                "error": json.dumps(error),
-                "backoff_base": backoff_base,
-                "backoff_max": backoff_max,
-            },
-        )
+    params: dict[str, Any] = {
+        "id": task_id,
+        "worker_id": worker_id,
+        "attempt": attempt,
+        "error": json.dumps(error),
+        "backoff_base": backoff_base,
+        "backoff_max": backoff_max,
+    }
+    with (
+        transaction.atomic(using=using) if breaker else contextlib.nullcontext(),
+        connections[using].cursor() as cursor,
+    ):
+        cursor.execute(QUERIES["fail_task"], params)
         row = cursor.fetchone()
+        if row and breaker:
+            cursor.execute(QUERIES["count_breaker_failure"], {"queue": row[2]})
     return (row[0], row[1]) if row else None
 
 

@@ -1,5 +1,5 @@
 """What an enqueue's notification says: the queue, and which waiting worker should claim (migration
-0010: queueapp_wake_waiters names one per task, at random among those waiting)."""
+0013: queueapp_wake_waiters names one per task, at random among those waiting)."""
 
 from __future__ import annotations
 

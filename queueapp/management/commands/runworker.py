@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from queueapp import checks
 from workers.config import WorkerConfig
 from workers.supervisor import Supervisor
 from workers.worker import Worker
@@ -16,6 +17,7 @@ from workers.worker import Worker
 
 class Command(BaseCommand):
     help = "Claim and run tasks. SIGTERM/SIGINT stop gracefully; a second signal stops at once."
+    requires_system_checks = checks.WORKER_TAGS
 
     def add_arguments(self, parser: CommandParser) -> None:
         # The options are WorkerConfig's fields (workers/config.py): add one there, not here.

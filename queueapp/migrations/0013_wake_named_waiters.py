@@ -37,6 +37,6 @@ BACK = "DROP FUNCTION queueapp_wake_waiters(text, integer);" + importlib.import_
 
 
 class Migration(migrations.Migration):
-    dependencies = [("queueapp", "0009_flow_control")]
+    dependencies = [("queueapp", "0012_rate_limit_per_key")]
 
     operations = [migrations.RunSQL(WAKE_NAMED_WAITERS, BACK)]
