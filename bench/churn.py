@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
-from bench.common import ROOT, scratch_database, wait_listening, worker_env
+from bench.common import ROOT, scratch_database, wait_waiting, worker_env
 
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -73,7 +73,7 @@ def main() -> None:
             [sys.executable, "manage.py", "runworker", "--processes", "2"], cwd=ROOT, env=worker_env(url)
         )
         try:
-            wait_listening(2)
+            wait_waiting(2)
             capacity = drain_rate(url)
             rate = capacity * opts.share
             print(

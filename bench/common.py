@@ -140,18 +140,13 @@ def scalar(sql: str) -> int:
         return int(cursor.fetchone()[0])
 
 
-def wait_listening(processes: int) -> None:
-    """Until that many worker processes LISTEN on this database (started up and registered)."""
+def wait_waiting(processes: int) -> None:
+    """Until that many worker processes wait for work (started up, registered, marked waiting): a
+    supervisor's children have no LISTEN connection of their own (its one listener wakes them)."""
     wait_for(
-        lambda: (
-            scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
-                " AND datname = current_database() AND query = 'LISTEN taskqueue'"
-            )
-            >= processes
-        ),
+        lambda: scalar("SELECT count(*) FROM queueapp_worker WHERE state = 'ALIVE' AND waiting") >= processes,
         timeout=60,
-        what=f"{processes} worker process(es) to LISTEN",
+        what=f"{processes} worker process(es) waiting for work",
     )
 
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from urllib.parse import urlsplit
 
-from bench.common import ROOT, Figure, clear_tasks, rate_figure, wait_listening, wait_succeeded, worker_env
+from bench.common import ROOT, Figure, clear_tasks, rate_figure, wait_succeeded, wait_waiting, worker_env
 from taskqueue_project.devdb import find_bindir
 
 RUNWORKER = [sys.executable, "manage.py", "runworker"]
@@ -61,7 +61,7 @@ def drain_with_workers(n: int, processes: int, concurrency: int) -> float:
         env=worker_env(os.environ["DATABASE_URL"]),
     )
     try:
-        wait_listening(processes)
+        wait_waiting(processes)
         fill(n)
         wait_succeeded(n)
     finally:

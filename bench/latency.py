@@ -14,7 +14,7 @@ import time
 
 import psycopg
 
-from bench.common import ROOT, Figure, clear_tasks, percentile, wait_listening, wait_succeeded, worker_env
+from bench.common import ROOT, Figure, clear_tasks, percentile, wait_succeeded, wait_waiting, worker_env
 from bench.drain import RUNWORKER
 
 
@@ -50,7 +50,7 @@ def pickup(count_: int, rate: float, processes: int) -> list[float]:
         env=worker_env(os.environ["DATABASE_URL"]),
     )
     try:
-        wait_listening(processes)
+        wait_waiting(processes)
         time.sleep(1)  # past the workers' first poll: from now on only NOTIFY wakes them
         latencies = timed_pickups(count_, rate)
     finally:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bench.common import ROOT, Figure, clear_tasks, wait_listening, wait_succeeded, worker_env
+from bench.common import ROOT, Figure, clear_tasks, wait_succeeded, wait_waiting, worker_env
 from bench.drain import RUNWORKER, fill
 
 
@@ -30,7 +30,7 @@ def figures(n: int = 200_000, concurrency: int = 32) -> list[Figure]:
         env=worker_env(os.environ["DATABASE_URL"]),
     )
     try:
-        wait_listening(1)
+        wait_waiting(1)
         start = rss_kib(worker.pid)
         fill(n)
         wait_succeeded(n)

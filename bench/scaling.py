@@ -34,8 +34,8 @@ from bench.common import (
     clear_tasks,
     percentile,
     scratch_database,
-    wait_listening,
     wait_succeeded,
+    wait_waiting,
     worker_env,
 )
 
@@ -62,7 +62,7 @@ def start_workers(mode: str, n: int) -> subprocess.Popen[bytes]:
         cwd=ROOT,
         env=worker_env(os.environ["DATABASE_URL"]),
     )
-    wait_listening(processes)
+    wait_waiting(processes)
     return worker
 
 

@@ -54,14 +54,20 @@ def listener(transactional_db: None) -> Iterator[psycopg.Connection]:
 
 
 def collect_until_sentinel(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[str]:
-    """Payloads received on 'taskqueue' before a sentinel sent now (delivery is in commit order)."""
+    """The queues of the notifications received on 'taskqueue' before a sentinel sent now (delivery
+    is in commit order); a named wake-up counts by its queue."""
+    return [wake.queue for wake in wakes_until_sentinel(listener, raw_conn)]
+
+
+def wakes_until_sentinel(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[store.Wake]:
+    """The notifications received on 'taskqueue' before a sentinel sent now, as queue and named worker."""
     raw_conn.execute("SELECT pg_notify('taskqueue', 'sentinel')")
-    payloads = []
+    wakes = []
     for notify in listener.notifies(timeout=10):
         if notify.payload == "sentinel":
-            return payloads
-        payloads.append(notify.payload)
-    raise AssertionError(f"sentinel notification not received within 10 s; got {payloads}")
+            return wakes
+        wakes.append(store.parse_wake(notify.payload))
+    raise AssertionError(f"sentinel notification not received within 10 s; got {wakes}")
 
 
 def waiting_worker(queues: list[str]) -> models.Worker:

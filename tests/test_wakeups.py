@@ -23,7 +23,7 @@ from django.utils import timezone
 from queueapp import models, store
 from queueapp.states import WorkerState
 from tests import tasks
-from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker
+from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker, wakes_until_sentinel
 from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers.producer import Producer
@@ -261,3 +261,25 @@ def test_a_mark_held_back_by_a_long_transaction_is_tried_again_within_a_quarter_
         assert max(d for d in delays if d is not None) == RETRY_MOST
     finally:
         producer.close()
+
+
+def named_in_notifications(listener: psycopg.Connection, raw_conn: psycopg.Connection) -> list[str]:
+    """The workers named by the notifications before a sentinel sent now."""
+    return [str(wake.named) for wake in wakes_until_sentinel(listener, raw_conn)]
+
+
+def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
+    bare_listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    """Wake one, not all: only the named worker claims (a supervisor's child, or a lone listener)."""
+    waiters = {waiting_worker(["default"]).id for _ in range(3)}
+    make_worker(["default"])  # busy: never named
+    tasks.add.enqueue(1, 1)
+    (named,) = named_in_notifications(bare_listener, raw_conn)
+    assert named in map(str, waiters)
+    tasks.add.enqueue_many(((i, i), {}) for i in range(20))  # by COPY: one call for the batch's 20
+    assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
+    busy = waiters.pop()
+    models.Worker.objects.filter(id=busy).update(waiting=False)
+    tasks.add.enqueue_many(((i, i), {}) for i in range(12))
+    assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))

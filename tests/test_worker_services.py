@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -20,7 +21,7 @@ from workers import db
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
 from workers.lease import Lease
-from workers.listener import Listener
+from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -189,7 +190,8 @@ def test_heartbeat_beats_and_notices_being_marked_lost(raw_conn: psycopg.Connect
 
 
 def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Connection) -> None:
-    waiting_worker(["default", "emails"])  # enqueues on both queues notify
+    waiting_worker(["default"])  # enqueues on both queues notify: each names its one waiting worker
+    worker = waiting_worker(["emails"])
     wake, stop = threading.Event(), threading.Event()
     views: list[store.FlowView] = []
     woken_with_view: list[bool] = []
@@ -198,15 +200,8 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         woken_with_view.append(wake.is_set())
         views.append(view)
 
-    make_worker(["emails"])
-    listener = Listener(
-        conninfo(),
-        queues=["emails"],
-        wake=wake,
-        stop=stop,
-        on_settings=seen,
-        idle_check=60,
-    )
+    hearer = WorkerHearer(worker_id=worker.id, queues=["emails"], wake=wake, on_settings=seen)
+    listener = Listener(conninfo(), queues=["emails"], hearer=hearer, stop=stop, idle_check=60)
     try:
         listener.run_once(timeout=0.1)  # connects and LISTENs (and wakes: it may have missed something)
         assert wake.is_set()
@@ -219,6 +214,8 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         listener.run_once(timeout=5)
         assert wake.is_set()
         wake.clear()
+        hearer.enqueued(store.Wake("emails", uuid.uuid4()))  # another worker's wake-up: not ours
+        assert not wake.is_set()
         store.set_paused("emails", True)  # a flow-control change: the producer hears of it at once,
         listener.run_once(timeout=5)
         assert views[-1] == store.FlowView(0, frozenset({"emails"}))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+from collections.abc import Sequence
 
 from django.db import connections
 
@@ -22,18 +24,29 @@ EXIT_CRASHED = 70
 
 
 class ForkedWorker:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        line: socket.socket | None = None,
+        supervisor_ends: Sequence[socket.socket] = (),
+    ) -> None:
+        """line: the child's end of its socket pair to the supervisor (workers.wakeups);
+        supervisor_ends: the supervisor's ends of every pair, closed in the child."""
         # The child must never share the supervisor's database sockets: close them (the supervisor
-        # reconnects when it next needs to).
+        # reconnects when it next needs to). The supervisor's listener connection is not Django's:
+        # the child inherits its socket but never touches it, and never frees it (os._exit).
         connections.close_all()
         pid = os.fork()
         if pid == 0:  # pragma: no branch - the child never returns from here
-            self._run_child(config)
+            for end in supervisor_ends:
+                end.close()
+            self._run_child(config, line)
         self.pid = pid
         self.returncode: int | None = None
 
     @staticmethod
-    def _run_child(config: WorkerConfig) -> None:
+    def _run_child(config: WorkerConfig, line: socket.socket | None) -> None:
         code = EXIT_CRASHED
         try:
             # A process group of its own (a terminal's Ctrl+C reaches only the supervisor, which
@@ -43,7 +56,7 @@ class ForkedWorker:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             from workers.worker import Worker
 
-            code = Worker(config).run()
+            code = Worker(config, supervisor_line=line).run()
         except BaseException:
             logger.exception("worker_crashed worker=%s", config.worker_id)
         finally:

@@ -1,7 +1,9 @@
 """Listener: one dedicated autocommit connection LISTENing for enqueues; a hint, never the only path.
 
-It reconnects and re-LISTENs after any connection loss (and wakes the producer then, since
-notifications sent meanwhile are gone), and checks its idle connection now and then.
+It reconnects and re-LISTENs after any connection loss (and says so: notifications sent meanwhile are
+gone), and checks its idle connection now and then. What a notification means is the hearer's: a lone
+worker's (WorkerHearer, below) wakes its own rounds; a supervisor's (workers.wakeups.Dispatcher) hands
+each wake-up to one idle child, so a host has one LISTEN connection however many children it runs.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 
@@ -17,6 +21,20 @@ from queueapp import store
 from workers import db
 
 logger = logging.getLogger(__name__)
+
+
+class Hearer(Protocol):
+    def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
+        """Flow-control settings of our queues changed (or may have: on connecting)."""
+
+    def enqueued(self, wake: store.Wake) -> None:
+        """Tasks were enqueued on one of our queues."""
+
+    def missed(self) -> None:
+        """Notifications may have been missed (connecting, connection lost): everyone should look."""
+
+    def idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Nothing heard for a while: a round trip, so that a dead connection errors."""
 
 
 class Listener:
@@ -27,18 +45,16 @@ class Listener:
         conninfo: str,
         *,
         queues: Collection[str],
-        wake: threading.Event,
+        hearer: Hearer,
         stop: threading.Event,
-        on_settings: Callable[[store.FlowView], None],
         idle_check: float = 5.0,
     ) -> None:
         self.conninfo = conninfo
         self.queues = frozenset(queues)
-        self.wake = wake
+        self.hearer = hearer
         self.stop = stop
         self.idle_check = idle_check
-        self.on_settings = on_settings
-        self.conn: psycopg.Connection | None = None
+        self.conn: psycopg.Connection[Any] | None = None
         self.last_checked = time.monotonic()
         self.backoff = db.Backoff()
 
@@ -46,12 +62,12 @@ class Listener:
         conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
         conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
         self.conn = conn
-        self.look_at_settings()  # changes from here on are notified
+        self.hearer.settings_changed(conn)  # changes from here on are notified
         conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.backoff.reset()
         self.last_checked = time.monotonic()
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
-        self.wake.set()  # anything enqueued while we were away was not announced to us
+        self.hearer.missed()  # anything enqueued while we were away was not announced to us
 
     def run_once(self, timeout: float = 1.0) -> None:
         """Wait up to timeout for notifications; (re)connect first when needed."""
@@ -61,31 +77,29 @@ class Listener:
             assert self.conn is not None
             changed = False
             for notify in self.conn.notifies(timeout=timeout):
-                if notify.payload in self.queues:
-                    if notify.channel == store.SETTINGS_CHANNEL:
+                if notify.channel == store.SETTINGS_CHANNEL:
+                    if notify.payload in self.queues:
                         changed = True
                         break  # to query the connection, out of its notifies() generator
-                    self.wake.set()
+                    continue
+                wake = store.parse_wake(notify.payload)
+                if wake.queue in self.queues:
+                    self.hearer.enqueued(wake)
             if changed:
-                # The producer's view first, then the wake: woken before, it would claim a resumed
+                # The settings first, then the wake: woken before, a producer would claim a resumed
                 # queue with the old view (nothing), and the enqueue channel's notification that came
                 # with the change may be dropped with the generator.
-                self.look_at_settings()
-                self.wake.set()
+                self.hearer.settings_changed(self.conn)
+                self.hearer.missed()
             if time.monotonic() - self.last_checked > self.idle_check:
-                self.look_at_settings()  # also checks the idle connection
+                self.hearer.idle(self.conn)
                 self.last_checked = time.monotonic()
         except psycopg.Error as exc:  # any error on a connection that only listens: reconnect
             delay = self.backoff.next()
             logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, delay)
             self.close()
-            self.wake.set()  # the producer polls while we reconnect
+            self.hearer.missed()  # the workers poll while we reconnect
             self.stop.wait(delay)
-
-    def look_at_settings(self) -> None:
-        """Tell the producer which of our queues are flow-controlled (it claims those apart)."""
-        assert self.conn is not None
-        self.on_settings(store.flow_view(self.conn, self.queues))
 
     def close(self) -> None:
         if self.conn is not None:
@@ -94,3 +108,34 @@ class Listener:
             except psycopg.Error:
                 logger.debug("closing the listener connection failed", exc_info=True)
             self.conn = None
+
+
+class WorkerHearer:
+    """A lone worker's (no supervisor): wakes its rounds for its own wake-ups and hands its producer
+    the flow view, read on the listener's connection."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: UUID,
+        queues: Collection[str],
+        wake: threading.Event,
+        on_settings: Callable[[store.FlowView], None],
+    ) -> None:
+        self.worker_id = worker_id
+        self.queues = frozenset(queues)
+        self.wake = wake
+        self.on_settings = on_settings
+
+    def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
+        self.on_settings(store.flow_view(conn, self.queues))
+
+    def enqueued(self, wake: store.Wake) -> None:
+        if wake.for_worker(self.worker_id):
+            self.wake.set()
+
+    def missed(self) -> None:
+        self.wake.set()
+
+    def idle(self, conn: psycopg.Connection[Any]) -> None:
+        self.settings_changed(conn)  # also checks the idle connection

@@ -38,6 +38,9 @@ class Producer:
         """Seconds between the producer's own looks at the settings when no listener hands it views
         (TASKQUEUE["NOTIFY"] off); None: the listener does."""
         self.looked_at = 0.0
+        self.look_now = threading.Event()
+        """Set when the settings changed and no listener of ours read them (a supervisor's child is
+        told so by its supervisor): the next round with free slots looks at them first."""
         self.settings_changed = threading.Event()
         """Set by the listener when it looked at the settings: the next flow round steps breakers."""
         self.retry_in: float | None = None
@@ -59,14 +62,16 @@ class Producer:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
         due = self.look_every is not None and time.monotonic() - self.looked_at >= self.look_every
-        if free_slots > 0 and (self.view is None or due):
+        if free_slots > 0 and (self.view is None or due or self.look_now.is_set()):
             # Before the listener's first look (a plain claim must not take a flow-controlled queue),
-            # or, without a listener, every look_every seconds.
+            # or, without a listener of our own, every look_every seconds and when told of a change.
+            self.look_now.clear()  # first: a change told during the look is looked at again
             view = db.unless_unreachable(
                 self.session.flow_view, "round_failed worker=%s", self.worker_id, reset=self.session.close
             )
             if view is None:
                 self.healthy = False
+                self.look_now.set()  # not looked at after all
                 return None
             self.looked_at = time.monotonic()
             self.settings_seen(view)
@@ -86,6 +91,8 @@ class Producer:
             self.healthy = False
             return None
         statuses, rows = done
+        if free_slots > 0:
+            logger.debug("claimed worker=%s free_slots=%s tasks=%s", self.worker_id, free_slots, len(rows))
         if not self.healthy:
             logger.info("round_recovered worker=%s", self.worker_id)
         self.healthy = True

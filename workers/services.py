@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,3 +45,20 @@ class ServiceThread(threading.Thread):
             self.on_crash(self.service.name)
         finally:
             connection.close()
+
+
+class Rotation:
+    """Services run in turn by one loop that has other work (a supervisor's), each at its interval:
+    one thread, so one database connection, for all of them."""
+
+    def __init__(self, services: list[tuple[Service, float]]) -> None:
+        self.services = services
+        self.due = [time.monotonic()] * len(services)
+
+    def run_due(self) -> float:
+        """Run the services that are due; seconds until the next one is."""
+        for index, (service, interval) in enumerate(self.services):
+            if time.monotonic() >= self.due[index]:
+                service.run_once()
+                self.due[index] = time.monotonic() + interval
+        return max(min(self.due) - time.monotonic(), 0.0)

@@ -1,8 +1,8 @@
 """Stager: SCHEDULED tasks that have come due become READY, and their queues are notified.
 
 Deferred tasks and tasks waiting for a retry stay out of the claim's index until then, so a million
-of them cost the claim nothing. Every worker runs one; they share the work (SKIP LOCKED), and the
-notification wakes whichever worker listens on the queue.
+of them cost the claim nothing. Every lone worker and every supervisor (for its children) runs one;
+they share the work (SKIP LOCKED), and the notification names waiting workers of the queue.
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ dies on its own is reaped at once by the supervisor (its tasks do not wait for t
 stale). Every exit but 0 is followed by a fresh child, a child whose lease ran out (exit 4: cut off
 from the database) too: it registers once the database answers again, and until then claims
 nothing.
+
+For its children it holds the host's one LISTEN connection (workers.wakeups: each wake-up to one idle
+child) and runs the reaper, stager and scheduler in its main loop, on one Django connection: a child
+has only its rounds' session and its heartbeat's connection. No thread: a thread holding a lock at a
+fork would leave the child a lock nobody releases.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,13 +39,17 @@ from uuid import UUID, uuid4
 import prometheus_client
 from prometheus_client import multiprocess
 
-from queueapp import exceptions, store
-from workers import db
+from queueapp import conf, exceptions, store
+from workers import db, wakeups
 from workers.config import WorkerConfig
 from workers.executor import fail_attempt
 from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
+from workers.listener import Listener
 from workers.reaper import Reaper
+from workers.scheduler import Scheduler
+from workers.services import Rotation
+from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +58,8 @@ logger = logging.getLogger(__name__)
 class Child:
     worker_id: UUID
     process: subprocess.Popen[bytes] | ForkedWorker
+    line: wakeups.ChildLine | None = None
+    """The supervisor's end of the child's socket pair (forked children, when the supervisor listens)."""
     started: float = field(default_factory=time.monotonic)
     handled: bool = False
     """Its exit was seen and dealt with (reaped, replaced) before shutdown."""
@@ -65,24 +77,64 @@ class Supervisor:
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
+        # The children's housekeeping, once per host on the supervisor's one Django connection (a
+        # child runs only its rounds and its heartbeat): reaping, staging due tasks, schedules.
+        self.housekeeping = Rotation(
+            [
+                (self.reaper, config.reap_interval),
+                (Stager(), config.stage_interval),
+                (Scheduler(grace=config.schedule_grace), config.schedule_interval),
+            ]
+        )
         self.restart_delay = 0.0
         self.timed_tasks = threading.Event()
         """A child may be running a task with a timeout (SIGUSR1 says it claimed one)."""
         self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
+        self.limits = db.ConnectionLimits(config.stale_after)
+        self.listener: Listener | None = None
+        if conf.get().notify and config.metrics_port is None:
+            # One LISTEN connection for all children, each wake-up to one of them (workers.wakeups).
+            # Children started as fresh processes (--metrics-port) listen for themselves.
+            self.listener = Listener(
+                db.listen_conninfo(self.limits),
+                queues=config.queues,
+                hearer=wakeups.Dispatcher(self.child_lines),
+                stop=self.stopping,
+            )
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
         signal.signal(signal.SIGUSR1, self.handle_timed_task)
-        db.ConnectionLimits(self.config.stale_after).install()  # inherited by forked children
+        self.limits.install()  # inherited by forked children
         with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
             if self.config.metrics_port is not None:
                 self.serve_metrics(metrics_dir)
-            self.children = [self.spawn() for _ in range(self.config.processes)]
-            while not self.stopping.is_set():
-                self.run_once()
-                self.stopping.wait(self.check_interval)
+            for _ in range(self.config.processes):
+                self.children.append(self.spawn())
+            try:
+                while not self.stopping.is_set():
+                    self.run_once()
+                    self.listen(min(self.check_interval, self.housekeeping.run_due()))
+            finally:
+                if self.listener is not None:
+                    self.listener.close()
             return self.wait_for_children()
+
+    def listen(self, timeout: float) -> None:
+        """Wait for timeout: listening for the children, when this supervisor listens (in this
+        thread: a supervisor with threads could fork a child holding a lock one of them held)."""
+        if self.listener is None:
+            self.stopping.wait(timeout)
+        else:
+            self.listener.run_once(timeout=timeout)
+
+    def child_lines(self) -> dict[UUID, wakeups.ChildLine]:
+        return {
+            child.worker_id: child.line
+            for child in self.children
+            if child.line is not None and not child.handled
+        }
 
     def serve_metrics(self, metrics_dir: str) -> None:
         """Children write their counters to metrics_dir; this process serves their sum."""
@@ -95,11 +147,19 @@ class Supervisor:
     def spawn(self) -> Child:
         worker_id = uuid4()
         process: subprocess.Popen[bytes] | ForkedWorker
+        line: wakeups.ChildLine | None = None
         if self.config.metrics_port is None:
             child = dataclasses.replace(
                 self.config, processes=1, worker_id=worker_id, parent_pid=os.getpid(), metrics_port=None
             )
-            process = ForkedWorker(child)
+            if self.listener is None:
+                process = ForkedWorker(child)
+            else:
+                ours, theirs = socket.socketpair()
+                ends = [c.line.sock for c in self.children if c.line is not None]
+                process = ForkedWorker(child, line=theirs, supervisor_ends=[*ends, ours])
+                theirs.close()
+                line = wakeups.ChildLine(ours)
         else:
             args = self.config.child_args(worker_id=worker_id, parent_pid=os.getpid())
             cmd = [sys.executable, "-m", "django", "runworker", *args]
@@ -109,7 +169,7 @@ class Supervisor:
         logger.info("child_started pid=%s worker=%s", process.pid, worker_id)
         if self.stopping.is_set():  # a signal arrived while it was starting
             process.send_signal(signal.SIGTERM)
-        return Child(worker_id, process)
+        return Child(worker_id, process, line)
 
     @staticmethod
     def settings_module() -> str:
@@ -140,6 +200,8 @@ class Supervisor:
                 short_lived = time.monotonic() - child.started < 5
                 self.restart_delay = min(max(self.restart_delay * 2, 0.5), 10.0) if short_lived else 0.0
                 self.stopping.wait(self.restart_delay)
+            if child.line is not None:
+                child.line.close()
             if self.stopping.is_set() or (self.config.burst and recycled):
                 continue
             self.children[index] = self.spawn()

@@ -1,6 +1,9 @@
 """One worker process: its lifecycle. Rounds in the main thread, tasks in a pool of threads, and the
 listener, heartbeat, reaper, stager and lease in threads of their own.
 
+A supervisor's child leaves the reaper, stager and scheduler to its supervisor, and hears wake-ups
+from it instead of LISTENing (workers.wakeups).
+
 The main thread runs rounds (workers.completer over workers.producer): each records the tasks that
 succeeded since the last one and claims for the free slots, in one round trip. Pool threads take
 claimed rows from an inbox, run them, record failures themselves and hand successes back through the
@@ -50,24 +53,28 @@ from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
 from workers.lease import Lease
 from workers.ledger import Ledger
-from workers.listener import Listener
+from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
-from workers.services import ServiceThread
+from workers.services import Service, ServiceThread
 from workers.stager import Stager
 from workers.waiting import Waiting
+from workers.wakeups import SupervisorLine
 
 logger = logging.getLogger(__name__)
 
 
 LOOK_EVERY = 5.0
-"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off):
-a flow-control change of its queues stops its plain claim at once (the epoch fence), for this long."""
+"""Seconds between a worker's looks at flow control when it does not LISTEN (TASKQUEUE["NOTIFY"] off,
+or a supervisor's child, which is told of changes but looks now and then too): a flow-control change
+of its queues stops its plain claim at once (the epoch fence), for this long."""
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, *, supervisor_line: socket.socket | None = None) -> None:
+        """supervisor_line: this child's end of its socket pair to its supervisor (workers.wakeups),
+        whose listener wakes it; without one, the worker LISTENs itself."""
         self.config = config
         self.id = config.worker_id
         backend = task_backends["default"]
@@ -97,16 +104,27 @@ class Worker:
             dispatch=self.dispatch,
         )
         self.waiting = Waiting(self.producer, enabled=conf.get().notify, poll_interval=config.poll_interval)
-        if not self.waiting.enabled:  # no listener runs: the producer looks at the settings itself
-            self.producer.look_every = LOOK_EVERY
         self.services_stop = threading.Event()
-        self.listener = Listener(
-            db.listen_conninfo(self.limits),
-            queues=config.queues,
-            wake=self.wake,
-            stop=self.services_stop,
-            on_settings=self.producer.settings_seen,
-        )
+        # How it hears of work: from its supervisor (workers.wakeups; a supervisor listens only while
+        # TASKQUEUE["NOTIFY"] is on), from a listener of its own, or not at all (NOTIFY off: it polls).
+        self.line: SupervisorLine | None = None
+        self.listener: Listener | None = None
+        if supervisor_line is not None:
+            self.line = SupervisorLine(
+                supervisor_line, wake=self.wake, look=self.producer.look_now, stop=self.services_stop
+            )
+        elif self.waiting.enabled:
+            hearer = WorkerHearer(
+                worker_id=self.id,
+                queues=config.queues,
+                wake=self.wake,
+                on_settings=self.producer.settings_seen,
+            )
+            self.listener = Listener(
+                db.listen_conninfo(self.limits), queues=config.queues, hearer=hearer, stop=self.services_stop
+            )
+        if self.listener is None:  # no listener reads the settings for it: the producer does
+            self.producer.look_every = LOOK_EVERY
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
             self.id,
@@ -131,6 +149,11 @@ class Worker:
         if not self.register():
             logger.info("worker_exit worker=%s exit_code=0: stopped before it could register", self.id)
             return ExitCode.OK
+        # The main thread's rounds run on the producer's session: its Django connection (used to
+        # register, and by the session's one look for a pooler, done now) would idle until the
+        # shutdown writes, which open a fresh one: a connection per process for nothing.
+        db.unless_unreachable(store.prepared_statements, "pooler_check_failed worker=%s", self.id)
+        connection.close()
         # Never touches the database: a hung socket cannot hold it. Checked often enough that the
         # lease is found expired well within a heartbeat interval of its end.
         lease = ServiceThread(
@@ -139,36 +162,21 @@ class Worker:
             stop=self.services_stop,
             on_crash=self.service_died,
         )
-        listener = ServiceThread(
-            self.listener, interval=0, stop=self.services_stop, on_crash=self.service_died
-        )
+        hearing = [
+            ServiceThread(service, interval=0, stop=self.services_stop, on_crash=self.service_died)
+            for service in (self.listener, self.line)
+            if service is not None
+        ]
         threads = [
             lease,
-            *([listener] if self.waiting.enabled else []),  # TASKQUEUE["NOTIFY"] off: nothing to hear
+            *hearing,
             ServiceThread(
                 self.heartbeat,
                 interval=self.config.heartbeat_interval,
                 stop=self.services_stop,
                 on_crash=self.service_died,
             ),
-            ServiceThread(
-                self.reaper,
-                interval=self.config.reap_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
-            ServiceThread(
-                self.stager,
-                interval=self.config.stage_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
-            ServiceThread(
-                self.scheduler,
-                interval=self.config.schedule_interval,
-                stop=self.services_stop,
-                on_crash=self.service_died,
-            ),
+            *self.housekeeping(),
         ]
         for thread in [*threads, *self.threads]:
             thread.start()
@@ -184,7 +192,8 @@ class Worker:
             # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
             # A LOST worker stays LOST (the statement matches nothing).
             self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPED))
-            self.listener.close()
+            if self.listener is not None:
+                self.listener.close()
             self.producer.close()
             for _ in self.threads:
                 self.inbox.put(None)  # a task thread still running a task is a daemon: not waited for
@@ -196,6 +205,21 @@ class Worker:
             self.ledger.done_count,
         )
         return self.exit_code
+
+    def housekeeping(self) -> list[ServiceThread]:
+        """The reaper, stager and scheduler, a thread (and a connection) each; a supervisor's child
+        leaves them to its supervisor (one connection for the host's children)."""
+        if self.config.parent_pid is not None:
+            return []
+        services: list[tuple[Service, float]] = [
+            (self.reaper, self.config.reap_interval),
+            (self.stager, self.config.stage_interval),
+            (self.scheduler, self.config.schedule_interval),
+        ]
+        return [
+            ServiceThread(service, interval=interval, stop=self.services_stop, on_crash=self.service_died)
+            for service, interval in services
+        ]
 
     def register(self) -> bool:
         """Record this worker ALIVE, trying until the database answers; False if stopped first."""
@@ -262,6 +286,8 @@ class Worker:
         if self.lease.expired:
             return self.poll_timeout()  # written off: not another word to the database
         after = self.waiting.after_round(free_slots=self.ledger.slots_left())
+        if self.line is not None:
+            self.line.tell(idle=self.waiting.marked)  # the supervisor wakes only children that wait
         return self.poll_timeout() if after is None else after
 
     def poll_timeout(self) -> float:

@@ -18,7 +18,9 @@
 -- queueapp_wake_waiters (a function: migration 0008) notifies only while a worker of the queue
 -- waits for work (mark_worker_waiting): a transaction that called pg_notify commits under a
 -- database-wide lock, one at a time, so with every worker busy producers skip it. %(notify)s is
--- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll.
+-- TASKQUEUE["NOTIFY"]: off, nothing notifies and workers poll. Wake one, not all (migration 0013):
+-- the payload names one waiting worker picked at random ("<queue> <worker id>"), and only that
+-- worker (or an idle sibling under its supervisor) claims.
 WITH inserted AS (
   INSERT INTO queueapp_task_live (task_path, queue_name, priority, status, args, kwargs, run_after,
                                   enqueued_at, attempts, max_attempts, timeout, worker_ids, errors, cancel_requested,
@@ -95,8 +97,9 @@ COPY queueapp_task_live (id, task_path, queue_name, priority, status, args, kwar
 FROM STDIN;
 
 -- notify_queues --
--- One notification per queue for a batch, to the queues a worker waits on (see enqueue_task).
-SELECT queueapp_wake_waiters(q) FROM unnest(%(queues)s::text[]) AS q;
+-- For a batch, per queue: as many waiting workers named as it got READY tasks (there may be fewer
+-- waiting; see enqueue_task and migration 0013).
+SELECT queueapp_wake_waiters(q, n) FROM unnest(%(queues)s::text[], %(counts)s::int[]) AS batch(q, n);
 
 -- claim_tasks --
 -- The CTE is an optimisation fence: as `id IN (SELECT ... LIMIT ... FOR UPDATE)` PostgreSQL may
@@ -144,6 +147,11 @@ WITH locked AS (
 UPDATE queueapp_worker w SET waiting = true FROM locked
 WHERE locked.all_taken AND w.id = %(worker_id)s::uuid
 RETURNING w.id;
+
+-- check_connection --
+-- A listener's idle connection, checked now and then: a dead socket errors here, and the listener
+-- reconnects, instead of waiting for notifications that can never come.
+SELECT 1;
 
 -- clear_worker_waiting --
 -- Every slot taken: enqueues need not notify this worker (it claims again when a task ends).
@@ -969,7 +977,7 @@ WITH due AS (
 staged AS (
   UPDATE queueapp_task_live t SET status = 'READY' FROM due WHERE t.id = due.id RETURNING t.queue_name
 )
-SELECT queue_name, count(*), CASE WHEN %(notify)s THEN queueapp_wake_waiters(queue_name) END
+SELECT queue_name, count(*), CASE WHEN %(notify)s THEN queueapp_wake_waiters(queue_name, count(*)::int) END
 FROM staged GROUP BY queue_name;
 
 -- estimated_tasks --

@@ -34,6 +34,7 @@ from queueapp.store.maintenance import (
     purge_idempotency_keys,
     set_idempotency_tasks,
 )
+from queueapp.store.poolers import prepared_statements
 from queueapp.store.reports import (
     count_ready,
     database_now,
@@ -79,6 +80,7 @@ from queueapp.store.tasks import (
     stage_tasks,
 )
 from queueapp.store.timeouts import StatementLimits
+from queueapp.store.wakeups import Wake, check_listener, parse_wake
 from queueapp.store.workers import (
     ReapOutcome,
     TimedTask,
@@ -108,11 +110,13 @@ __all__ = [
     "Success",
     "TaskRow",
     "TimedTask",
+    "Wake",
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
     "cancel_task",
     "check_arguments",
+    "check_listener",
     "claim_idempotency_key",
     "claim_tasks",
     "claim_tick",
@@ -139,7 +143,9 @@ __all__ = [
     "history_partitions",
     "is_cancel_requested",
     "notify_settings",
+    "parse_wake",
     "pickup_latency",
+    "prepared_statements",
     "preview_reap",
     "purge_finished",
     "purge_idempotency_keys",

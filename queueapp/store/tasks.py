@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -84,7 +85,7 @@ def enqueue_tasks[T](
     if count < _COPY_FROM:
         return _insert_each(list(batch), each, using)
     made = []
-    queues = set()  # those that get a READY task: SCHEDULED ones wake nobody
+    queues: Counter[str] = Counter()  # READY tasks per queue: SCHEDULED ones wake nobody
     lines: list[str] = []
     keyed: list[NewTask] = []
     with transaction.atomic(using=using), prepared_cursor(using) as cursor:
@@ -99,7 +100,7 @@ def enqueue_tasks[T](
                     copy.write("".join(lines))
                     lines.clear()
                 if due:
-                    queues.add(new.queue_name)
+                    queues[new.queue_name] += 1
                 if new.concurrency_key is not None:
                     keyed.append(new)
                 made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
@@ -107,7 +108,8 @@ def enqueue_tasks[T](
         # The batch is streamed, so its keys are known only now; nothing is committed before this.
         _mark_keyed_queues(cursor, keyed)
         if queues and conf.get().notify:
-            cursor.execute(QUERIES["notify_queues"], {"queues": sorted(queues)})
+            names = sorted(queues)
+            cursor.execute(QUERIES["notify_queues"], {"queues": names, "counts": [queues[q] for q in names]})
     return made
 
 

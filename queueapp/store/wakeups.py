@@ -1,0 +1,38 @@
+"""What an enqueue's notification says: the queue, and which waiting worker should claim (migration
+0013: queueapp_wake_waiters names one per task, at random among those waiting)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from queueapp.sql import QUERIES
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    queue: str
+    named: UUID | None
+    """The worker that should claim; None: every listener of the queue (a resumed queue, say)."""
+
+    def for_worker(self, worker_id: UUID) -> bool:
+        return self.named is None or self.named == worker_id
+
+
+def parse_wake(payload: str) -> Wake:
+    """'<queue> <worker id>' or '<queue>' (queue names may hold spaces: the id is the last word)."""
+    queue, _, last = payload.rpartition(" ")
+    if queue:
+        try:
+            return Wake(queue, UUID(last))
+        except ValueError:
+            pass
+    return Wake(payload, None)
+
+
+def check_listener(conn: psycopg.Connection[Any]) -> None:
+    """A round trip on an idle LISTEN connection: a dead one raises here, not at the next wake-up."""
+    conn.execute(QUERIES["check_connection"])

@@ -1,0 +1,147 @@
+"""Wake one, not all: a supervisor's one listener hands each wake-up to one idle child.
+
+Each child has a socket pair to its supervisor (made before the fork). The supervisor sends WAKE
+(claim now) or LOOK (flow settings changed: look at them, then claim); the child says IDLE when it
+marked itself waiting (workers.waiting) and BUSY when it cleared the mark, and again after every
+wake-up, since the supervisor takes a child it woke for busy until it hears otherwise. A child's
+poll stays the backstop: a wake-up that finds nobody idle, or that is lost with a dying child, is
+a poll interval late at worst, never lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import select
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from queueapp import store
+
+logger = logging.getLogger(__name__)
+
+WAKE = b"w"
+LOOK = b"s"
+IDLE = b"i"
+BUSY = b"b"
+
+
+class ChildLine:
+    """The supervisor's end of one child's socket pair: what the child last said, and wake-ups to it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.idle = False
+
+    def hear(self) -> None:
+        """Read what the child said since the last time: its last word is its state."""
+        try:
+            while said := self.sock.recv(256):
+                self.idle = said[-1:] == IDLE
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.idle = False  # gone (EOF or error): nobody to wake
+
+    def send(self, message: bytes) -> None:
+        try:
+            self.sock.send(message)
+        except OSError:  # gone, or its buffer full of wake-ups it has yet to read: it will round anyway
+            logger.debug("wake_not_sent message=%r", message, exc_info=True)
+        if WAKE in message or LOOK in message:
+            self.idle = False  # until it says otherwise (after its round)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Dispatcher:
+    """The supervisor's listener hearer (workers.listener.Hearer): a named wake-up goes to the named
+    child when ours, or to another idle child of ours when that one is busy; an unnamed one (a resumed
+    queue) to every idle child; settings changes and missed notifications to every child."""
+
+    def __init__(self, lines: Callable[[], Mapping[UUID, ChildLine]]) -> None:
+        self.lines = lines
+        self.turn = itertools.count()
+
+    def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
+        for line in self.lines().values():
+            line.send(LOOK)
+
+    def enqueued(self, wake: store.Wake) -> None:
+        lines = self.lines()
+        for line in lines.values():
+            line.hear()
+        if wake.named is None:
+            for line in lines.values():
+                if line.idle:
+                    line.send(WAKE)
+            return
+        named = lines.get(wake.named)
+        if named is None:
+            return  # another supervisor's, or a lone worker's
+        if not named.idle:
+            # Busy (or its word is on the way): an idle sibling claims instead, else the named one,
+            # which may be idle after all (it said so to the database before it says so to us).
+            idle = [line for line in lines.values() if line.idle]
+            named = idle[next(self.turn) % len(idle)] if idle else named
+        named.send(WAKE)
+
+    def missed(self) -> None:
+        for line in self.lines().values():
+            line.send(WAKE)
+
+    def idle(self, conn: psycopg.Connection[Any]) -> None:
+        store.check_listener(conn)
+
+
+class SupervisorLine:
+    """A child's end of its socket pair: a service (run in a thread of its own) that wakes the child's
+    rounds when told, and the child's word to its supervisor on whether it waits for work."""
+
+    name = "wakeups"
+
+    def __init__(
+        self, sock: socket.socket, *, wake: threading.Event, look: threading.Event, stop: threading.Event
+    ) -> None:
+        self.sock = sock
+        self.wake = wake
+        self.look = look
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.told: bool | None = None
+        """What the supervisor last heard from us (None: it woke us, and takes us for busy)."""
+
+    def run_once(self, timeout: float = 1.0) -> None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        if not ready:
+            return
+        heard = self.sock.recv(256)
+        if not heard:  # the supervisor is gone: the heartbeat sees to that (orphaned); poll meanwhile
+            self.stop.wait(timeout)
+            return
+        with self.lock:
+            self.told = None
+        if LOOK in heard:
+            self.look.set()  # before the wake: the round looks at the settings, then claims
+        self.wake.set()
+
+    def tell(self, *, idle: bool) -> None:
+        with self.lock:
+            if idle is self.told:
+                return
+            self.told = idle
+            try:
+                self.sock.send(IDLE if idle else BUSY)
+            except OSError:
+                logger.debug("state_not_sent idle=%s", idle, exc_info=True)
+
+    def close(self) -> None:
+        self.sock.close()
