@@ -200,3 +200,23 @@ def test_attempts_lost_with_their_worker_open_the_breaker(
     sessions.append(session)
     assert session.round([], 1, view=session.flow_view())[1] == []  # the fourth task stays READY
     assert session.breaker_changes == [store.BreakerChange("reports", "open", 3, 3)]
+
+
+def test_a_worker_whose_listener_cannot_connect_still_sees_flow_control_changes(
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """Its listener retries for ever (a firewalled direct host behind a working pooler): the worker
+    must look at the settings itself, or a pause and resume (which fence its plain claim until it
+    looks again) would leave it claiming nothing while it stays ALIVE."""
+    worker = workers(
+        "--concurrency", "1", env={"TASKQUEUE_LISTEN_DATABASE_URL": "postgres://postgres@127.0.0.1:9/none"}
+    )
+    wait_for(lambda: models.Worker.objects.filter(state="ALIVE").exists(), timeout=30, message="registered")
+    store.set_paused("default", True)
+    store.set_paused("default", False)
+    result = tasks.add.enqueue(2, 3)
+    wait_for(
+        lambda: models.Task.objects.get(id=int(result.id)).status == "SUCCESSFUL",
+        timeout=40,
+        message=f"the task to run; worker log:\n{worker.output()}",
+    )

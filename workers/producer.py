@@ -35,8 +35,9 @@ class Producer:
         """The worker's flow view as the listener (or the first claiming round) last read it: the
         plain claim is given only the queues without flow control."""
         self.look_every: float | None = None
-        """Seconds between the producer's own looks at the settings when no listener hands it views
-        (TASKQUEUE["NOTIFY"] off); None: the listener does."""
+        """Seconds after the last look (its own, or its listener's) at which the producer looks at
+        the settings itself: every few seconds without a listener of its own (TASKQUEUE["NOTIFY"]
+        off, a supervisor's child); with one, a backstop for a listener that cannot connect."""
         self.looked_at = 0.0
         self.look_now = threading.Event()
         """Set when the settings changed and no listener of ours read them (a supervisor's child is
@@ -50,6 +51,7 @@ class Producer:
     def settings_seen(self, view: store.FlowView) -> None:
         """The listener's look at the settings (on connecting, when notified, every few seconds)."""
         self.view = view
+        self.looked_at = time.monotonic()
         self.settings_changed.set()
 
     def breakers(self) -> frozenset[str]:
@@ -73,7 +75,6 @@ class Producer:
                 self.healthy = False
                 self.look_now.set()  # not looked at after all
                 return None
-            self.looked_at = time.monotonic()
             self.settings_seen(view)
         view = self.view or store.FlowView()
         flow = free_slots > 0 and bool(view.queues)

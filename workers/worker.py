@@ -123,8 +123,9 @@ class Worker:
             self.listener = Listener(
                 db.listen_conninfo(self.limits), queues=config.queues, hearer=hearer, stop=self.services_stop
             )
-        if self.listener is None:  # no listener reads the settings for it: the producer does
-            self.producer.look_every = LOOK_EVERY
+        # No listener reads the settings for it: the producer does. A listener looks every few
+        # seconds; should it stay disconnected, the producer looks after twice that.
+        self.producer.look_every = LOOK_EVERY if self.listener is None else 2 * LOOK_EVERY
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
             self.id,
