@@ -440,3 +440,21 @@ def test_a_task_finished_receiver_that_raises_is_logged_and_the_worker_carries_o
     )
     assert "a task_finished receiver failed" in worker.output()
     assert worker.process.poll() is None
+
+
+def test_a_dead_childs_tasks_are_reaped_soon_even_if_another_reaper_held_the_lock_then(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    """The supervisor reaps a child that died at once; if another reaper held the cluster-wide lock
+    at that instant, it tries again on its next pass, rather than leaving the task to STALE_AFTER."""
+    poison = tasks.kill_own_process.enqueue()
+    stale = {"TASKQUEUE_STALE_AFTER": "120", "TASKQUEUE_HEARTBEAT_INTERVAL": "1"}
+    with raw_conn.transaction():
+        raw_conn.execute("SELECT pg_advisory_xact_lock(hashtext('taskqueue.reaper'))")
+        supervisor = workers("--processes", "2", "--concurrency", "1", env=stale)
+        wait_for(lambda: "child_exited" in supervisor.output(), timeout=30, message="a child to die")
+    wait_for(
+        lambda: len(models.Task.objects.get(id=int(poison.id)).errors) >= 1,
+        timeout=20,
+        message=f"the dead child's task to be reaped; log:\n{supervisor.output()}",
+    )

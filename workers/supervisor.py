@@ -72,6 +72,9 @@ class Supervisor:
         self.config = config
         self.check_interval = check_interval
         self.children: list[Child] = []
+        self.unreaped: set[UUID] = set()
+        """Workers of children that died, whose tasks no reap has taken back yet (another reaper
+        held the lock, or the database was away): tried again every pass, not left to STALE_AFTER."""
         self.stopping = threading.Event()
         self.signals = 0
         self.reaper = Reaper(
@@ -180,6 +183,7 @@ class Supervisor:
     def run_once(self) -> None:
         """Restart dead children (reaping their tasks first) and kill those past a task's timeout."""
         self.kill_timed_out()
+        self.reap_dead()
         for index, child in enumerate(self.children):
             code = child.process.poll()
             if code is None or child.handled:
@@ -195,7 +199,8 @@ class Supervisor:
                 ExitCode.describe(code),
             )
             if not recycled:
-                self.reaper.run_once(worker_ids=[child.worker_id])
+                self.unreaped.add(child.worker_id)
+                self.reap_dead()
                 # A child that keeps dying right after start is throttled, not spun.
                 short_lived = time.monotonic() - child.started < 5
                 self.restart_delay = min(max(self.restart_delay * 2, 0.5), 10.0) if short_lived else 0.0
@@ -207,6 +212,12 @@ class Supervisor:
             self.children[index] = self.spawn()
         if self.config.burst and all(child.process.poll() == 0 for child in self.children):
             self.stopping.set()
+
+    def reap_dead(self) -> None:
+        if self.unreaped:
+            outcome = self.reaper.run_once(worker_ids=sorted(self.unreaped))
+            if outcome is not None and outcome.ran:
+                self.unreaped.clear()
 
     def kill_timed_out(self) -> None:
         if not self.timed_tasks.is_set():
