@@ -145,34 +145,11 @@ def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
     assert results == [False]  # failed, as on a connection error: the next beat tries again
 
 
-def test_a_round_stuck_behind_a_lock_fails_within_the_lock_timeout(
-    limits: db.ConnectionLimits, raw_conn: psycopg.Connection
-) -> None:
-    """The claim skips locked rows, but not a locked table (a long ALTER, a careless LOCK TABLE)."""
-    session = store.WorkerSession(worker_id=make_worker().id, queues=["default"], limits=limits.statements)
-    errors: list[Exception] = []
-
-    def round() -> None:
-        try:
-            session.round([], limit=1)
-        except psycopg.OperationalError as exc:
-            errors.append(exc)
-
-    with raw_conn.transaction():
-        raw_conn.execute("LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE")
-        thread = threading.Thread(target=round)
-        thread.start()
-        thread.join(limits.lock_timeout_ms / 1000 + 3)
-        stuck = thread.is_alive()
-    thread.join(10)
-    session.close()
-    assert not stuck, "the round waited on the lock past lock_timeout"
-    assert [type(exc) for exc in errors] == [psycopg.errors.LockNotAvailable]
-
-
 @pytest.mark.parametrize(
     ("call", "lock"),
     [
+        # The claim skips locked rows, but not a locked table (a long ALTER, a careless LOCK TABLE).
+        (lambda session: session.round([], limit=1), "LOCK TABLE queueapp_task_live IN EXCLUSIVE MODE"),
         (lambda session: session.set_waiting(True), "SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE"),
         (
             lambda session: session.set_waiting(False),
@@ -180,13 +157,13 @@ def test_a_round_stuck_behind_a_lock_fails_within_the_lock_timeout(
         ),
         (lambda session: session.flow_view(), "LOCK TABLE queueapp_queuecontrol IN ACCESS EXCLUSIVE MODE"),
     ],
-    ids=["mark-waiting", "clear-waiting", "flow-view"],
+    ids=["round", "mark-waiting", "clear-waiting", "flow-view"],
 )
-def test_the_rest_of_a_workers_session_fails_within_the_lock_timeout(
+def test_a_workers_session_stuck_behind_a_lock_fails_within_the_lock_timeout(
     limits: db.ConnectionLimits, raw_conn: psycopg.Connection, call: Any, lock: str
 ) -> None:
-    """Its other statements too: the waiting mark once waited on a locked worker row (an operator's
-    UPDATE, a migration) for as long as the lock was held, and the worker's loop with it."""
+    """Every statement of its session: the waiting mark once waited on a locked worker row (an
+    operator's UPDATE, a migration) for as long as the lock was held, and the worker's loop with it."""
     worker = make_worker()
     raw_conn.execute("UPDATE queueapp_worker SET waiting = true WHERE id = %s", [worker.id])  # to clear
     session = store.WorkerSession(worker_id=worker.id, queues=["default"], limits=limits.statements)
