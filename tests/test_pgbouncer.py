@@ -152,7 +152,7 @@ def worker_through(pgbouncer: str, log_dir: Path, **env: str) -> WorkerProcess:
     return WorkerProcess("--concurrency", "2", log_dir=log_dir, url=pgbouncer, env=env)
 
 
-@pytest.mark.parametrize("pgbouncer", [8], indirect=True)  # the stuck ones wait on the lock, not the pool
+@pytest.mark.parametrize("pgbouncer", [24], indirect=True)  # the stuck ones wait on the lock, never the pool
 def test_a_worker_behind_pgbouncer_gives_up_on_a_lock_within_its_lock_timeout(
     pgbouncer: str, raw_conn: psycopg.Connection, tmp_path: Path
 ) -> None:
