@@ -159,7 +159,7 @@ def test_a_worker_behind_pgbouncer_gives_up_on_a_lock_within_its_lock_timeout(
     """The heartbeat (a Django connection, autocommit) and the round (the worker's own connection, in
     a transaction) stuck behind locks: both give up after lock_timeout (half STALE_AFTER), and the
     worker carries on once the locks are gone."""
-    stale_after = 8  # lock_timeout 4 s; the lease outlasts a beat stuck that long
+    stale_after = 12  # lock_timeout 6 s; the lease outlasts a beat stuck that long, with room to spare
     worker = worker_through(pgbouncer, tmp_path, TASKQUEUE_STALE_AFTER=str(stale_after))
     try:
         wait_for(lambda: models.Worker.objects.exists(), timeout=30, message="the worker to register")
