@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections, transaction
 from django.tasks.exceptions import InvalidTask
 
 from queueapp import models, store
@@ -198,3 +198,33 @@ def test_bad_unique_options_are_refused_with_their_reason(options: dict[str, obj
     with pytest.raises(InvalidTask, match=message):
         tasks.add.using(**options).enqueue(1, 1)  # type: ignore[arg-type]
     assert models.LiveTask.objects.count() == 0
+
+
+def test_a_unique_batch_that_fails_part_way_stores_nothing_and_leaves_the_callers_transaction_usable() -> (
+    None
+):
+    """enqueue_many's promise: all or nothing, and inside the caller's transaction a savepoint keeps
+    that transaction usable. A unique batch once ran without one: its second key, held by another
+    transaction past the caller's lock_timeout, aborted the caller's whole transaction."""
+    held = tasks.add.using(unique_key="held").enqueue(1, 1)
+    other = psycopg.connect(conninfo())
+    try:
+        other.execute(QUERIES["cancel_task"], {"id": int(held.id)})  # the key's row, locked, uncommitted
+        backend = tasks.add.get_backend()
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            keep = tasks.echo.enqueue("the caller's own work")
+            with pytest.raises(OperationalError):
+                backend.enqueue_many(
+                    [
+                        (tasks.add.using(unique_key="first"), (1, 2), {}),
+                        (tasks.add.using(unique_key="held"), (3, 4), {}),
+                    ]
+                )
+            assert models.Task.objects.filter(id=int(keep.id)).exists()  # the transaction goes on
+    finally:
+        other.rollback()
+        other.close()
+    assert models.Task.objects.filter(id=int(keep.id)).exists()
+    assert live_with_key("first") == 0  # nothing of the batch

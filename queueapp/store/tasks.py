@@ -128,7 +128,9 @@ def enqueue_unique_tasks[T](
     second finds it held). Results keep the input order."""
     order = sorted(range(len(batch)), key=lambda i: batch[i].unique_key or "")
     made: dict[int, T] = {}
-    with transaction.atomic(using=using, savepoint=False), prepared_cursor(using) as cursor:
+    # A savepoint (inside a caller's transaction): a key that fails part-way (held past lock_timeout,
+    # contended) takes back the batch's earlier rows and leaves the caller's transaction usable.
+    with transaction.atomic(using=using), prepared_cursor(using) as cursor:
         _mark_keyed_queues(cursor, batch)
         for index in order:
             made[index] = each(index, batch[index], _insert(cursor, batch[index]))
