@@ -19,14 +19,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import psycopg
 
 from bench.claim_cost import FILL
-from bench.common import ROOT, clear_tasks, rolled_back, scratch_database
+from bench.common import ROOT, clear_tasks, scratch_database
+from bench.flow_cost import timed_ms
 
 DRAIN = """
 from bench.common import scratch_database
@@ -59,29 +59,10 @@ def claim_rounds(baseline: Path, rounds: int, samples: int) -> tuple[list[float]
         conn.execute(FILL, [10_000])
         conn.execute("VACUUM ANALYZE queueapp_task_live")
         for _ in range(rounds):
-            ours_ms.append(claim_ms(conn, QUERIES["claim_tasks"], params, samples))
-            theirs_ms.append(claim_ms(conn, theirs["claim_tasks"], params, samples))
+            ours_ms.append(timed_ms(conn, [QUERIES["claim_tasks"]], params, samples))
+            theirs_ms.append(timed_ms(conn, [theirs["claim_tasks"]], params, samples))
         clear_tasks()
     return ours_ms, theirs_ms
-
-
-def claim_ms(conn: psycopg.Connection, claim: str, params: dict[str, object], samples: int) -> float:
-    """Median milliseconds of claim (after the plan setting, in one pipelined transaction, rolled back
-    with the statement kept prepared)."""
-    from queueapp.store import timeouts
-
-    times = []
-    for n in range(samples + 20):  # the first 20 warm the cache and the prepared statement
-        with rolled_back(conn):
-            started = time.perf_counter()
-            with conn.pipeline():
-                conn.execute(timeouts.UNLIMITED_CLAIM_PLAN, prepare=False)
-                cursor = conn.execute(claim, params)
-            rows = cursor.fetchall()
-            if n >= 20:
-                times.append((time.perf_counter() - started) * 1000)
-            assert len(rows) == 10, len(rows)
-    return statistics.median(times)
 
 
 def drain(checkout: Path, n: int, processes: int, concurrency: int) -> float:

@@ -45,8 +45,8 @@ class ChildLine:
             while said := self.sock.recv(256):
                 self.idle = said[-1:] == IDLE
         except BlockingIOError:
-            return
-        except OSError:
+            return  # all read: the child's last word stands
+        except OSError:  # reset: the child is gone, as at EOF
             pass
         self.idle = False  # gone (EOF or error): nobody to wake
 

@@ -28,7 +28,7 @@ def parse_wake(payload: str) -> Wake:
     if queue:
         try:
             return Wake(queue, UUID(last))
-        except ValueError:
+        except ValueError:  # no id at the end: the whole payload is a queue's name, with a space
             pass
     return Wake(payload, None)
 
