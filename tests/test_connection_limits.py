@@ -20,7 +20,7 @@ from django.db import connection, connections, transaction
 from django.db.backends.signals import connection_created
 
 from queueapp import store
-from tests.conftest import make_worker
+from tests.conftest import conninfo, make_worker
 from workers import db
 from workers.heartbeat import Heartbeat
 
@@ -203,3 +203,24 @@ def test_partition_ddl_keeps_its_own_two_second_lock_timeout_under_a_workers_lim
         waited = time.monotonic() - started
     assert waited < 2 + 3, f"the DDL waited {waited:.1f} s for its lock"
     assert store.ensure_history_partitions() == [name]  # the next run makes it
+
+
+def test_a_worker_transaction_left_idle_by_a_cut_off_worker_ends_within_the_lock_timeout(
+    limits: db.ConnectionLimits, raw_conn: psycopg.Connection
+) -> None:
+    """Cut off between two statements of a transaction (a heartbeat's Django atomic block is a round
+    trip each), a worker leaves its server session idle in it, holding its worker row: every reaper
+    of the fleet waited on that lock until the server heard of the dead peer (CI saw one wait 300 s)."""
+    worker = make_worker()
+    cut_off = psycopg.connect(conninfo())
+    try:
+        cut_off.execute(limits.statements.limit_transaction)  # opens the transaction, as a worker's does
+        cut_off.execute("UPDATE queueapp_worker SET last_heartbeat_at = now() WHERE id = %s", [worker.id])
+        # ...and nothing more comes from it. A reaper waits for the row: the session must be ended
+        # well within the reaper's patience (here its lock timeout and then some), not never.
+        patience_ms = limits.lock_timeout_ms + 10_000
+        with raw_conn.transaction():
+            raw_conn.execute(f"SET LOCAL lock_timeout = {patience_ms}")
+            raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST' WHERE id = %s", [worker.id])
+    finally:
+        cut_off.close()

@@ -173,7 +173,9 @@ UPDATE queueapp_worker SET waiting = false WHERE id = %(worker_id)s::uuid AND wa
 -- (bench/round_limits.py).
 SELECT set_config('enable_sort', 'off', true),
        set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
-       set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true);
+       set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true),
+       set_config('idle_in_transaction_session_timeout',
+                  coalesce({lock_timeout}, current_setting('idle_in_transaction_session_timeout')), true);
 
 -- lock_flow_queues --
 -- The flow-controlled claim, step 1: lock the settings rows of the worker's flow-controlled queues,
@@ -657,8 +659,13 @@ WHERE id = %(id)s;
 -- in transaction mode the next client of the server session does not inherit it (a session SET
 -- would stay; a startup `options` PgBouncer refuses). statement_timeout is read as each later
 -- statement starts, lock_timeout as each lock wait starts: both hold for the rest of the transaction.
+-- idle_in_transaction_session_timeout (the lock timeout's value): a worker cut off between two
+-- statements of a transaction (a Django atomic block is a round trip each) leaves its server session
+-- idle in it, holding its locks (its worker row: every reaper of the fleet would wait on it) until
+-- the server hears of the dead peer, hours later; the server ends such a session instead.
 SELECT set_config('statement_timeout', {statement_timeout}, true),
-       set_config('lock_timeout', {lock_timeout}, true);
+       set_config('lock_timeout', {lock_timeout}, true),
+       set_config('idle_in_transaction_session_timeout', {lock_timeout}, true);
 
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
