@@ -212,3 +212,27 @@ def test_a_child_holds_two_connections_and_its_supervisor_the_listener_and_the_h
     except AssertionError:
         raise AssertionError(f"connections held: {seen[-1]}") from None
     stop(supervisor)
+
+
+def test_the_supervisor_polls_for_its_idle_children_and_wakes_one_of_them(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    """A task nobody was told of (NOTIFY off for its enqueue): the supervisor's poll finds it and
+    wakes one child. While that child runs it for 3 s, its idle sibling makes no claim of its own
+    (before, it polled every 1.2-1.8 s): a child's own poll is a backstop at ten poll intervals."""
+    supervisor, _ = fleet(workers, 2, poll="1.5")
+    offset = log_size(supervisor)
+    with override_settings(TASKQUEUE={**TASKQUEUE, "NOTIFY": False}):
+        task_id = int(tasks.sleep_then_return.enqueue(3).id)
+    runner = wait_for(functools.partial(started_by, raw_conn, task_id), timeout=WOKEN, message="task polled")
+    wait_for(
+        lambda: models.Task.objects.filter(id=task_id, status="SUCCESSFUL").exists(),
+        timeout=30,
+        message="the task done",
+    )
+    # The runner's claims: the one that took the task, the round after it, and once more after
+    # marking itself waiting.
+    wait_for(lambda: claims_since(supervisor, offset)[runner] >= 3, timeout=30, message="the runner waiting")
+    claims = claims_since(supervisor, offset)
+    assert claims == {runner: 3}, claims
+    stop(supervisor)

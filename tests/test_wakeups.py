@@ -4,10 +4,12 @@ turns notifications off entirely."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import random
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import pytest
 from django.db import connection, transaction
 from django.tasks import default_task_backend
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from queueapp import models, store
@@ -26,6 +29,7 @@ from tests import tasks
 from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker, wakes_until_sentinel
 from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
+from workers import wakeups
 from workers.producer import Producer
 from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
 
@@ -283,3 +287,42 @@ def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
     models.Worker.objects.filter(id=busy).update(waiting=False)
     tasks.add.enqueue_many(((i, i), {}) for i in range(12))
     assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
+
+
+def test_the_supervisors_poll_wakes_one_idle_child_for_a_ready_task_and_asks_nothing_when_all_busy() -> None:
+    lines = {uuid.uuid4(): socket.socketpair() for _ in range(3)}
+    ours = {worker: wakeups.ChildLine(pair[0]) for worker, pair in lines.items()}
+    poll = wakeups.ChildPoll(["default"], wakeups.Dispatcher(lambda: ours))
+
+    def woken() -> list[uuid.UUID]:
+        heard = []
+        for worker, (_, theirs) in lines.items():
+            theirs.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                if wakeups.WAKE in theirs.recv(64):
+                    heard.append(worker)
+        return heard
+
+    with CaptureQueriesContext(connection) as queries:
+        assert poll.run_once() is False  # nobody said it waits: no question asked
+    assert len(queries) == 0
+    first, second, _ = lines
+    lines[first][1].send(wakeups.IDLE)
+    lines[second][1].send(wakeups.IDLE)
+    assert poll.run_once() is False  # nothing READY: nobody woken
+    tasks.add.using(queue_name="emails").enqueue(1, 2)
+    assert poll.run_once() is False  # READY on a queue of somebody else's
+    assert woken() == []
+    tasks.add.enqueue(1, 2)
+    assert poll.run_once() is True
+    (one,) = woken()
+    assert one in (first, second)
+    lines[one][1].send(wakeups.BUSY)  # it claimed (the supervisor took it for busy meanwhile anyway)
+    assert poll.run_once() is True  # the task is still READY: the other waiting child is woken
+    assert woken() == [second if one == first else first]
+    with CaptureQueriesContext(connection) as queries:
+        assert poll.run_once() is False  # both taken for busy until they say otherwise
+    assert len(queries) == 0
+    for mine, theirs in lines.values():
+        mine.close()
+        theirs.close()

@@ -14,7 +14,8 @@ from the database) too: it registers once the database answers again, and until 
 nothing.
 
 For its children it holds the host's one LISTEN connection (workers.wakeups: each wake-up to one idle
-child) and runs the reaper, stager and scheduler in its main loop, on one Django connection: a child
+child), polls for them (one probe per poll interval while a child waits, instead of a claim per idle
+child), and runs the reaper, stager and scheduler in its main loop, on one Django connection: a child
 has only its rounds' session and its heartbeat's connection. No thread: a thread holding a lock at a
 fork would leave the child a lock nobody releases.
 """
@@ -48,7 +49,7 @@ from workers.forked import ForkedWorker
 from workers.listener import Listener
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
-from workers.services import Rotation
+from workers.services import Rotation, Service
 from workers.stager import Stager
 
 logger = logging.getLogger(__name__)
@@ -82,13 +83,11 @@ class Supervisor:
         )
         # The children's housekeeping, once per host on the supervisor's one Django connection (a
         # child runs only its rounds and its heartbeat): reaping, staging due tasks, schedules.
-        self.housekeeping = Rotation(
-            [
-                (self.reaper, config.reap_interval),
-                (Stager(), config.stage_interval),
-                (Scheduler(grace=config.schedule_grace), config.schedule_interval),
-            ]
-        )
+        services: list[tuple[Service, float]] = [
+            (self.reaper, config.reap_interval),
+            (Stager(), config.stage_interval),
+            (Scheduler(grace=config.schedule_grace), config.schedule_interval),
+        ]
         self.restart_delay = 0.0
         self.timed_tasks = threading.Event()
         """A child may be running a task with a timeout (SIGUSR1 says it claimed one)."""
@@ -96,14 +95,15 @@ class Supervisor:
         self.limits = db.ConnectionLimits(config.stale_after)
         self.listener: Listener | None = None
         if conf.get().notify and config.metrics_port is None:
-            # One LISTEN connection for all children, each wake-up to one of them (workers.wakeups).
-            # Children started as fresh processes (--metrics-port) listen for themselves.
+            # One LISTEN connection for all children, each wake-up to one of them (workers.wakeups),
+            # and one poll for all of them. Children started as fresh processes (--metrics-port)
+            # listen and poll for themselves.
+            dispatcher = wakeups.Dispatcher(self.child_lines)
             self.listener = Listener(
-                db.listen_conninfo(self.limits),
-                queues=config.queues,
-                hearer=wakeups.Dispatcher(self.child_lines),
-                stop=self.stopping,
+                db.listen_conninfo(self.limits), queues=config.queues, hearer=dispatcher, stop=self.stopping
             )
+            services.append((wakeups.ChildPoll(config.queues, dispatcher), config.poll_interval))
+        self.housekeeping = Rotation(services)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.handle_signal)

@@ -3,9 +3,10 @@
 Each child has a socket pair to its supervisor (made before the fork). The supervisor sends WAKE
 (claim now) or LOOK (flow settings changed: look at them, then claim); the child says IDLE when it
 marked itself waiting (workers.waiting) and BUSY when it cleared the mark, and again after every
-wake-up, since the supervisor takes a child it woke for busy until it hears otherwise. A child's
-poll stays the backstop: a wake-up that finds nobody idle, or that is lost with a dying child, is
-a poll interval late at worst, never lost.
+wake-up, since the supervisor takes a child it woke for busy until it hears otherwise. The poll
+stays the backstop, made once per host by the supervisor (ChildPoll) while a child waits: a wake-up
+that finds nobody idle, or that is lost with a dying worker, is a poll interval late at worst,
+never lost.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import logging
 import select
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
 from queueapp import store
+from workers import db
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +77,15 @@ class Dispatcher:
         for line in self.lines().values():
             line.send(LOOK)
 
-    def enqueued(self, wake: store.Wake) -> None:
+    def heard(self) -> Mapping[UUID, ChildLine]:
+        """The children's lines, each with what its child last said."""
         lines = self.lines()
         for line in lines.values():
             line.hear()
+        return lines
+
+    def enqueued(self, wake: store.Wake) -> None:
+        lines = self.heard()
         if wake.named is None:
             for line in lines.values():
                 if line.idle:
@@ -90,9 +97,13 @@ class Dispatcher:
         if not named.idle:
             # Busy (or its word is on the way): an idle sibling claims instead, else the named one,
             # which may be idle after all (it said so to the database before it says so to us).
-            idle = [line for line in lines.values() if line.idle]
-            named = idle[next(self.turn) % len(idle)] if idle else named
+            named = self.one_idle(lines) or named
         named.send(WAKE)
+
+    def one_idle(self, lines: Mapping[UUID, ChildLine]) -> ChildLine | None:
+        """An idle child's line, in turn, or None when every child is busy."""
+        idle = [line for line in lines.values() if line.idle]
+        return idle[next(self.turn) % len(idle)] if idle else None
 
     def missed(self) -> None:
         for line in self.lines().values():
@@ -100,6 +111,38 @@ class Dispatcher:
 
     def idle(self, conn: psycopg.Connection[Any]) -> None:
         store.check_listener(conn)
+
+
+class ChildPoll:
+    """The poll, once per host instead of once per child: while a child of the supervisor waits for
+    work, every poll interval, is a task of the supervisor's queues READY? Then one waiting child is
+    woken to claim it. It finds the tasks whose wake-up was lost (it named a worker that died before
+    its heartbeat went stale) or held back (a flow-controlled queue): claims that every idle child
+    made on its own poll before. Its children poll only as a last backstop (CHILD_POLL_FACTOR)."""
+
+    name = "child_poll"
+
+    def __init__(self, queues: Collection[str], dispatcher: Dispatcher) -> None:
+        self.queues = sorted(queues)
+        self.dispatcher = dispatcher
+
+    def run_once(self) -> bool | None:
+        """Whether a waiting child was woken; None when the database could not be reached."""
+        lines = self.dispatcher.heard()
+        if self.dispatcher.one_idle(lines) is None:
+            return False  # every child busy: each claims again when a task of its ends
+        ready = db.unless_unreachable(lambda: store.any_ready(self.queues), "child_poll_failed")
+        if not ready:
+            return ready
+        line = self.dispatcher.one_idle(lines)
+        if line is not None:
+            line.send(WAKE)
+        return True
+
+
+CHILD_POLL_FACTOR = 10
+"""A child whose supervisor listens and polls for it (ChildPoll) polls on its own only every this
+many poll intervals: a backstop for a supervisor whose loop is held up."""
 
 
 class SupervisorLine:

@@ -60,7 +60,7 @@ from workers.scheduler import Scheduler
 from workers.services import Service, ServiceThread
 from workers.stager import Stager
 from workers.waiting import Waiting
-from workers.wakeups import SupervisorLine
+from workers.wakeups import CHILD_POLL_FACTOR, SupervisorLine
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +295,8 @@ class Worker:
         if not self.producer.healthy:
             return min(self.config.poll_interval, 0.5)  # the database is away: retry soon
         poll = self.config.poll_interval * random.uniform(0.8, 1.2)
+        if self.line is not None:
+            poll *= CHILD_POLL_FACTOR  # its supervisor polls for it (workers.wakeups.ChildPoll)
         return min(poll, self.producer.retry_in) if self.producer.retry_in else poll
 
     def drain(self) -> None:

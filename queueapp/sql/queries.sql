@@ -825,6 +825,11 @@ UPDATE queueapp_task_live SET priority = %(priority)s
 WHERE id = %(id)s AND status IN ('SCHEDULED', 'READY')
 RETURNING id;
 
+-- any_ready --
+-- A supervisor's poll for its waiting children (workers.wakeups.ChildPoll): is a task of these queues
+-- READY? One probe of task_live_ready_queue_idx, whatever the backlog.
+SELECT EXISTS (SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]));
+
 -- count_ready --
 -- READY tasks of one queue, counted up to cap only: back pressure needs "above the limit or not",
 -- and must stay cheap when the queue is huge.
