@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.db import connection
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.signals import task_finished, task_started
 
@@ -232,6 +233,39 @@ def test_listener_wakes_on_its_queues_only_and_reconnects(raw_conn: psycopg.Conn
         assert listener.conn is not None
     finally:
         listener.close()
+
+
+def test_a_listener_on_the_django_connection_hears_what_came_during_a_query_and_listens_again_after_a_close(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """A supervisor's: LISTEN on this thread's Django connection, which its housekeeping also uses."""
+    worker = waiting_worker(["emails"])
+    wake, stop = threading.Event(), threading.Event()
+    hearer = WorkerHearer(worker_id=worker.id, queues=["emails"], wake=wake, on_settings=lambda view: None)
+    listener = Listener(None, queues=["emails"], hearer=hearer, stop=stop, idle_check=60)
+    try:
+        listener.run_once(timeout=0.1)
+        assert listener.conn is connection.connection
+        wake.clear()
+        with connection.cursor() as cursor:  # housekeeping's query; the notification comes meanwhile
+            cursor.execute("SELECT pg_sleep(0.3)")
+            raw_conn.execute("SELECT pg_notify('taskqueue', %s)", [f"emails {worker.id}"])
+            cursor.execute("SELECT pg_sleep(0.3)")
+        listener.run_once(timeout=0)  # heard from psycopg's backlog, without waiting
+        assert wake.is_set()
+
+        wake.clear()
+        connection.close()  # as before a fork, or after housekeeping's connection error
+        listener.run_once(timeout=0.1)  # LISTENs on the new connection, and wakes (it may have missed some)
+        assert listener.conn is connection.connection
+        assert wake.is_set()
+        wake.clear()
+        tasks.send_email.enqueue("a@example.com")
+        listener.run_once(timeout=5)
+        assert wake.is_set()
+    finally:
+        listener.close()
+    assert connection.connection is None
 
 
 def test_a_background_service_that_dies_reports_it_so_the_worker_stops() -> None:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
+from django.db import connection
 
 from queueapp import store
 from workers import db
@@ -42,7 +43,7 @@ class Listener:
 
     def __init__(
         self,
-        conninfo: str,
+        conninfo: str | None,
         *,
         queues: Collection[str],
         hearer: Hearer,
@@ -50,6 +51,8 @@ class Listener:
         idle_check: float = 5.0,
     ) -> None:
         self.conninfo = conninfo
+        """Where its own connection goes; None: it LISTENs on this thread's Django connection (a
+        supervisor's, whose housekeeping runs on it between waits: one connection for the host)."""
         self.queues = frozenset(queues)
         self.hearer = hearer
         self.stop = stop
@@ -59,7 +62,7 @@ class Listener:
         self.backoff = db.Backoff()
 
     def connect(self) -> None:
-        conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5)
+        conn = self.django_connection() if self.conninfo is None else self.own_connection(self.conninfo)
         conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
         self.conn = conn
         self.hearer.settings_changed(conn)  # changes from here on are notified
@@ -69,9 +72,28 @@ class Listener:
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.hearer.missed()  # anything enqueued while we were away was not announced to us
 
+    @staticmethod
+    def own_connection(conninfo: str) -> psycopg.Connection[Any]:
+        return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+
+    @staticmethod
+    def django_connection() -> psycopg.Connection[Any]:
+        """This thread's Django connection, in autocommit between its owner's transactions. What
+        is notified while its owner runs a query waits in psycopg's backlog for notifies()."""
+        connection.ensure_connection()
+        conn: psycopg.Connection[Any] = connection.connection
+        conn.execute("SET application_name = 'taskqueue-listener'")
+        return conn
+
     def run_once(self, timeout: float = 1.0) -> None:
         """Wait up to timeout for notifications; (re)connect first when needed."""
         try:
+            if self.conninfo is None and self.conn is not None and self.conn is not connection.connection:
+                # The Django connection was closed (a fork, a reset after an error): its LISTENs
+                # went with it, and notifications meanwhile too.
+                logger.info("listener_disconnected error=its connection was closed: listening again")
+                self.conn = None
+                self.hearer.missed()
             if self.conn is None:
                 self.connect()
             assert self.conn is not None
@@ -94,7 +116,7 @@ class Listener:
             if time.monotonic() - self.last_checked > self.idle_check:
                 self.hearer.idle(self.conn)
                 self.last_checked = time.monotonic()
-        except psycopg.Error as exc:  # any error on a connection that only listens: reconnect
+        except (psycopg.Error, *db.CONNECTION_ERRORS) as exc:  # any error on the connection: reconnect
             delay = self.backoff.next()
             logger.warning("listener_disconnected error=%s retry_in=%.1fs", exc, delay)
             self.close()
@@ -103,10 +125,13 @@ class Listener:
 
     def close(self) -> None:
         if self.conn is not None:
-            try:
-                self.conn.close()
-            except psycopg.Error:
-                logger.debug("closing the listener connection failed", exc_info=True)
+            if self.conninfo is None:
+                db.reset_connection()
+            else:
+                try:
+                    self.conn.close()
+                except psycopg.Error:
+                    logger.debug("closing the listener connection failed", exc_info=True)
             self.conn = None
 
 

@@ -13,11 +13,12 @@ stale). Every exit but 0 is followed by a fresh child, a child whose lease ran o
 from the database) too: it registers once the database answers again, and until then claims
 nothing.
 
-For its children it holds the host's one LISTEN connection (workers.wakeups: each wake-up to one idle
-child), polls for them (one probe per poll interval while a child waits, instead of a claim per idle
-child), and runs the reaper, stager and scheduler in its main loop, on one Django connection: a child
-has only its rounds' session and its heartbeat's connection. No thread: a thread holding a lock at a
-fork would leave the child a lock nobody releases.
+For its children it LISTENs (workers.wakeups: each wake-up to one idle child), polls (one probe per
+poll interval while a child waits, instead of a claim per idle child), and runs the reaper, stager
+and scheduler, all in its main loop and on one Django connection (two when LISTEN must go elsewhere
+than DATABASE_URL: TASKQUEUE_LISTEN_DATABASE_URL); what is notified while housekeeping runs a query
+waits in psycopg's backlog. A child has only its rounds' session and its heartbeat's connection. No
+thread: a thread holding a lock at a fork would leave the child a lock nobody releases.
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ class Supervisor:
             # and one poll for all of them. Children started as fresh processes (--metrics-port)
             # listen and poll for themselves.
             dispatcher = wakeups.Dispatcher(self.child_lines)
-            self.listener = Listener(
-                db.listen_conninfo(self.limits), queues=config.queues, hearer=dispatcher, stop=self.stopping
-            )
+            # On the housekeeping's Django connection (one connection for the host), unless LISTEN
+            # must go elsewhere (TASKQUEUE_LISTEN_DATABASE_URL: DATABASE_URL is a pooler's).
+            own = db.listen_conninfo(self.limits) if conf.get().listen_database_url else None
+            self.listener = Listener(own, queues=config.queues, hearer=dispatcher, stop=self.stopping)
             services.append((wakeups.ChildPoll(config.queues, dispatcher), config.poll_interval))
         self.housekeeping = Rotation(services)
 
