@@ -120,11 +120,12 @@ def start(datadir: Path) -> str:
     return f"postgres://postgres@127.0.0.1:{port}/{DATABASE}"
 
 
-def stop(datadir: Path) -> None:
+def stop(datadir: Path, mode: str = "fast") -> None:
+    """Stop the cluster; mode "immediate" is a crash (fault tests): what was not flushed is lost."""
     if (datadir / "PG_VERSION").exists():
         bindir = find_bindir()
         subprocess.run(
-            _as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]),
+            _as_owner([str(bindir / "pg_ctl"), "-D", str(datadir), "-m", mode, "-w", "stop"]),
             capture_output=True,
         )
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from queueapp import store
 from queueapp.sql import QUERIES
 from taskqueue_project import devdb
 from tests.helpers import WorkerProcess, postgres_reachable_dir, run_manage, wait_for
@@ -155,3 +157,70 @@ def test_a_worker_stopped_after_five_restarts_records_its_stop(
             assert conn.execute("SELECT state FROM queueapp_worker").fetchall() == [("STOPPED",)]
     finally:
         worker.stop()
+
+
+class Session(store.WorkerSession):
+    """A worker's round session on the throwaway cluster (not the test database Django points at)."""
+
+    def __init__(self, url: str, worker_id: uuid.UUID) -> None:
+        super().__init__(worker_id=worker_id, queues=["default"])
+        self.url = url
+
+    def connect(self) -> psycopg.Connection:
+        conn = psycopg.connect(self.url, autocommit=True)
+        conn.execute("SET TIME ZONE 'UTC'")
+        return conn
+
+
+def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fenced_out(
+    cluster: tuple[Path, str],
+) -> None:
+    """A round that only claims commits without waiting for a flush; one that records a success
+    waits. A crash (immediate stop) before anything flushed the claim: the task is READY again with
+    its attempt not counted, another worker claims it, and the first one's success is not recorded.
+    What was recorded durably stays."""
+    datadir, url = cluster
+    assert run_manage("migrate", "--noinput", url=url).returncode == 0
+    first, second = uuid.uuid4(), uuid.uuid4()
+    row = {
+        "task_path": "tests.tasks.add",
+        "queue_name": "default",
+        "priority": 0,
+        "run_after": None,
+        "max_attempts": 5,
+        "timeout": None,
+        "args": "[1, 2]",
+        "kwargs": "{}",
+        "notify": False,
+        "concurrency_key": None,
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")  # nothing flushes an async commit
+        conn.execute("SELECT pg_reload_conf()")
+        conn.cursor().executemany(QUERIES["enqueue_task"], [row, {**row, "priority": -1}])
+        for worker_id in (first, second):
+            params = {"id": worker_id, "hostname": "test", "pid": 1, "queues": ["default"], "concurrency": 1}
+            conn.execute(QUERIES["register_worker"], params)
+    session = Session(url, first)
+    _, (done,) = session.round([], 1)
+    statuses, rows = session.round([store.Success(done.id, done.attempts, "3")], 0)
+    assert (statuses, rows) == ({done.id: "SUCCESSFUL"}, [])  # its commit waited for the flush
+    _, (undone,) = session.round([], 1)  # this claim's did not
+    session.close()
+
+    devdb.stop(datadir, mode="immediate")
+    devdb.start(datadir)
+
+    with psycopg.connect(url) as conn:
+        status = dict(conn.execute("SELECT id, status FROM queueapp_task").fetchall())
+        assert status == {done.id: "SUCCESSFUL", undone.id: "READY"}
+        (attempts,) = conn.execute("SELECT attempts FROM queueapp_task WHERE id = %s", [undone.id]).fetchone()
+        assert attempts == 0
+    again = Session(url, second)
+    _, (rerun,) = again.round([], 1)
+    assert (rerun.id, rerun.attempts) == (undone.id, 1)
+    session = Session(url, first)
+    assert session.round([store.Success(undone.id, undone.attempts, "3")], 0) == ({}, [])  # fenced out
+    assert again.round([store.Success(rerun.id, rerun.attempts, "3")], 0) == ({rerun.id: "SUCCESSFUL"}, [])
+    session.close()
+    again.close()

@@ -170,12 +170,17 @@ UPDATE queueapp_worker SET waiting = false WHERE id = %(worker_id)s::uuid AND wa
 -- as it is), first in the round so that they cover its finish (which sorts nothing): a round sends
 -- no more statements than before it had them. The values are written in once per worker (store.timeouts), not sent as
 -- parameters, and this comment is left out: each cost a round about 2 per cent
--- (bench/round_limits.py).
+-- (bench/round_limits.py). A round that only claims (it records no success) commits without
+-- waiting for its WAL to reach disk ({synchronous_commit} is 'off' then; otherwise the setting as
+-- it is): an idle worker's pickup no longer waits for a flush. What a database crash can cost is a
+-- claim no later commit flushed (about wal_writer_delay): the task is READY again and may run
+-- twice, and the worker that claimed it is fenced out (docs/guarantees.md, "What a crash costs").
 SELECT set_config('enable_sort', 'off', true),
        set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
        set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true),
        set_config('idle_in_transaction_session_timeout',
-                  coalesce({lock_timeout}, current_setting('idle_in_transaction_session_timeout')), true);
+                  coalesce({lock_timeout}, current_setting('idle_in_transaction_session_timeout')), true),
+       set_config('synchronous_commit', {synchronous_commit}, true);
 
 -- lock_flow_queues --
 -- The flow-controlled claim, step 1: lock the settings rows of the worker's flow-controlled queues,

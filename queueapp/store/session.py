@@ -25,7 +25,7 @@ from queueapp.states import TaskStatus
 from queueapp.store.limits import FlowView, flow_view
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
 from queueapp.store.rows import TaskRow
-from queueapp.store.timeouts import UNLIMITED_CLAIM_PLAN, StatementLimits
+from queueapp.store.timeouts import UNLIMITED_CLAIM_ONLY_PLAN, UNLIMITED_CLAIM_PLAN, StatementLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +200,10 @@ class WorkerSession:
         finish = claim = None
         values: list[Any] = []
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
-            if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
-                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)
+            if limit > 0 and successes:  # the claim's plan setting and the limits in one statement,
+                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)  # first
+            elif limit > 0:  # a round that only claims: a commit that waits for no flush (claim_plan)
+                conn.execute(self.limits.claim_only_plan if self.limits else UNLIMITED_CLAIM_ONLY_PLAN)
             else:
                 self.limit(conn)
             if successes:

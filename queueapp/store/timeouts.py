@@ -38,6 +38,11 @@ class StatementLimits:
     def claim_plan(self) -> str:
         return written_in(QUERIES["claim_plan"], self)
 
+    @functools.cached_property
+    def claim_only_plan(self) -> str:
+        """claim_plan for a round that records no success: its commit does not wait for a flush."""
+        return written_in(QUERIES["claim_plan"], self, durable=False)
+
     def set_local(self, target: _Executes) -> None:
         """Limit the rest of the transaction target (a psycopg connection or cursor) is in."""
         target.execute(self.limit_transaction)
@@ -63,15 +68,23 @@ class StatementLimits:
             self.set_local(cursor.cursor)
 
 
-def written_in(query: str, limits: StatementLimits | None) -> str:
-    """query with the limits written in (None: NULL, which claim_plan reads as "as it is").
+def written_in(query: str, limits: StatementLimits | None, *, durable: bool = True) -> str:
+    """query with the limits written in (None: NULL, which claim_plan reads as "as it is"), and
+    (claim_plan) whether its commit waits for a flush as the settings say or not at all.
     Composed once, without its comment lines, and sent without parameters: adapting parameters and
     handling the comment's text, round after round, each cost a round about 2 per cent."""
     values = (limits.statement_timeout_ms, limits.lock_timeout_ms) if limits else (None, None)
     statement, lock = (psycopg.sql.Literal(None if value is None else str(value)) for value in values)
+    commit = (
+        psycopg.sql.SQL("current_setting('synchronous_commit')") if durable else psycopg.sql.Literal("off")
+    )
     text = "\n".join(line for line in query.splitlines() if not line.startswith("--"))
-    return psycopg.sql.SQL(text).format(statement_timeout=statement, lock_timeout=lock).as_string()
+    composed = psycopg.sql.SQL(text).format(
+        statement_timeout=statement, lock_timeout=lock, synchronous_commit=commit
+    )
+    return composed.as_string()
 
 
 UNLIMITED_CLAIM_PLAN = written_in(QUERIES["claim_plan"], None)
 """claim_plan for a session held to no limits of its own: the plan setting alone."""
+UNLIMITED_CLAIM_ONLY_PLAN = written_in(QUERIES["claim_plan"], None, durable=False)
