@@ -140,7 +140,7 @@ class ChildPoll:
         return True
 
 
-CHILD_POLL_FACTOR = 10
+CHILD_POLL_FACTOR = 30
 """A child whose supervisor listens and polls for it (ChildPoll) polls on its own only every this
 many poll intervals: a backstop for a supervisor whose loop is held up."""
 
