@@ -162,8 +162,8 @@ def test_a_worker_stopped_after_five_restarts_records_its_stop(
 class Session(store.WorkerSession):
     """A worker's round session on the throwaway cluster (not the test database Django points at)."""
 
-    def __init__(self, url: str, worker_id: uuid.UUID) -> None:
-        super().__init__(worker_id=worker_id, queues=["default"])
+    def __init__(self, url: str, worker_id: uuid.UUID, queues: tuple[str, ...] = ("default",)) -> None:
+        super().__init__(worker_id=worker_id, queues=queues)
         self.url = url
 
     def connect(self) -> psycopg.Connection:
@@ -176,9 +176,10 @@ def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fence
     cluster: tuple[Path, str],
 ) -> None:
     """A round that only claims commits without waiting for a flush; one that records a success
-    waits. A crash (immediate stop) before anything flushed the claim: the task is READY again with
-    its attempt not counted, another worker claims it, and the first one's success is not recorded.
-    What was recorded durably stays."""
+    waits, and so does a flow-controlled claim (it spends the limits' state too). A crash (immediate
+    stop) before anything flushed the plain claim: the task is READY again with its attempt not
+    counted, another worker claims it, and the first one's success is not recorded. What was
+    recorded durably stays."""
     datadir, url = cluster
     assert run_manage("migrate", "--noinput", url=url).returncode == 0
     first, second = uuid.uuid4(), uuid.uuid4()
@@ -197,14 +198,28 @@ def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fence
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")  # nothing flushes an async commit
         conn.execute("SELECT pg_reload_conf()")
-        conn.cursor().executemany(QUERIES["enqueue_task"], [row, {**row, "priority": -1}])
+        conn.cursor().executemany(
+            QUERIES["enqueue_task"], [row, {**row, "priority": -1}, {**row, "queue_name": "emails"}]
+        )
+        conn.execute("INSERT INTO queueapp_queuecontrol (name, concurrency_limit) VALUES ('emails', 5)")
         for worker_id in (first, second):
-            params = {"id": worker_id, "hostname": "test", "pid": 1, "queues": ["default"], "concurrency": 1}
+            params = {
+                "id": worker_id,
+                "hostname": "test",
+                "pid": 1,
+                "queues": ["default", "emails"],
+                "concurrency": 1,
+            }
             conn.execute(QUERIES["register_worker"], params)
     session = Session(url, first)
     _, (done,) = session.round([], 1)
     statuses, rows = session.round([store.Success(done.id, done.attempts, "3")], 0)
     assert (statuses, rows) == ({done.id: "SUCCESSFUL"}, [])  # its commit waited for the flush
+    limited = Session(url, first, queues=("emails",))
+    view = limited.flow_view()
+    assert view.queues == frozenset({"emails"})
+    _, (kept,) = limited.round([], 1, view=view)  # a flow-controlled claim: it waited too
+    limited.close()
     _, (undone,) = session.round([], 1)  # this claim's did not
     session.close()
 
@@ -213,7 +228,7 @@ def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fence
 
     with psycopg.connect(url) as conn:
         status = dict(conn.execute("SELECT id, status FROM queueapp_task").fetchall())
-        assert status == {done.id: "SUCCESSFUL", undone.id: "READY"}
+        assert status == {done.id: "SUCCESSFUL", undone.id: "READY", kept.id: "RUNNING"}
         (attempts,) = conn.execute("SELECT attempts FROM queueapp_task WHERE id = %s", [undone.id]).fetchone()
         assert attempts == 0
     again = Session(url, second)

@@ -16,6 +16,7 @@ from uuid import UUID
 import psycopg
 
 from queueapp import store
+from workers import db
 from workers.executor import Executor
 from workers.ledger import Ledger
 from workers.producer import Producer
@@ -67,11 +68,23 @@ class Completer:
             return 0
         statuses, rows = done
         self.ledger.recorded(attempts)
-        self.ledger.claimed(rows)
-        self.dispatch(rows)
+        fresh, again = self.ledger.claimed(rows)
+        if again:
+            self.hand_back(again)
+        self.dispatch(fresh)
         for attempt in attempts:
             self.executor.complete(attempt, statuses.get(attempt.row.id))
         return len(rows)
+
+    def hand_back(self, rows: list[store.TaskRow]) -> None:
+        """Claims of tasks this worker runs under an attempt that a database crash undid: back to READY."""
+        claimed = [(row.id, row.attempts) for row in rows]
+        released = db.unless_unreachable(
+            lambda: store.release_tasks(worker_id=self.worker_id, claimed=claimed),
+            "hand_back_failed worker=%s",
+            self.worker_id,
+        )
+        logger.warning("claimed_again worker=%s tasks=%s handed_back=%s", self.worker_id, claimed, released)
 
     def reconcile(self) -> bool:
         """After a failed round, before the next: that round's COMMIT may have gone through with only

@@ -64,10 +64,18 @@ class Ledger:
 
     # -- the main thread -------------------------------------------------------------------------
 
-    def claimed(self, rows: list[store.TaskRow]) -> None:
+    def claimed(self, rows: list[store.TaskRow]) -> tuple[list[store.TaskRow], list[store.TaskRow]]:
+        """Hold the claimed rows: (those to run, those to hand back). A row this worker holds already
+        is a claim a database crash undid (a round that only claims does not wait for a flush) and
+        this worker made again: of the same attempt, the claim of the run under way, which records
+        it; of another (the task ran and failed elsewhere meanwhile), one to hand back."""
         with self.lock:
-            for row in rows:
+            fresh = [row for row in rows if row.id not in self.held]
+            held = self.held
+            again = [row for row in rows if row.id in held and row.attempts != held[row.id].attempts]
+            for row in fresh:
                 self.held[row.id] = row
+        return fresh, again
 
     def take_successes(self, *, claim: bool) -> tuple[list[Attempt], int]:
         """The successes to record in a round, and how many tasks it may claim (0 unless claim)."""

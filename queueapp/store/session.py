@@ -200,10 +200,12 @@ class WorkerSession:
         finish = claim = None
         values: list[Any] = []
         with explain_lost_statements(), conn.pipeline(), conn.transaction():
-            if limit > 0 and successes:  # the claim's plan setting and the limits in one statement,
-                conn.execute(self.limits.claim_plan if self.limits else UNLIMITED_CLAIM_PLAN)  # first
-            elif limit > 0:  # a round that only claims: a commit that waits for no flush (claim_plan)
-                conn.execute(self.limits.claim_only_plan if self.limits else UNLIMITED_CLAIM_ONLY_PLAN)
+            if limit > 0:  # the claim's plan setting and the limits in one statement, before the finish
+                # Only a plain claim and nothing else commits without waiting for a flush (claim_plan):
+                # a flow-controlled claim also spends tokens and steps breakers, which a crash must
+                # not give back while the tasks they let through run on.
+                durable = bool(successes) or bool(view.queues)
+                conn.execute(self.claim_plan(durable=durable))
             else:
                 self.limit(conn)
             if successes:
@@ -223,6 +225,11 @@ class WorkerSession:
             values += claim.fetchall()
         statuses = {task_id: status for task_id, status in finish.fetchall()} if finish else {}
         return statuses, claimed_rows(self.worker_id, values)
+
+    def claim_plan(self, *, durable: bool) -> str:
+        if self.limits is None:
+            return UNLIMITED_CLAIM_PLAN if durable else UNLIMITED_CLAIM_ONLY_PLAN
+        return self.limits.claim_plan if durable else self.limits.claim_only_plan
 
     def flow_view(self) -> FlowView:
         """The worker's FlowView, on this connection (prepared like a round's statements)."""
