@@ -102,7 +102,7 @@ def _resolve(api_key: models.ApiKey, item: Submission) -> AnyTask:
 def _check_back_pressure(tasks: Sequence[AnyTask]) -> None:
     for queue in sorted({task.queue_name for task in tasks}):
         limit = queue_limit(queue)
-        if limit is not None and store.count_ready(queue, cap=limit) >= limit:
+        if limit is not None and store.count_ready([queue], cap=limit) >= limit:
             raise QueueFull(f"queue {queue!r} holds its limit of {limit} READY tasks; retry later")
 
 

@@ -219,7 +219,7 @@ def test_the_supervisor_polls_for_its_idle_children_and_wakes_one_of_them(
 ) -> None:
     """A task nobody was told of (NOTIFY off for its enqueue): the supervisor's poll finds it and
     wakes one child. While that child runs it for 3 s, its idle sibling makes no claim of its own
-    (before, it polled every 1.2-1.8 s): a child's own poll is a backstop at thirty poll intervals."""
+    (before, it polled every 1.2-1.8 s): a child's own poll is a backstop every minute."""
     supervisor, _ = fleet(workers, 2, poll="1.5")
     offset = log_size(supervisor)
     with override_settings(TASKQUEUE={**TASKQUEUE, "NOTIFY": False}):

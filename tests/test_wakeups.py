@@ -289,40 +289,52 @@ def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
     assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
 
 
-def test_the_supervisors_poll_wakes_one_idle_child_for_a_ready_task_and_asks_nothing_when_all_busy() -> None:
+def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothing_when_all_busy() -> None:
     lines = {uuid.uuid4(): socket.socketpair() for _ in range(3)}
     ours = {worker: wakeups.ChildLine(pair[0]) for worker, pair in lines.items()}
-    poll = wakeups.ChildPoll(["default"], wakeups.Dispatcher(lambda: ours))
+    missed: list[bool] = []
+    dispatcher = wakeups.Dispatcher(lambda: ours, on_missed=lambda: missed.append(True))
+    poll = wakeups.ChildPoll(["default"], dispatcher)
 
-    def woken() -> list[uuid.UUID]:
-        heard = []
+    def woken() -> set[uuid.UUID]:
+        heard = set()
         for worker, (_, theirs) in lines.items():
             theirs.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 if wakeups.WAKE in theirs.recv(64):
-                    heard.append(worker)
+                    heard.add(worker)
         return heard
 
     with CaptureQueriesContext(connection) as queries:
-        assert poll.run_once() is False  # nobody said it waits: no question asked
+        assert poll.run_once() == 0  # nobody said it waits: no question asked
     assert len(queries) == 0
     first, second, _ = lines
     lines[first][1].send(wakeups.IDLE)
     lines[second][1].send(wakeups.IDLE)
-    assert poll.run_once() is False  # nothing READY: nobody woken
+    assert poll.run_once() == 0  # nothing READY: nobody woken
     tasks.add.using(queue_name="emails").enqueue(1, 2)
-    assert poll.run_once() is False  # READY on a queue of somebody else's
-    assert woken() == []
+    assert poll.run_once() == 0  # READY on a queue of somebody else's
+    assert woken() == set()
     tasks.add.enqueue(1, 2)
-    assert poll.run_once() is True
+    assert poll.run_once() == 1
     (one,) = woken()
     assert one in (first, second)
     lines[one][1].send(wakeups.BUSY)  # it claimed (the supervisor took it for busy meanwhile anyway)
-    assert poll.run_once() is True  # the task is still READY: the other waiting child is woken
-    assert woken() == [second if one == first else first]
+    assert poll.run_once() == 1  # the task is still READY: the other waiting child is woken
+    assert woken() == {second if one == first else first}
     with CaptureQueriesContext(connection) as queries:
-        assert poll.run_once() is False  # both taken for busy until they say otherwise
+        assert poll.run_once() == 0  # both taken for busy until they say otherwise
     assert len(queries) == 0
+
+    lines[first][1].send(wakeups.IDLE)
+    lines[second][1].send(wakeups.IDLE)
+    tasks.add.enqueue(3, 4)
+    tasks.add.enqueue(5, 6)
+    assert poll.run_once() == 2  # three READY, two waiting: both woken, each claims
+    assert woken() == {first, second}
+    dispatcher.missed()  # the listener reconnected: the supervisor is asked to poll now
+    assert missed == [True]
+    assert woken() == set()  # and nobody is woken blindly
     for mine, theirs in lines.values():
         mine.close()
         theirs.close()

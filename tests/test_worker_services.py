@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from workers import db
 from workers.executor import Executor
 from workers.heartbeat import Heartbeat
 from workers.lease import Lease
+from workers.ledger import Ledger
 from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
 
@@ -520,3 +522,18 @@ def test_without_a_listener_the_producer_looks_at_the_flow_settings_itself() -> 
         assert len(round_(producer, 1)[1]) == 1
     finally:
         producer.close()
+
+
+def test_a_claim_this_worker_holds_already_is_not_run_twice_and_one_of_another_attempt_handed_back() -> None:
+    """A database crash undid a claim (a round that only claims does not wait for a flush) and the
+    worker still running that task claims it again: of the same attempt, it is the claim of the run
+    under way (nothing starts twice, and ledger entries are not overwritten); of another attempt
+    (the task ran and failed elsewhere meanwhile), it is handed back."""
+    tasks.add.enqueue(1, 2)
+    (row,) = claim(make_worker())
+    ledger = Ledger(concurrency=4, prefetch_max=0, max_tasks=None)
+    assert ledger.claimed([row]) == ([row], [])
+    assert ledger.claimed([row]) == ([], [])
+    later = dataclasses.replace(row, attempts=row.attempts + 1)
+    assert ledger.claimed([later]) == ([], [later])
+    assert ledger.held == {row.id: row}

@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_CRASHED = 70
 
+_INHERITED: list[object] = []
+"""The supervisor's connections a forked child inherited: never used, never freed (os._exit)."""
+
 
 class ForkedWorker:
     def __init__(
@@ -33,17 +36,25 @@ class ForkedWorker:
     ) -> None:
         """line: the child's end of its socket pair to the supervisor (workers.wakeups);
         supervisor_ends: the supervisor's ends of every pair, closed in the child."""
-        # The child must never share the supervisor's database sockets: close them (the supervisor
-        # reconnects when it next needs to). The supervisor's listener connection is not Django's:
-        # the child inherits its socket but never touches it, and never frees it (os._exit).
-        connections.close_all()
         pid = os.fork()
         if pid == 0:  # pragma: no branch - the child never returns from here
             for end in supervisor_ends:
                 end.close()
+            self._abandon_inherited_connections()
             self._run_child(config, line)
         self.pid = pid
         self.returncode: int | None = None
+
+    @staticmethod
+    def _abandon_inherited_connections() -> None:
+        """The child must never use the supervisor's database sockets, nor close them: closing sends
+        the server a Terminate that ends the supervisor's session (its LISTEN and housekeeping).
+        Django forgets them (the child opens its own), and they are kept referenced until os._exit
+        so that no finaliser closes them; the supervisor's connection stays as it was."""
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None:
+                _INHERITED.append(connection.connection)
+                connection.connection = None
 
     @staticmethod
     def _run_child(config: WorkerConfig, line: socket.socket | None) -> None:

@@ -95,16 +95,18 @@ class Supervisor:
         self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
         self.limits = db.ConnectionLimits(config.stale_after)
         self.listener: Listener | None = None
+        self.child_poll: wakeups.ChildPoll | None = None
         if conf.get().notify and config.metrics_port is None:
             # One LISTEN connection for all children, each wake-up to one of them (workers.wakeups),
             # and one poll for all of them. Children started as fresh processes (--metrics-port)
             # listen and poll for themselves.
-            dispatcher = wakeups.Dispatcher(self.child_lines)
+            dispatcher = wakeups.Dispatcher(self.child_lines, on_missed=self.poll_children_soon)
             # On the housekeeping's Django connection (one connection for the host), unless LISTEN
             # must go elsewhere (TASKQUEUE_LISTEN_DATABASE_URL: DATABASE_URL is a pooler's).
             own = db.listen_conninfo(self.limits) if conf.get().listen_database_url else None
             self.listener = Listener(own, queues=config.queues, hearer=dispatcher, stop=self.stopping)
-            services.append((wakeups.ChildPoll(config.queues, dispatcher), config.poll_interval))
+            self.child_poll = wakeups.ChildPoll(config.queues, dispatcher)
+            services.append((self.child_poll, config.poll_interval))
         self.housekeeping = Rotation(services)
 
     def run(self) -> int:
@@ -133,6 +135,11 @@ class Supervisor:
             self.stopping.wait(timeout)
         else:
             self.listener.run_once(timeout=timeout)
+
+    def poll_children_soon(self) -> None:
+        """Notifications may have been missed: poll for the children on the next pass."""
+        if self.child_poll is not None:
+            self.housekeeping.hurry(self.child_poll)
 
     def child_lines(self) -> dict[UUID, wakeups.ChildLine]:
         return {

@@ -67,10 +67,16 @@ class ChildLine:
 class Dispatcher:
     """The supervisor's listener hearer (workers.listener.Hearer): a named wake-up goes to the named
     child when ours, or to another idle child of ours when that one is busy; an unnamed one (a resumed
-    queue) to every idle child; settings changes and missed notifications to every child."""
+    queue) to every idle child; settings changes to every child; missed notifications make the
+    supervisor poll for its children at once (ChildPoll), not wake them all."""
 
-    def __init__(self, lines: Callable[[], Mapping[UUID, ChildLine]]) -> None:
+    def __init__(
+        self, lines: Callable[[], Mapping[UUID, ChildLine]], *, on_missed: Callable[[], None]
+    ) -> None:
         self.lines = lines
+        self.on_missed = on_missed
+        """Notifications may have been missed (the listener connected, or lost its connection): the
+        supervisor polls for its children at once (ChildPoll), instead of waking every child."""
         self.turn = itertools.count()
 
     def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
@@ -102,23 +108,30 @@ class Dispatcher:
 
     def one_idle(self, lines: Mapping[UUID, ChildLine]) -> ChildLine | None:
         """An idle child's line, in turn, or None when every child is busy."""
+        idle = self.idle_lines(lines)
+        return idle[0] if idle else None
+
+    def idle_lines(self, lines: Mapping[UUID, ChildLine]) -> list[ChildLine]:
+        """The idle children's lines, starting at the next one in turn."""
         idle = [line for line in lines.values() if line.idle]
-        return idle[next(self.turn) % len(idle)] if idle else None
+        start = next(self.turn) % len(idle) if idle else 0
+        return idle[start:] + idle[:start]
 
     def missed(self) -> None:
-        for line in self.lines().values():
-            line.send(WAKE)
+        self.on_missed()
 
     def idle(self, conn: psycopg.Connection[Any]) -> None:
         store.check_listener(conn)
 
 
 class ChildPoll:
-    """The poll, once per host instead of once per child: while a child of the supervisor waits for
-    work, every poll interval, is a task of the supervisor's queues READY? Then one waiting child is
-    woken to claim it. It finds the tasks whose wake-up was lost (it named a worker that died before
-    its heartbeat went stale) or held back (a flow-controlled queue): claims that every idle child
-    made on its own poll before. Its children poll only as a last backstop (CHILD_POLL_FACTOR)."""
+    """The poll, once per host instead of once per child: while children of the supervisor wait for
+    work, every poll interval (and at once after notifications may have been missed), how many tasks
+    of the supervisor's queues are READY, up to the number of waiting children? That many are woken
+    to claim. It finds the tasks whose wake-up was lost (it named a worker that died before its
+    heartbeat went stale, or came while the listener reconnected) or held back (a flow-controlled
+    queue): claims that every idle child made on its own poll before, one probe of the READY index
+    now. Its children poll only as a last backstop (CHILD_POLL)."""
 
     name = "child_poll"
 
@@ -126,23 +139,22 @@ class ChildPoll:
         self.queues = sorted(queues)
         self.dispatcher = dispatcher
 
-    def run_once(self) -> bool | None:
-        """Whether a waiting child was woken; None when the database could not be reached."""
-        lines = self.dispatcher.heard()
-        if self.dispatcher.one_idle(lines) is None:
-            return False  # every child busy: each claims again when a task of its ends
-        ready = db.unless_unreachable(lambda: store.any_ready(self.queues), "child_poll_failed")
-        if not ready:
-            return ready
-        line = self.dispatcher.one_idle(lines)
-        if line is not None:
+    def run_once(self) -> int | None:
+        """How many waiting children were woken; None when the database could not be reached."""
+        idle = self.dispatcher.idle_lines(self.dispatcher.heard())
+        if not idle:
+            return 0  # every child busy: each claims again when a task of its ends
+        ready = db.unless_unreachable(
+            lambda: store.count_ready(self.queues, cap=len(idle)), "child_poll_failed"
+        )
+        for line in idle[: ready or 0]:
             line.send(WAKE)
-        return True
+        return ready
 
 
-CHILD_POLL_FACTOR = 30
-"""A child whose supervisor listens and polls for it (ChildPoll) polls on its own only every this
-many poll intervals: a backstop for a supervisor whose loop is held up."""
+CHILD_POLL = 60.0
+"""Seconds between a supervised child's own polls (or its poll interval, if longer): its supervisor
+listens and polls for it (ChildPoll), this is a backstop for a supervisor whose loop is held up."""
 
 
 class SupervisorLine:

@@ -60,7 +60,7 @@ from workers.scheduler import Scheduler
 from workers.services import Service, ServiceThread
 from workers.stager import Stager
 from workers.waiting import Waiting
-from workers.wakeups import CHILD_POLL_FACTOR, SupervisorLine
+from workers.wakeups import CHILD_POLL, SupervisorLine
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +286,8 @@ class Worker:
         """Seconds to wait for a wake-up before the next round (marking this worker waiting or not)."""
         if self.lease.expired:
             return self.poll_timeout()  # written off: not another word to the database
+        if self.config.max_tasks is not None and self.ledger.done_count >= self.config.max_tasks:
+            return 0.0  # its last task recorded: the loop stops now, not at the next poll
         after = self.waiting.after_round(free_slots=self.ledger.slots_left())
         if self.line is not None:
             self.line.tell(idle=self.waiting.marked)  # the supervisor wakes only children that wait
@@ -294,9 +296,10 @@ class Worker:
     def poll_timeout(self) -> float:
         if not self.producer.healthy:
             return min(self.config.poll_interval, 0.5)  # the database is away: retry soon
-        poll = self.config.poll_interval * random.uniform(0.8, 1.2)
-        if self.line is not None:
-            poll *= CHILD_POLL_FACTOR  # its supervisor polls for it (workers.wakeups.ChildPoll)
+        interval = self.config.poll_interval
+        if self.line is not None:  # its supervisor polls for it (workers.wakeups.ChildPoll): a backstop
+            interval = max(interval, CHILD_POLL)
+        poll = interval * random.uniform(0.8, 1.2)
         return min(poll, self.producer.retry_in) if self.producer.retry_in else poll
 
     def drain(self) -> None:

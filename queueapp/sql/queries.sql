@@ -170,11 +170,12 @@ UPDATE queueapp_worker SET waiting = false WHERE id = %(worker_id)s::uuid AND wa
 -- as it is), first in the round so that they cover its finish (which sorts nothing): a round sends
 -- no more statements than before it had them. The values are written in once per worker (store.timeouts), not sent as
 -- parameters, and this comment is left out: each cost a round about 2 per cent
--- (bench/round_limits.py). A round that only claims (it records no success) commits without
--- waiting for its WAL to reach disk ({synchronous_commit} is 'off' then; otherwise the setting as
--- it is): an idle worker's pickup no longer waits for a flush. What a database crash can cost is a
--- claim no later commit flushed (about wal_writer_delay): the task is READY again and may run
--- twice, and the worker that claimed it is fenced out (docs/guarantees.md, "What a crash costs").
+-- (bench/round_limits.py). A round that only makes a plain claim (no success recorded, no flow
+-- control) commits without waiting for its WAL to reach disk ({synchronous_commit} is 'off' then;
+-- otherwise the setting as it is): an idle worker's pickup no longer waits for a flush. What a
+-- database crash can cost is a claim no later commit flushed (up to 3 x wal_writer_delay): the task
+-- is READY again and may run twice, and the worker that claimed it is fenced out
+-- (docs/guarantees.md, "What a crash costs").
 SELECT set_config('enable_sort', 'off', true),
        set_config('statement_timeout', coalesce({statement_timeout}, current_setting('statement_timeout')), true),
        set_config('lock_timeout', coalesce({lock_timeout}, current_setting('lock_timeout')), true),
@@ -830,16 +831,13 @@ UPDATE queueapp_task_live SET priority = %(priority)s
 WHERE id = %(id)s AND status IN ('SCHEDULED', 'READY')
 RETURNING id;
 
--- any_ready --
--- A supervisor's poll for its waiting children (workers.wakeups.ChildPoll): is a task of these queues
--- READY? One probe of task_live_ready_queue_idx, whatever the backlog.
-SELECT EXISTS (SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[]));
-
 -- count_ready --
--- READY tasks of one queue, counted up to cap only: back pressure needs "above the limit or not",
--- and must stay cheap when the queue is huge.
+-- READY tasks of these queues, counted up to cap only: back pressure needs "above the limit or not"
+-- (one queue), a supervisor's poll for its waiting children how many of them to wake (its queues,
+-- workers.wakeups.ChildPoll); either must stay cheap when a queue is huge.
 SELECT count(*) FROM (
-  SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = %(queue)s LIMIT %(cap)s
+  SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[])
+  LIMIT %(cap)s
 ) AS capped;
 
 -- claim_idempotency_key --

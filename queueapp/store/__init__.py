@@ -80,7 +80,7 @@ from queueapp.store.tasks import (
     stage_tasks,
 )
 from queueapp.store.timeouts import StatementLimits
-from queueapp.store.wakeups import Wake, any_ready, check_listener, parse_wake
+from queueapp.store.wakeups import Wake, check_listener, parse_wake
 from queueapp.store.workers import (
     ReapOutcome,
     TimedTask,
@@ -113,7 +113,6 @@ __all__ = [
     "Wake",
     "WorkerSession",
     "advance_schedule",
-    "any_ready",
     "beat_worker",
     "cancel_task",
     "check_arguments",

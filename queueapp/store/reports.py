@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +12,10 @@ from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 
 
-def count_ready(queue: str, *, cap: int, using: str = "default") -> int:
-    """READY tasks in queue, counting no further than cap."""
+def count_ready(queues: Collection[str], *, cap: int, using: str = "default") -> int:
+    """READY tasks in these queues, counting no further than cap."""
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["count_ready"], {"queue": queue, "cap": cap})
+        cursor.execute(QUERIES["count_ready"], {"queues": list(queues), "cap": cap})
         return int(cursor.fetchone()[0])
 
 

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from django.db import connections
 
 from queueapp.sql import QUERIES
 
@@ -38,10 +36,3 @@ def parse_wake(payload: str) -> Wake:
 def check_listener(conn: psycopg.Connection[Any]) -> None:
     """A round trip on an idle LISTEN connection: a dead one raises here, not at the next wake-up."""
     conn.execute(QUERIES["check_connection"])
-
-
-def any_ready(queues: Collection[str], *, using: str = "default") -> bool:
-    """Whether a task of these queues is READY (a supervisor's poll for its waiting children)."""
-    with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["any_ready"], {"queues": list(queues)})
-        return bool(cursor.fetchone()[0])
