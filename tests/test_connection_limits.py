@@ -21,6 +21,7 @@ from django.db.backends.signals import connection_created
 
 from queueapp import store
 from tests.conftest import conninfo, make_worker
+from tests.helpers import wait_for
 from workers import db
 from workers.heartbeat import Heartbeat
 
@@ -224,3 +225,34 @@ def test_a_worker_transaction_left_idle_by_a_cut_off_worker_ends_within_the_lock
             raw_conn.execute("UPDATE queueapp_worker SET state = 'LOST' WHERE id = %s", [worker.id])
     finally:
         cut_off.close()
+
+
+def test_a_session_the_server_ended_for_idling_in_a_transaction_counts_as_unreachable(
+    raw_conn: psycopg.Connection,
+) -> None:
+    """A worker cut off between two statements of a transaction is ended by the server's
+    idle_in_transaction_session_timeout (which the worker's transactions set): the error is an
+    InternalError, not an OperationalError, yet the connection is gone. It is handled as a lost
+    connection (logged, the connection dropped, None), not raised: raised, it ended the supervisor."""
+
+    def ended_mid_transaction() -> None:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL idle_in_transaction_session_timeout = '100ms'")
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+            wait_for(
+                lambda: (
+                    raw_conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid]
+                    ).fetchone()[0]
+                    == 0
+                ),
+                timeout=10,
+                message="the server to end the idle session",
+            )
+            cursor.execute("SELECT 1")
+
+    assert db.unless_unreachable(ended_mid_transaction, "test_failed") is None
+    assert connection.connection is None  # dropped: the next query opens a fresh one
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")

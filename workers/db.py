@@ -24,6 +24,15 @@ logger = logging.getLogger(__name__)
 # Errors after which a thread's connection may be broken (server restart, network cut). Not every
 # DatabaseError: a constraint or data error would fail the same way again, so it is not retried.
 CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
+SESSION_ENDED = (psycopg.errors.IdleInTransactionSessionTimeout,)
+"""Ends the session without being an OperationalError (an InternalError, SQLSTATE 25P03): a worker
+cut off between two statements of a transaction outlived its idle_in_transaction_session_timeout."""
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether exc says the connection may be broken: CONNECTION_ERRORS, or the server ended the
+    session (SESSION_ENDED; Django raises it as its InternalError, caused by psycopg's)."""
+    return isinstance(exc, CONNECTION_ERRORS + SESSION_ENDED) or isinstance(exc.__cause__, SESSION_ENDED)
 
 
 def reset_connection() -> None:
@@ -71,12 +80,14 @@ def unless_unreachable[T](
     reset: Callable[[], None] = reset_connection,
     level: int = logging.WARNING,
 ) -> T | None:
-    """call(), or None when the database could not be reached (CONNECTION_ERRORS): logged as `event`
+    """call(), or None when the database could not be reached (connection_lost): logged as `event`
     with `error=` appended, and the connection dropped (reset) so that the next call opens a fresh
     one. Any other error propagates: it would fail the same way again."""
     try:
         return call()
-    except CONNECTION_ERRORS as exc:
+    except Exception as exc:
+        if not connection_lost(exc):
+            raise
         logger.log(level, event + " error=%s", *fields, exc)
         reset()
         return None
@@ -92,7 +103,9 @@ def retry_while_unreachable[T](
     while True:
         try:
             return call()
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
             reset_connection()
             if until.is_set():
                 logger.error(event + " error=%s: given up, the reaper will clean up", *fields, exc)

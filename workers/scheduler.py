@@ -46,9 +46,9 @@ class Scheduler:
         for schedule in store.due_schedules():
             try:
                 counts.update(self.run_schedule(schedule))
-            except db.CONNECTION_ERRORS:
-                raise  # the database is away: the whole pass waits for it (run_once)
-            except Exception:
+            except Exception as exc:
+                if db.connection_lost(exc):
+                    raise  # the database is away: the whole pass waits for it (run_once)
                 # One schedule's error (deleted under us, a zone this image lacks, a unique key held
                 # too long) must not end the scheduler, and with it every worker of the fleet: its
                 # cursor stays where it was, and the next pass tries again.
