@@ -5,6 +5,7 @@ started by a wake-up; claims are counted from the children's DEBUG log ("claimed
 from __future__ import annotations
 
 import functools
+import os
 import re
 import signal
 import uuid
@@ -50,12 +51,19 @@ def fleet(workers: Start, processes: int, poll: str = POLL) -> tuple[WorkerProce
         lambda: waiting_children() == processes, timeout=60, message=f"{processes} children waiting for work"
     )
     children = list(models.Worker.objects.filter(state=WorkerState.ALIVE).values_list("id", flat=True))
-    # Each has claimed twice: its first round, and once more after marking itself waiting.
-    wait_for(
-        lambda: all(claims_since(supervisor, 0)[str(child)] >= 2 for child in children),
-        timeout=30,
-        message="every child's claim after marking itself waiting",
-    )
+    # Each has claimed twice: its first round, and once more after marking itself waiting; and once
+    # since the listener connected (which tells every child to look at the flow settings: a round),
+    # unless those two came after it. Then no claim of the set-up is still to come.
+    wait_for(lambda: b"listening channel" in supervisor.log_path.read_bytes(), timeout=30, message="listener")
+    listening = supervisor.log_path.read_bytes().index(b"listening channel")
+
+    def settled() -> bool:
+        since = claims_since(supervisor, listening)
+        return all(
+            claims_since(supervisor, 0)[str(child)] >= 2 and since[str(child)] >= 1 for child in children
+        )
+
+    wait_for(settled, timeout=30, message="every child's claims of the set-up")
     return supervisor, children
 
 
@@ -235,4 +243,35 @@ def test_the_supervisor_polls_for_its_idle_children_and_wakes_one_of_them(
     wait_for(lambda: claims_since(supervisor, offset)[runner] >= 3, timeout=30, message="the runner waiting")
     claims = claims_since(supervisor, offset)
     assert claims == {runner: 3}, claims
+    stop(supervisor)
+
+
+def test_a_child_restart_leaves_the_supervisors_listening_connection_as_it_was(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    """A fork neither closes the supervisor's connection (its LISTEN and housekeeping) nor lets the
+    child use or close its copy: the same backend listens before and after a child is replaced, and
+    tasks are still woken at once."""
+    supervisor, _ = fleet(workers, 2)
+
+    def listening_backend() -> int:
+        (pid,) = raw_conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'taskqueue-listener'"
+            " AND datname = current_database()"
+        ).fetchone()
+        return int(pid)
+
+    before = listening_backend()
+    (victim, _) = child_pids(supervisor.pid)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(
+        lambda: "child_started" in supervisor.output().partition("child_exited")[2],
+        timeout=30,
+        message="the killed child replaced",
+    )
+    wait_for(lambda: waiting_children() == 2, timeout=60, message="both children waiting again")
+    assert listening_backend() == before
+    assert "listener_disconnected" not in supervisor.output()
+    task_id = int(tasks.add.enqueue(1, 1).id)
+    wait_for(functools.partial(started_by, raw_conn, task_id), timeout=WOKEN, message="a task woken after")
     stop(supervisor)
