@@ -289,12 +289,14 @@ def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
     assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
 
 
-def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothing_when_all_busy() -> None:
+def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothing_when_all_busy(
+    raw_conn: psycopg.Connection,
+) -> None:
     lines = {uuid.uuid4(): socket.socketpair() for _ in range(3)}
     ours = {worker: wakeups.ChildLine(pair[0]) for worker, pair in lines.items()}
     missed: list[bool] = []
-    dispatcher = wakeups.Dispatcher(lambda: ours, on_missed=lambda: missed.append(True))
-    poll = wakeups.ChildPoll(["default"], dispatcher)
+    dispatcher = wakeups.Dispatcher(lambda: ours, queues=["default"], on_missed=lambda: missed.append(True))
+    poll = wakeups.ChildPoll(dispatcher)
 
     def woken() -> set[uuid.UUID]:
         heard = set()
@@ -335,6 +337,16 @@ def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothin
     dispatcher.missed()  # the listener reconnected: the supervisor is asked to poll now
     assert missed == [True]
     assert woken() == set()  # and nobody is woken blindly
+
+    lines[first][1].send(wakeups.IDLE)
+    lines[second][1].send(wakeups.IDLE)
+    store.set_paused("default", True)  # the three READY tasks are held back now
+    dispatcher.settings_changed(raw_conn)  # as the listener hears of it (and tells every child: LOOK)
+    assert dispatcher.flow_queues == frozenset({"default"})
+    woken()  # the LOOKs read
+    lines[first][1].send(wakeups.IDLE)
+    lines[second][1].send(wakeups.IDLE)
+    assert poll.run_once() == 1  # one child looks, not one per held-back task
     for mine, theirs in lines.values():
         mine.close()
         theirs.close()

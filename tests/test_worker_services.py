@@ -537,3 +537,28 @@ def test_a_claim_this_worker_holds_already_is_not_run_twice_and_one_of_another_a
     later = dataclasses.replace(row, attempts=row.attempts + 1)
     assert ledger.claimed([later]) == ([], [later])
     assert ledger.held == {row.id: row}
+
+
+def test_a_producer_that_does_not_look_first_claims_at_once_and_looks_after_the_round() -> None:
+    """A supervised child's backstop look at the flow settings must not delay the claim of a
+    wake-up: it claims with the view it has (a stale one claims nothing of a queue paused since: the
+    epoch fence) and looks after the round (look_if_due)."""
+    tasks.add.enqueue_many(((i, i), {}) for i in range(3))
+    worker = make_worker()
+    producer = Producer(worker_id=worker.id, queues=["default"])
+    producer.look_every = 0
+    producer.look_first = False
+    try:
+        assert len(round_(producer, 1)[1]) == 1  # its first round looks first all the same: no view yet
+        looked = producer.looked_at
+        store.set_paused("default", True)
+        assert round_(producer, 1)[1] == []  # claimed with the old view, without looking: fenced
+        assert producer.looked_at == looked
+        producer.look_if_due()
+        assert producer.view is not None
+        assert producer.view.queues == frozenset({"default"})
+        store.set_paused("default", False)
+        producer.look_if_due()
+        assert len(round_(producer, 1)[1]) == 1
+    finally:
+        producer.close()

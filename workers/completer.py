@@ -32,14 +32,17 @@ class Completer:
         ledger: Ledger,
         producer: Producer,
         executor: Executor,
-        dispatch: Callable[[list[store.TaskRow]], None],
+        dispatch: Callable[[list[store.TaskRow], list[store.TaskRow]], None],
     ) -> None:
         self.worker_id = worker_id
         self.ledger = ledger
         self.producer = producer
         self.executor = executor
         self.dispatch = dispatch
-        """Hands claimed rows to the pool threads (before the recorded ones are reported)."""
+        """Hands the rows to run to the pool threads, given all the round claimed (before the
+        recorded ones are reported)."""
+        self.unreturned: list[store.TaskRow] = []
+        """Claims to hand back (hand_back) that the database was away for: tried again each round."""
         self.uncertain = False
         """A round failed for want of the database: it may have committed all the same."""
 
@@ -69,21 +72,26 @@ class Completer:
         statuses, rows = done
         self.ledger.recorded(attempts)
         fresh, again = self.ledger.claimed(rows)
-        if again:
-            self.hand_back(again)
-        self.dispatch(fresh)
+        self.unreturned += again
+        if self.unreturned:
+            self.hand_back()
+        self.dispatch(fresh, rows)
         for attempt in attempts:
             self.executor.complete(attempt, statuses.get(attempt.row.id))
+        self.producer.look_if_due()
         return len(rows)
 
-    def hand_back(self, rows: list[store.TaskRow]) -> None:
-        """Claims of tasks this worker runs under an attempt that a database crash undid: back to READY."""
-        claimed = [(row.id, row.attempts) for row in rows]
+    def hand_back(self) -> None:
+        """Claims of tasks this worker runs under an attempt that a database crash undid: back to
+        READY (kept for the next round while the database is away)."""
+        claimed = [(row.id, row.attempts) for row in self.unreturned]
         released = db.unless_unreachable(
             lambda: store.release_tasks(worker_id=self.worker_id, claimed=claimed),
             "hand_back_failed worker=%s",
             self.worker_id,
         )
+        if released is not None:
+            self.unreturned = []
         logger.warning("claimed_again worker=%s tasks=%s handed_back=%s", self.worker_id, claimed, released)
 
     def reconcile(self) -> bool:

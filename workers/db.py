@@ -24,9 +24,10 @@ logger = logging.getLogger(__name__)
 # Errors after which a thread's connection may be broken (server restart, network cut). Not every
 # DatabaseError: a constraint or data error would fail the same way again, so it is not retried.
 CONNECTION_ERRORS = (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)
-SESSION_ENDED = (psycopg.errors.IdleInTransactionSessionTimeout,)
-"""Ends the session without being an OperationalError (an InternalError, SQLSTATE 25P03): a worker
-cut off between two statements of a transaction outlived its idle_in_transaction_session_timeout."""
+SESSION_ENDED = (psycopg.errors.IdleInTransactionSessionTimeout, psycopg.errors.TransactionTimeout)
+"""End the session without being OperationalErrors (InternalErrors, SQLSTATE 25P03 and 25P04): a
+worker cut off between two statements of a transaction outlived its idle_in_transaction_session_timeout
+(or, PostgreSQL 17, a transaction_timeout a deployment set)."""
 
 
 def connection_lost(exc: BaseException) -> bool:

@@ -38,10 +38,7 @@ class ForkedWorker:
         supervisor_ends: the supervisor's ends of every pair, closed in the child."""
         pid = os.fork()
         if pid == 0:  # pragma: no branch - the child never returns from here
-            for end in supervisor_ends:
-                end.close()
-            self._abandon_inherited_connections()
-            self._run_child(config, line)
+            self._run_child(config, line, supervisor_ends)
         self.pid = pid
         self.returncode: int | None = None
 
@@ -56,15 +53,22 @@ class ForkedWorker:
                 _INHERITED.append(connection.connection)
                 connection.connection = None
 
-    @staticmethod
-    def _run_child(config: WorkerConfig, line: socket.socket | None) -> None:
+    @classmethod
+    def _run_child(
+        cls, config: WorkerConfig, line: socket.socket | None, supervisor_ends: Sequence[socket.socket]
+    ) -> None:
         code = EXIT_CRASHED
-        try:
-            # A process group of its own (a terminal's Ctrl+C reaches only the supervisor, which
-            # forwards it once), and the default signal handlers until the worker sets its own.
-            os.setpgid(0, 0)
+        try:  # whatever happens in the child ends in os._exit: it never runs the supervisor's code
+            # The default signal handlers until the worker sets its own (the supervisor's would act
+            # on its children), and a process group of its own (a terminal's Ctrl+C reaches only the
+            # supervisor, which forwards it once).
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the supervisor's word (a timed task), not ours
+            os.setpgid(0, 0)
+            for end in supervisor_ends:
+                end.close()
+            cls._abandon_inherited_connections()
             from workers.worker import Worker
 
             code = Worker(config, supervisor_line=line).run()

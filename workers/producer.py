@@ -39,6 +39,11 @@ class Producer:
         the settings itself: every few seconds without a listener of its own (TASKQUEUE["NOTIFY"]
         off, a supervisor's child); with one, a backstop for a listener that cannot connect."""
         self.looked_at = 0.0
+        self.look_first = True
+        """Look at the settings before a round's claim when the look is due (look_every). False for a
+        supervised child: its supervisor tells it of every change (LOOK), and its rounds are mostly
+        wake-ups, whose claim must not wait for a backstop look: it looks after the round instead
+        (look_if_due; a claim with an older view than a change claims nothing: the epoch fence)."""
         self.look_now = threading.Event()
         """Set when the settings changed and no listener of ours read them (a supervisor's child is
         told so by its supervisor): the next round with free slots looks at them first."""
@@ -54,6 +59,20 @@ class Producer:
         self.looked_at = time.monotonic()
         self.settings_changed.set()
 
+    def look_due(self) -> bool:
+        return self.look_every is not None and time.monotonic() - self.looked_at >= self.look_every
+
+    def look_if_due(self) -> None:
+        """After a round (its claimed tasks handed on): the backstop look of a producer that does not
+        look first (look_first)."""
+        if self.look_first or not self.look_due():
+            return
+        view = db.unless_unreachable(
+            self.session.flow_view, "look_failed worker=%s", self.worker_id, reset=self.session.close
+        )
+        if view is not None:
+            self.settings_seen(view)
+
     def breakers(self) -> frozenset[str]:
         """The worker's queues with a circuit breaker, as it last looked (its failures count there)."""
         return self.view.breakers if self.view else frozenset()
@@ -63,7 +82,7 @@ class Producer:
     ) -> tuple[dict[int, str], list[store.TaskRow]] | None:
         """(recorded status by task id, claimed rows), or None when the database could not be
         reached: nothing was recorded or claimed, and the successes are to be sent again."""
-        due = self.look_every is not None and time.monotonic() - self.looked_at >= self.look_every
+        due = self.look_due() and self.look_first
         if free_slots > 0 and (self.view is None or due or self.look_now.is_set()):
             # Before the listener's first look (a plain claim must not take a flow-controlled queue),
             # or, without a listener of our own, every look_every seconds and when told of a change.

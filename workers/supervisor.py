@@ -100,12 +100,14 @@ class Supervisor:
             # One LISTEN connection for all children, each wake-up to one of them (workers.wakeups),
             # and one poll for all of them. Children started as fresh processes (--metrics-port)
             # listen and poll for themselves.
-            dispatcher = wakeups.Dispatcher(self.child_lines, on_missed=self.poll_children_soon)
+            dispatcher = wakeups.Dispatcher(
+                self.child_lines, queues=config.queues, on_missed=self.poll_children_soon
+            )
             # On the housekeeping's Django connection (one connection for the host), unless LISTEN
             # must go elsewhere (TASKQUEUE_LISTEN_DATABASE_URL: DATABASE_URL is a pooler's).
             own = db.listen_conninfo(self.limits) if conf.get().listen_database_url else None
             self.listener = Listener(own, queues=config.queues, hearer=dispatcher, stop=self.stopping)
-            self.child_poll = wakeups.ChildPoll(config.queues, dispatcher)
+            self.child_poll = wakeups.ChildPoll(dispatcher)
             services.append((self.child_poll, config.poll_interval))
         self.housekeeping = Rotation(services)
 

@@ -71,15 +71,24 @@ class Dispatcher:
     supervisor poll for its children at once (ChildPoll), not wake them all."""
 
     def __init__(
-        self, lines: Callable[[], Mapping[UUID, ChildLine]], *, on_missed: Callable[[], None]
+        self,
+        lines: Callable[[], Mapping[UUID, ChildLine]],
+        *,
+        queues: Collection[str],
+        on_missed: Callable[[], None],
     ) -> None:
         self.lines = lines
+        self.queues = frozenset(queues)
+        self.flow_queues: frozenset[str] = frozenset()
+        """Those of its queues under flow control, as the listener last looked: their READY tasks
+        may be held back (ChildPoll wakes one child for them, not one per task)."""
         self.on_missed = on_missed
         """Notifications may have been missed (the listener connected, or lost its connection): the
         supervisor polls for its children at once (ChildPoll), instead of waking every child."""
         self.turn = itertools.count()
 
     def settings_changed(self, conn: psycopg.Connection[Any]) -> None:
+        self.flow_queues = store.flow_view(conn, self.queues).queues
         for line in self.lines().values():
             line.send(LOOK)
 
@@ -135,8 +144,7 @@ class ChildPoll:
 
     name = "child_poll"
 
-    def __init__(self, queues: Collection[str], dispatcher: Dispatcher) -> None:
-        self.queues = sorted(queues)
+    def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
 
     def run_once(self) -> int | None:
@@ -144,11 +152,19 @@ class ChildPoll:
         idle = self.dispatcher.idle_lines(self.dispatcher.heard())
         if not idle:
             return 0  # every child busy: each claims again when a task of its ends
-        ready = db.unless_unreachable(
-            lambda: store.count_ready(self.queues, cap=len(idle)), "child_poll_failed"
-        )
+        ready = db.unless_unreachable(lambda: self.wanted(len(idle)), "child_poll_failed")
         for line in idle[: ready or 0]:
             line.send(WAKE)
+        return ready
+
+    def wanted(self, idle: int) -> int:
+        """Children to wake: one per READY task of the queues without flow control, and one more
+        for those with it (a paused or limited queue's backlog is not a child's worth per task)."""
+        flow = self.dispatcher.flow_queues
+        plain = sorted(self.dispatcher.queues - flow)
+        ready = store.count_ready(plain, cap=idle) if plain else 0
+        if ready < idle and flow:
+            ready += store.count_ready(sorted(flow), cap=1)
         return ready
 
 

@@ -126,6 +126,8 @@ class Worker:
         # No listener reads the settings for it: the producer does. A listener looks every few
         # seconds; should it stay disconnected, the producer looks after twice that.
         self.producer.look_every = LOOK_EVERY if self.listener is None else 2 * LOOK_EVERY
+        # A supervised child's wake-up claims at once; its backstop look comes after the round.
+        self.producer.look_first = self.line is None
         self.lease = Lease(duration=config.stale_after, on_expired=self.lease_expired)
         self.heartbeat = Heartbeat(
             self.id,
@@ -274,9 +276,10 @@ class Worker:
             return 0  # written off: not another word to the database
         return self.completer.round(claim=claim)
 
-    def dispatch(self, rows: list[store.TaskRow]) -> None:
-        """Claimed rows to the pool threads."""
-        if self.config.parent_pid is not None and any(row.timeout is not None for row in rows):
+    def dispatch(self, rows: list[store.TaskRow], claimed: list[store.TaskRow]) -> None:
+        """Rows to run to the pool threads; claimed: every row the round claimed (those this worker
+        runs already among them: a claim a crash undid, made again), for its supervisor's timeouts."""
+        if self.config.parent_pid is not None and any(row.timeout is not None for row in claimed):
             with contextlib.suppress(ProcessLookupError):  # gone: the heartbeat sees to that
                 os.kill(self.config.parent_pid, signal.SIGUSR1)  # its supervisor watches timeouts
         for row in rows:
