@@ -20,6 +20,21 @@ from tests.helpers import WorkerProcess, postgres_reachable_dir, run_manage, wai
 pytestmark = pytest.mark.slow
 
 
+ADD_ROW = {
+    "task_path": "tests.tasks.add",
+    "queue_name": "default",
+    "priority": 0,
+    "run_after": None,
+    "max_attempts": 5,
+    "timeout": None,
+    "args": "[1, 2]",
+    "kwargs": "{}",
+    "notify": True,
+    "concurrency_key": None,
+}
+"""enqueue_task's parameters for tests.tasks.add(1, 2) on the default queue."""
+
+
 @pytest.fixture
 def cluster() -> Iterator[tuple[Path, str]]:
     with postgres_reachable_dir("taskqueue-restart-") as workdir:
@@ -127,18 +142,7 @@ def test_a_worker_stopped_after_five_restarts_records_its_stop(
     the shutdown writes (STOPPING, STOPPED), which go through on a fresh one, nothing logged failed."""
     datadir, url = cluster
     assert run_manage("migrate", "--noinput", url=url).returncode == 0
-    row = {
-        "task_path": "tests.tasks.add",
-        "queue_name": "default",
-        "priority": 0,
-        "run_after": None,
-        "max_attempts": 5,
-        "timeout": None,
-        "args": "[1, 2]",
-        "kwargs": "{}",
-        "notify": True,
-        "concurrency_key": None,
-    }
+    row = ADD_ROW
     worker = WorkerProcess("--concurrency", "1", "--poll-interval", "0.2", log_dir=tmp_path, url=url)
     try:
         for restart in range(5):
@@ -183,18 +187,7 @@ def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fence
     datadir, url = cluster
     assert run_manage("migrate", "--noinput", url=url).returncode == 0
     first, second = uuid.uuid4(), uuid.uuid4()
-    row = {
-        "task_path": "tests.tasks.add",
-        "queue_name": "default",
-        "priority": 0,
-        "run_after": None,
-        "max_attempts": 5,
-        "timeout": None,
-        "args": "[1, 2]",
-        "kwargs": "{}",
-        "notify": False,
-        "concurrency_key": None,
-    }
+    row = {**ADD_ROW, "notify": False}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")  # nothing flushes an async commit
         conn.execute("SELECT pg_reload_conf()")
