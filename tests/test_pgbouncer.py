@@ -123,8 +123,15 @@ def test_enqueues_and_a_worker_run_through_pgbouncer_in_transaction_mode(
         done = enqueue(pgbouncer, mode, first, 50)
         assert done.returncode == 0, done.stderr
         assert done.stderr.count(WARNING) == (1 if mode == "default" else 0), done.stderr
-    # LISTEN needs a session of its own: not through a pooler in transaction mode.
-    env = {**FAST_ENV, "TASKQUEUE_LISTEN_DATABASE_URL": database_url(), **prepared(mode)}
+    # LISTEN needs a session of its own: not through a pooler in transaction mode. One server session
+    # for all the worker's connections: its heartbeat waits in the pooler's queue behind every round
+    # of the drain, so the lease is not FAST_ENV's 2 s (a CI run lost it: the worker exited at 100).
+    env = {
+        **FAST_ENV,
+        "TASKQUEUE_STALE_AFTER": "10",
+        "TASKQUEUE_LISTEN_DATABASE_URL": database_url(),
+        **prepared(mode),
+    }
     worker = WorkerProcess("--concurrency", "4", log_dir=tmp_path, url=pgbouncer, env=env)
     try:
         wait_for(
