@@ -19,6 +19,7 @@ import psycopg
 from django.db import connection
 
 from queueapp import store
+from queueapp.sql import QUERIES
 from workers import db
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class Listener:
         is notified while its owner runs a query waits in psycopg's backlog for notifies()."""
         connection.ensure_connection()
         conn: psycopg.Connection[Any] = connection.connection
-        conn.execute("SET application_name = 'taskqueue-listener'")
+        conn.execute(QUERIES["name_listener"])
         return conn
 
     def run_once(self, timeout: float = 1.0) -> None:

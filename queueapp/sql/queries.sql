@@ -148,6 +148,11 @@ UPDATE queueapp_worker w SET waiting = true FROM locked
 WHERE locked.all_taken AND w.id = %(worker_id)s::uuid
 RETURNING w.id;
 
+-- name_listener --
+-- A supervisor's Django connection once it LISTENs for its children (workers.listener): named as a
+-- listener's own connection is, so that pg_stat_activity shows which session hears the enqueues.
+SET application_name = 'taskqueue-listener';
+
 -- check_connection --
 -- A listener's idle connection, checked now and then: a dead socket errors here, and the listener
 -- reconnects, instead of waiting for notifications that can never come.
