@@ -19,7 +19,6 @@ import psycopg
 from django.db import connection
 
 from queueapp import store
-from queueapp.sql import QUERIES
 from workers import db
 
 logger = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class Listener:
         is notified while its owner runs a query waits in psycopg's backlog for notifies()."""
         connection.ensure_connection()
         conn: psycopg.Connection[Any] = connection.connection
-        conn.execute(QUERIES["name_listener"])
+        store.name_listener(conn)
         return conn
 
     def run_once(self, timeout: float = 1.0) -> None:

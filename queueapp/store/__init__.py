@@ -80,7 +80,7 @@ from queueapp.store.tasks import (
     stage_tasks,
 )
 from queueapp.store.timeouts import StatementLimits
-from queueapp.store.wakeups import Wake, check_listener, parse_wake
+from queueapp.store.wakeups import Wake, check_listener, name_listener, parse_wake
 from queueapp.store.workers import (
     ReapOutcome,
     TimedTask,
@@ -142,6 +142,7 @@ __all__ = [
     "get_task",
     "history_partitions",
     "is_cancel_requested",
+    "name_listener",
     "notify_settings",
     "parse_wake",
     "pickup_latency",

@@ -33,6 +33,11 @@ def parse_wake(payload: str) -> Wake:
     return Wake(payload, None)
 
 
+def name_listener(conn: psycopg.Connection[Any]) -> None:
+    """A supervisor's Django connection that now LISTENs: named as a listener's own connection is."""
+    conn.execute(QUERIES["name_listener"])
+
+
 def check_listener(conn: psycopg.Connection[Any]) -> None:
     """A round trip on an idle LISTEN connection: a dead one raises here, not at the next wake-up."""
     conn.execute(QUERIES["check_connection"])
