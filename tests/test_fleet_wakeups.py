@@ -1,6 +1,8 @@
 """Wake one, not all: a supervisor's one listener hands each wake-up to one idle child, real
-processes and real signals. The children poll every 30 s here, so a task that starts sooner was
-started by a wake-up; claims are counted from the children's DEBUG log ("claimed worker=...")."""
+processes and real signals. The supervisor and its children poll every 8-12 minutes here (unless a
+test says otherwise), so a task that starts sooner was started by a wake-up, and a claim that no
+wake-up asked for is not a child's backstop poll; claims are counted from the children's DEBUG log
+("claimed worker=...")."""
 
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from tests.settings import TASKQUEUE
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 Start = Callable[..., WorkerProcess]
-POLL = "30"
+POLL = "600"
 WOKEN = 10.0
-"""Seconds a woken task may take to start on a loaded machine: well inside the 30 s poll."""
+"""Seconds a woken task may take to start on a loaded machine: well inside the poll."""
 DEBUG = {"LOG_LEVEL": "DEBUG"}
 CLAIMED = re.compile(r"claimed worker=(\S+) free_slots=\d+ tasks=(\d+)")
 

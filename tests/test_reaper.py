@@ -111,17 +111,19 @@ def test_reap_stale_command_reports_and_dry_run_changes_nothing(raw_conn: psycop
 def test_reap_stale_refuses_a_stale_after_that_would_write_off_live_workers(
     raw_conn: psycopg.Connection,
 ) -> None:
+    # A live worker between two beats of 30 s (and a late one). The margin to the allowed
+    # --stale-after is 24 s, for the two manage.py runs to start on a loaded machine.
     worker = make_worker()
-    age_heartbeat(raw_conn, worker, 6)  # a live worker between two beats of 5 s (and a late one)
-    env = {"TASKQUEUE_HEARTBEAT_INTERVAL": "5"}
+    age_heartbeat(raw_conn, worker, 36)
+    env = {"TASKQUEUE_HEARTBEAT_INTERVAL": "30"}
 
-    refused = run_manage("reap_stale", "--stale-after", "9", env=env)
+    refused = run_manage("reap_stale", "--stale-after", "59", env=env)
     assert refused.returncode != 0
-    assert "workers beat every 5 s" in refused.stderr
-    assert "at least two intervals (10 s)" in refused.stderr
+    assert "workers beat every 30 s" in refused.stderr
+    assert "at least two intervals (60 s)" in refused.stderr
     assert models.Worker.objects.get(id=worker.id).state == "ALIVE"
 
-    allowed = run_manage("reap_stale", "--stale-after", "10", env=env)
+    allowed = run_manage("reap_stale", "--stale-after", "60", env=env)
     assert allowed.returncode == 0, allowed.stderr
     assert "marked workers_lost=0" in allowed.stdout
 
