@@ -194,3 +194,27 @@ def test_without_statistics_the_worker_claim_still_walks_the_claim_index(
     with_setting = plan(store.timeouts.UNLIMITED_CLAIM_PLAN)
     assert "task_live_claim_idx" in with_setting, with_setting
     assert "Sort" not in with_setting, with_setting
+
+
+def test_a_workers_claim_loads_arguments_as_they_were_enqueued() -> None:
+    """The worker's own connection loads jsonb with a loader of its own (store.session.JsonbLoader):
+    nested, non-ASCII and empty arguments come back as they went in, and no two tasks share a list
+    or dict (a task that mutates its arguments changes nobody else's)."""
+    shapes = [
+        ((), {}),
+        (([1, {"k": None}], "zoë ✓", 1.5, True), {"name": "日本", "nested": {"a": [], "b": {}}}),
+        ((), {}),
+    ]
+    for args, kwargs in shapes:
+        tasks.echo.enqueue(*args, **kwargs)
+    session = store.WorkerSession(worker_id=make_worker().id, queues=["default"])
+    try:
+        _, rows = session.round([], limit=10)
+    finally:
+        session.close()
+    assert [(row.args, row.kwargs) for row in rows] == [(list(args), kwargs) for args, kwargs in shapes]
+    assert [row.errors for row in rows] == [[], [], []]
+    first, _, last = rows
+    assert first.args is not last.args
+    assert first.kwargs is not last.kwargs
+    assert first.errors is not last.errors

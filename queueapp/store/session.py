@@ -19,6 +19,7 @@ from uuid import UUID
 
 import psycopg
 from django.db import connections
+from psycopg.adapt import Buffer, Loader
 
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
@@ -129,6 +130,20 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+class JsonbLoader(Loader):
+    """jsonb (text format) as Python values, at a third of the cost of psycopg's own loader: that one
+    hands bytes to json.loads, which first sniffs their encoding in Python (PostgreSQL sends UTF-8);
+    a claim loads three documents a task (args, kwargs, errors), mostly [] and {}."""
+
+    def load(self, data: Buffer) -> Any:
+        text = bytes(data)
+        if text == b"[]":
+            return []
+        if text == b"{}":
+            return {}
+        return json.loads(text.decode())
+
+
 NO_FLOW = FlowView()
 """The view of a worker that has not looked (or has no flow-controlled queue, as of epoch 0)."""
 
@@ -172,6 +187,7 @@ class WorkerSession:
         )
         params.setdefault("application_name", "taskqueue-worker")
         conn = psycopg.connect(**params)
+        conn.adapters.register_loader("jsonb", JsonbLoader)
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
 
