@@ -14,6 +14,7 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
+from django.utils.json import normalize_json
 
 from queueapp import registry, signatures, store
 from queueapp.states import TaskStatus
@@ -273,7 +274,7 @@ class PostgresBackend(BaseTaskBackend):
 
     def enqueued_result(self, task: AnyTask, new: store.NewTask, inserted: store.Inserted) -> AnyResult:
         """The django.tasks view of a task just inserted (no need to read it back)."""
-        return TaskResult(
+        result: AnyResult = TaskResult(
             task=task,
             id=str(inserted.id),
             status=TaskResultStatus.READY,
@@ -281,12 +282,20 @@ class PostgresBackend(BaseTaskBackend):
             started_at=None,
             finished_at=None,
             last_attempted_at=None,
-            args=list(new.args),
-            kwargs=new.kwargs,
+            args=[],
+            kwargs={},
             backend=self.alias,
             errors=[],
             worker_ids=[],
         )
+        # Arguments of plain values (most are ids and strings) are what TaskResult's normalize_json
+        # makes of them, without its recursion per value; anything else goes through it.
+        plain = all(type(value) in _PLAIN for value in new.args) and all(
+            type(value) in _PLAIN for value in new.kwargs.values()
+        )
+        object.__setattr__(result, "args", list(new.args) if plain else normalize_json(new.args))
+        object.__setattr__(result, "kwargs", dict(new.kwargs) if plain else normalize_json(new.kwargs))
+        return result
 
     def to_result(self, task: AnyTask, row: store.TaskRow) -> AnyResult:
         """The django.tasks view of a stored task."""
@@ -298,8 +307,10 @@ class PostgresBackend(BaseTaskBackend):
             started_at=row.started_at,
             finished_at=row.finished_at,
             last_attempted_at=row.started_at,
-            args=row.args,
-            kwargs=row.kwargs,
+            # Filled in below: decoded from JSON, they are what TaskResult's normalize_json would
+            # make of them; a worker builds one of these per task, and need not copy them again.
+            args=[],
+            kwargs={},
             backend=self.alias,
             errors=[
                 TaskError(exception_class_path=error["exception_class_path"], traceback=error["traceback"])
@@ -307,8 +318,13 @@ class PostgresBackend(BaseTaskBackend):
             ],
             worker_ids=[str(worker_id) for worker_id in row.worker_ids],
         )
+        object.__setattr__(result, "args", row.args)
+        object.__setattr__(result, "kwargs", row.kwargs)
         object.__setattr__(result, "_return_value", row.return_value)
         return result
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _is_unique(task: AnyTask) -> bool:

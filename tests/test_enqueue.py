@@ -82,6 +82,24 @@ def test_bulk_results_match_input_order_and_rows() -> None:
         assert result.enqueued_at == row.enqueued_at
 
 
+def test_an_enqueued_results_arguments_are_normalized_as_django_normalizes_them() -> None:
+    """Plain values are copied as they are; tuples, bytes and nested values go through Django's
+    normalize_json, in a single enqueue and in a bulk one alike; the caller's values are not shared."""
+    plain_args, plain_kwargs = [7, "x", 1.5, True, None], {"a": "b"}
+    shaped_args, shaped_kwargs = ((1, (2, 3)), b"raw", {"k": (4,)}), {"t": (5, 6), "b": b"v"}
+    calls = [(plain_args, plain_kwargs), (shaped_args, shaped_kwargs)] * 6  # 12: the COPY path
+    for results in (
+        [tasks.echo.enqueue(*args, **kwargs) for args, kwargs in calls[:2]],
+        tasks.echo.enqueue_many(calls),
+    ):
+        assert [(result.args, result.kwargs) for result in results[:2]] == [
+            (plain_args, plain_kwargs),
+            ([[1, [2, 3]], "raw", {"k": [4]}], {"t": [5, 6], "b": "v"}),
+        ]
+        assert results[0].args is not plain_args
+        assert results[0].kwargs is not plain_kwargs
+
+
 def test_bulk_with_one_bad_call_stores_nothing() -> None:
     calls = [((i,), {}) for i in range(10)] + [((object(),), {})]
     with pytest.raises(InvalidTask, match="must be JSON"):
