@@ -488,3 +488,23 @@ class KeyBucket(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_name} key {self.concurrency_key}: {self.tokens:g} tokens at {self.tokens_at}"
+
+
+class Housekeeper(models.Model):
+    """Which process runs the fleet's stager and scheduler (workers.housekeeper): one row, held for a
+    few seconds at a time and renewed while its holder runs; another process takes it once it
+    expires or is given up. A speed-up, not a lock: two holders at once only do the work twice."""
+
+    role = models.CharField(max_length=50, primary_key=True)
+    holder = models.UUIDField()
+    """The holding process's worker id (a supervisor's own id, not one of its children's)."""
+    hostname = models.CharField(max_length=255)
+    pid = models.IntegerField()
+    taken_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "queueapp_housekeeper"
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.hostname} pid {self.pid} until {self.expires_at}"

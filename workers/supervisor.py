@@ -47,6 +47,7 @@ from workers.config import WorkerConfig
 from workers.executor import fail_attempt
 from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
+from workers.housekeeper import Housekeeping, Housekept
 from workers.listener import Listener
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
@@ -83,11 +84,13 @@ class Supervisor:
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
         # The children's housekeeping, once per host on the supervisor's one Django connection (a
-        # child runs only its rounds and its heartbeat): reaping, staging due tasks, schedules.
+        # child runs only its rounds and its heartbeat): reaping; staging due tasks and schedules
+        # while this supervisor is the fleet's housekeeper (workers.housekeeper).
+        self.housekeeper = Housekeeping(config.worker_id)
         services: list[tuple[Service, float]] = [
             (self.reaper, config.reap_interval),
-            (Stager(), config.stage_interval),
-            (Scheduler(grace=config.schedule_grace), config.schedule_interval),
+            (Housekept(Stager(), self.housekeeper), config.stage_interval),
+            (Housekept(Scheduler(grace=config.schedule_grace), self.housekeeper), config.schedule_interval),
         ]
         self.restart_delay = 0.0
         self.timed_tasks = threading.Event()
@@ -126,6 +129,7 @@ class Supervisor:
                     self.run_once()
                     self.listen(min(self.check_interval, self.housekeeping.run_due()))
             finally:
+                self.housekeeper.give_up()
                 if self.listener is not None:
                     self.listener.close()
             return self.wait_for_children()

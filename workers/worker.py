@@ -51,6 +51,7 @@ from workers.config import WorkerConfig
 from workers.executor import Executor, fail_attempt
 from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
+from workers.housekeeper import Housekeeping, Housekept
 from workers.lease import Lease
 from workers.ledger import Ledger
 from workers.listener import Listener, WorkerHearer
@@ -139,8 +140,9 @@ class Worker:
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
-        self.stager = Stager()
-        self.scheduler = Scheduler(grace=config.schedule_grace)
+        self.housekeeper = Housekeeping(self.id)
+        self.stager = Housekept(Stager(), self.housekeeper)
+        self.scheduler = Housekept(Scheduler(grace=config.schedule_grace), self.housekeeper)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -192,6 +194,8 @@ class Worker:
             self.services_stop.set()
             for thread in threads:
                 thread.join(5)
+            if self.config.parent_pid is None:
+                self.housekeeper.give_up()
             # Only now: a heartbeat after STOPPED would find no live row and take itself for LOST.
             # A LOST worker stays LOST (the statement matches nothing).
             self.safe_write(lambda: store.set_worker_state(self.id, WorkerState.STOPPED))
@@ -210,8 +214,9 @@ class Worker:
         return self.exit_code
 
     def housekeeping(self) -> list[ServiceThread]:
-        """The reaper, stager and scheduler, a thread (and a connection) each; a supervisor's child
-        leaves them to its supervisor (one connection for the host's children)."""
+        """The reaper, stager and scheduler, a thread (and a connection) each; the stager and the
+        scheduler run only while this process is the fleet's housekeeper (workers.housekeeper). A
+        supervisor's child leaves them to its supervisor (one connection for the host's children)."""
         if self.config.parent_pid is not None:
             return []
         services: list[tuple[Service, float]] = [

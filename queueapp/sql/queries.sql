@@ -984,6 +984,24 @@ ALTER TABLE queueapp_task_history ATTACH PARTITION {partition} FOR VALUES FROM (
 SET LOCAL lock_timeout = '2s';
 DROP TABLE {partition};
 
+-- take_housekeeping --
+-- One process runs the fleet's stager and scheduler (workers.housekeeper): it holds this row for
+-- ttl seconds and renews it; any other takes it once it expired (a holder that died) or was given
+-- up (a holder that stopped). A row comes back only to the process that holds it now. The clock is
+-- the database's, so hosts with skewed clocks agree on when a holder expired.
+INSERT INTO queueapp_housekeeper AS h (role, holder, hostname, pid, taken_at, expires_at)
+VALUES (%(role)s, %(holder)s::uuid, %(hostname)s, %(pid)s, now(), now() + make_interval(secs => %(ttl)s::float8))
+ON CONFLICT (role) DO UPDATE
+SET holder = excluded.holder, hostname = excluded.hostname, pid = excluded.pid,
+    taken_at = CASE WHEN h.holder = excluded.holder THEN h.taken_at ELSE excluded.taken_at END,
+    expires_at = excluded.expires_at
+WHERE h.holder = excluded.holder OR h.expires_at < now()
+RETURNING h.taken_at = now() AS taken;
+
+-- give_up_housekeeping --
+-- A holder that stops gives the row up, so another process takes it at its next try.
+DELETE FROM queueapp_housekeeper WHERE role = %(role)s AND holder = %(holder)s::uuid;
+
 -- stage_tasks --
 -- The stager: SCHEDULED tasks that are due become READY, oldest due first, and each queue that got
 -- one is notified. SKIP LOCKED: stagers in several workers share the work instead of waiting.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import connections
@@ -115,3 +115,20 @@ def purge_workers(*, older_than: float, using: str = "default") -> int:
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["purge_workers"], {"older_than": older_than})
         return int(cursor.rowcount)
+
+
+def take_housekeeping(
+    *, role: str, holder: UUID, hostname: str, pid: int, ttl: float, using: str = "default"
+) -> bool | None:
+    """Take or renew role for ttl seconds: True when newly taken, False when renewed, None when
+    another process holds it."""
+    params: dict[str, Any] = {"role": role, "holder": holder, "hostname": hostname, "pid": pid, "ttl": ttl}
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["take_housekeeping"], params)
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
+def give_up_housekeeping(*, role: str, holder: UUID, using: str = "default") -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(QUERIES["give_up_housekeeping"], {"role": role, "holder": holder})

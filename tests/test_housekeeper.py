@@ -1,0 +1,152 @@
+"""One housekeeper per database (workers.housekeeper): the process holding the housekeeping row runs
+the stager and the scheduler; the others take it over when it expires or is given up. Real worker
+processes and real signals for the hand-overs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import signal
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from django.utils import timezone
+
+from queueapp import models
+from tests import tasks
+from tests.helpers import WorkerProcess, wait_for
+from workers import housekeeper
+from workers.housekeeper import Housekeeping, Housekept
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+Start = Callable[..., WorkerProcess]
+
+
+def holder() -> uuid.UUID | None:
+    row = models.Housekeeper.objects.filter(role=housekeeper.ROLE).first()
+    return row.holder if row else None
+
+
+def expire(raw_conn: psycopg.Connection) -> None:
+    """Its holder is gone: the row's time ran out (on the database's clock)."""
+    raw_conn.execute("UPDATE queueapp_housekeeper SET expires_at = now() - interval '1 second'")
+
+
+class Counting:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run_once(self) -> int:
+        self.runs += 1
+        return self.runs
+
+
+def test_one_process_holds_the_row_and_renews_it_while_the_other_waits() -> None:
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.held()
+    taken = models.Housekeeper.objects.get(role=housekeeper.ROLE)
+    assert not second.held()
+    assert first.held()  # renewed: later expiry, same taking
+    renewed = models.Housekeeper.objects.get(role=housekeeper.ROLE)
+    assert (renewed.holder, renewed.taken_at) == (first.holder, taken.taken_at)
+    assert renewed.expires_at > taken.expires_at
+
+
+def test_only_the_holder_runs_its_services() -> None:
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    ours, theirs = Counting(), Counting()
+    assert Housekept(ours, first).run_once() == 1
+    assert Housekept(theirs, second).run_once() is None
+    assert (ours.runs, theirs.runs) == (1, 0)
+
+
+def test_between_tries_the_answer_is_the_last_one_without_a_statement() -> None:
+    first = Housekeeping(uuid.uuid4(), try_every=3600)
+    assert first.held()
+    models.Housekeeper.objects.all().delete()
+    assert first.held()  # not asked again within try_every
+    second = Housekeeping(uuid.uuid4(), try_every=3600)
+    assert second.held()  # the row was free: taken
+    assert holder() == second.holder
+
+
+def test_a_given_up_row_is_taken_at_the_next_try() -> None:
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.held()
+    first.give_up()
+    assert holder() is None
+    assert second.held()
+    assert not first.held()
+    second.give_up()
+    first.give_up()  # holds nothing: no statement, nothing deleted
+    assert holder() is None
+
+
+def test_an_expired_row_is_taken_over_and_its_old_holder_says_it_lost_it(
+    raw_conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.held()
+    expire(raw_conn)
+    with caplog.at_level(logging.INFO, logger="workers.housekeeper"):
+        assert second.held()
+        assert not first.held()
+    assert holder() == second.holder
+    assert f"housekeeping_taken holder={second.holder}" in caplog.text
+    assert f"housekeeping_lost holder={first.holder}" in caplog.text
+
+
+def deferred_task(seconds: float) -> int:
+    return int(tasks.add.using(run_after=timezone.now() + dt.timedelta(seconds=seconds)).enqueue(1, 1).id)
+
+
+def finished(task_id: int) -> bool:
+    return models.Task.objects.filter(id=task_id, status="SUCCESSFUL").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_housekeepers_row_passes_to_another_worker_that_stages_from_then_on(
+    workers: Start, raw_conn: psycopg.Connection
+) -> None:
+    started = [workers("--concurrency", "1", "--poll-interval", "1") for _ in range(2)]
+    wait_for(
+        lambda: models.Worker.objects.filter(state="ALIVE").count() == 2, timeout=30, message="2 workers"
+    )
+    first = wait_for(holder, timeout=30, message="a housekeeper")
+    by_id = by_worker(started)
+    task_id = deferred_task(1)
+    wait_for(lambda: finished(task_id), timeout=30, message="a deferred task staged by the housekeeper")
+
+    by_id[first].signal(signal.SIGKILL)
+    by_id[first].wait(10)
+    # Within TTL + TRY_EVERY (7.5 s) of the kill; a deferred task due meanwhile runs once it is over.
+    task_id = deferred_task(0.5)
+    second = wait_for(
+        lambda: holder() not in (None, first) and holder(), timeout=30, message="a new housekeeper"
+    )
+    assert second in by_id
+    wait_for(lambda: finished(task_id), timeout=30, message="the deferred task staged by the new housekeeper")
+
+
+@pytest.mark.slow
+def test_a_housekeeper_stopped_by_sigterm_gives_the_row_up(workers: Start) -> None:
+    started = [workers("--concurrency", "1", "--poll-interval", "1") for _ in range(2)]
+    wait_for(
+        lambda: models.Worker.objects.filter(state="ALIVE").count() == 2, timeout=30, message="2 workers"
+    )
+    first = wait_for(holder, timeout=30, message="a housekeeper")
+    by_id = by_worker(started)
+    by_id[first].signal(signal.SIGTERM)
+    assert by_id[first].wait(30) == 0, by_id[first].output()
+    assert "housekeeping_given_up" in by_id[first].output()
+    assert holder() != first  # not left to expire: free, or taken by the other already
+    wait_for(lambda: holder() not in (None, first), timeout=30, message="taken over")
+
+
+def by_worker(processes: list[WorkerProcess]) -> dict[uuid.UUID, WorkerProcess]:
+    return {models.Worker.objects.get(pid=process.pid).id: process for process in processes}

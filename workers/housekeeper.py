@@ -1,0 +1,108 @@
+"""Housekeeper: one process per database runs the stager and the scheduler for the whole fleet.
+
+Every lone worker and every supervisor ran both, each once a second: a fleet of 20 hosts made 40
+statements a second to find, mostly, nothing. Now they take turns holding the housekeeping row
+(queueapp_housekeeper, take_housekeeping in queries.sql): its holder runs them, and renews the row
+every TRY_EVERY seconds for TTL seconds; every other process tries to take it as often, and does
+once it expired (its holder died or lost the database: within TTL + TRY_EVERY seconds) or was given
+up (its holder stopped: within TRY_EVERY seconds). The reaper stays with every process: it is the
+fleet's safety net, and runs every 15 s.
+
+Holding the row is a speed-up, not a lock: should two processes both believe they hold it (a holder
+paused past its TTL), the stager's SKIP LOCKED and the scheduler's one row per tick make the work
+come out the same, as when every process ran both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Literal
+from uuid import UUID
+
+from queueapp import store
+from workers import db
+from workers.services import Service
+
+logger = logging.getLogger(__name__)
+
+ROLE = "housekeeping"
+TTL = 5.0
+"""Seconds a holder's row lasts unless renewed: with TRY_EVERY, how long the stager and the scheduler
+may pause after their holder dies (schedules allow 10 s of lateness by default: --schedule-grace)."""
+TRY_EVERY = TTL / 2
+
+Try = Literal["taken", "renewed", "elsewhere"]
+
+
+class Housekeeping:
+    """Whether this process holds the housekeeping row, asked by each service it may run (a lone
+    worker's run in threads of their own: hence the lock)."""
+
+    def __init__(self, holder: UUID, *, ttl: float = TTL, try_every: float = TRY_EVERY) -> None:
+        self.holder = holder
+        self.ttl = ttl
+        self.try_every = try_every
+        self.lock = threading.Lock()
+        self.held_until = 0.0
+        """time.monotonic() when the row this process holds expires (as of the last take or renewal)."""
+        self.next_try = 0.0
+
+    def held(self) -> bool:
+        """True while this process holds the row: taken or renewed at most every try_every seconds."""
+        with self.lock:
+            now = time.monotonic()
+            if now >= self.next_try:
+                self.next_try = now + self.try_every
+                self.attempt(now)
+            return time.monotonic() < self.held_until
+
+    def attempt(self, sent_at: float) -> None:
+        outcome = db.unless_unreachable(self.take, "housekeeping_try_failed holder=%s", self.holder)
+        if outcome is None:
+            return  # the database is away: what this process held lasts until it expires
+        if outcome == "elsewhere":
+            if sent_at < self.held_until:
+                logger.warning("housekeeping_lost holder=%s: another process took it", self.holder)
+            self.held_until = 0.0
+            return
+        if outcome == "taken":
+            logger.info(
+                "housekeeping_taken holder=%s: this process runs the stager and scheduler", self.holder
+            )
+        self.held_until = sent_at + self.ttl  # from before the statement: never later than the database's
+
+    def take(self) -> Try:
+        taken = store.take_housekeeping(
+            role=ROLE, holder=self.holder, hostname=socket.gethostname(), pid=os.getpid(), ttl=self.ttl
+        )
+        return "elsewhere" if taken is None else "taken" if taken else "renewed"
+
+    def give_up(self) -> None:
+        """At shutdown: another process takes the row at its next try instead of after the TTL."""
+        with self.lock:
+            if time.monotonic() >= self.held_until:
+                return
+            self.held_until = 0.0
+
+        def give_up() -> bool:
+            store.give_up_housekeeping(role=ROLE, holder=self.holder)
+            return True
+
+        if db.unless_unreachable(give_up, "housekeeping_give_up_failed holder=%s", self.holder):
+            logger.info("housekeeping_given_up holder=%s", self.holder)
+
+
+class Housekept:
+    """A service that runs only in the process holding the housekeeping row."""
+
+    def __init__(self, service: Service, housekeeping: Housekeeping) -> None:
+        self.service = service
+        self.housekeeping = housekeeping
+        self.name = service.name
+
+    def run_once(self) -> object:
+        return self.service.run_once() if self.housekeeping.held() else None
