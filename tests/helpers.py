@@ -64,8 +64,14 @@ class WorkerProcess:
     """`manage.py runworker` as a real subprocess against the test database."""
 
     def __init__(
-        self, *args: str, log_dir: Path, url: str | None = None, env: dict[str, str] | None = None
+        self,
+        *args: str,
+        log_dir: Path,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+        script: str = "manage.py",
     ) -> None:
+        """script: manage.py, or a wrapper that runs it (tests/slow_fork.py)."""
         self.log_path = log_dir / f"worker-{time.monotonic_ns()}.log"
         self.log = self.log_path.open("wb")
         full_env = {
@@ -76,7 +82,7 @@ class WorkerProcess:
             **(env or {}),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runworker", *args],
+            [sys.executable, script, "runworker", *args],
             cwd=ROOT,
             env=full_env,
             stdout=self.log,

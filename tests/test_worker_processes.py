@@ -337,6 +337,21 @@ def test_max_tasks_recycles_processes_under_the_supervisor(workers: Start) -> No
     assert supervisor.wait(30) == 0, supervisor.output()
 
 
+def test_a_sigterm_that_reaches_a_child_still_being_forked_stops_it(workers: Start) -> None:
+    """A child holds its supervisor's signal handlers from the fork until it sets its own; a SIGTERM
+    forwarded to it then (here: while an at-fork hook sleeps) ran the supervisor's handler in the
+    child, and the child went on to work for ever while its supervisor waited for it. Signals wait
+    until the child has its own handlers, and it stops."""
+    slow = {"SLOW_FORK": "2"}
+    supervisor = workers("--processes", "2", "--concurrency", "1", env=slow, script="tests/slow_fork.py")
+    wait_for(
+        lambda: supervisor.output().count("child_started") == 2, timeout=30, message="two children forked"
+    )
+    supervisor.signal(signal.SIGTERM)  # forwarded to the children, still in their at-fork hook
+    assert supervisor.wait(30) == 0, supervisor.output()
+    assert "worker_started" not in supervisor.output()  # it never ran a worker
+
+
 def running(pid: int) -> bool:
     """Not exited: an orphan's new parent may be slow to reap it, so a zombie counts as gone."""
     try:

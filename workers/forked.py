@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_CRASHED = 70
 
+_HELD = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+"""The signals the supervisor handles, held back while it forks."""
+
 _INHERITED: list[object] = []
 """The supervisor's connections a forked child inherited: never used, never freed (os._exit)."""
 
@@ -36,9 +39,17 @@ class ForkedWorker:
     ) -> None:
         """line: the child's end of its socket pair to the supervisor (workers.wakeups);
         supervisor_ends: the supervisor's ends of every pair, closed in the child."""
-        pid = os.fork()
-        if pid == 0:  # pragma: no branch - the child never returns from here
-            self._run_child(config, line, supervisor_ends)
+        # The supervisor's signals wait while it forks: from the fork until the child sets its own
+        # handlers (at-fork hooks run first), a signal would run the supervisor's handler in the
+        # child, which then forgot it. Pending, the child's comes under its default handler, the
+        # supervisor's once the fork returned (spawn() then signals the new child as well).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no branch - the child never returns from here
+                self._run_child(config, line, supervisor_ends, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pid = pid
         self.returncode: int | None = None
 
@@ -55,7 +66,11 @@ class ForkedWorker:
 
     @classmethod
     def _run_child(
-        cls, config: WorkerConfig, line: socket.socket | None, supervisor_ends: Sequence[socket.socket]
+        cls,
+        config: WorkerConfig,
+        line: socket.socket | None,
+        supervisor_ends: Sequence[socket.socket],
+        mask: set[int | signal.Signals],
     ) -> None:
         code = EXIT_CRASHED
         try:  # whatever happens in the child ends in os._exit: it never runs the supervisor's code
@@ -65,6 +80,7 @@ class ForkedWorker:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the supervisor's word (a timed task), not ours
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile: exit now
             os.setpgid(0, 0)
             for end in supervisor_ends:
                 end.close()
