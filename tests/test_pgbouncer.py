@@ -85,6 +85,8 @@ def pgbouncer(request: pytest.FixtureRequest) -> Iterator[str]:
             finally:
                 process.terminate()
                 process.wait(10)
+                # Shown by pytest only when the test failed (captured output of the teardown).
+                print("pgbouncer log:\n" + (workdir / "pgbouncer.log").read_text(errors="replace")[-4000:])
 
 
 def _accepts(port: int) -> bool:
