@@ -56,7 +56,8 @@ class Report:
 
 def queue_reasons(overview: dict[str, dict[str, Any]], workers: list[tuple[models.Worker, str]]) -> list[str]:
     """Why the queue is degraded: READY tasks that no live worker listens for, a READY task waiting
-    longer than TASKQUEUE["HEALTH_MAX_READY_AGE"], workers that stopped beating and are not reaped."""
+    longer than TASKQUEUE["HEALTH_MAX_READY_AGE"], a due SCHEDULED task not made READY for as long
+    (no process runs the stager), workers that stopped beating and are not reaped."""
     max_age = conf.get().health_max_ready_age
     listened = {queue for worker, state in workers if state == "alive" for queue in worker.queues}
     reasons = []
@@ -69,6 +70,13 @@ def queue_reasons(overview: dict[str, dict[str, Any]], workers: list[tuple[model
             reasons.append(
                 f"queue {queue!r}: the oldest READY task has waited {oldest:.0f} s "
                 f"(more than TASKQUEUE_HEALTH_MAX_READY_AGE={max_age:g} s)"
+            )
+        unstaged = entry["oldest_unstaged_seconds"]
+        if unstaged is not None and unstaged > max_age:
+            reasons.append(
+                f"queue {queue!r}: a deferred or retrying task has been due for {unstaged:.0f} s and is "
+                f"still SCHEDULED (more than TASKQUEUE_HEALTH_MAX_READY_AGE={max_age:g} s): does a worker "
+                "run the fleet's housekeeper, which stages due tasks (the queueapp_housekeeper table)?"
             )
     stale = sum(1 for _, state in workers if state == "stale")
     if stale:

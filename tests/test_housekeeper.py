@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from queueapp import models
@@ -99,6 +100,24 @@ def test_an_expired_row_is_taken_over_and_its_old_holder_says_it_lost_it(
     assert holder() == second.holder
     assert f"housekeeping_taken holder={second.holder}" in caplog.text
     assert f"housekeeping_lost holder={first.holder}" in caplog.text
+
+
+def test_a_holder_cut_off_from_the_database_keeps_its_role_until_its_time_runs_out(
+    raw_conn: psycopg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A try that fails for want of the database changes nothing: what was held is held until it
+    expires (on the database, another process may take it only then), and the next try renews it."""
+    first = Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.held()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (backend,) = cursor.fetchone()
+    raw_conn.execute("SELECT pg_terminate_backend(%s)", [backend])
+    with caplog.at_level(logging.WARNING, logger="workers.db"):
+        assert first.held()
+    assert f"housekeeping_try_failed holder={first.holder}" in caplog.text
+    assert first.held()  # a fresh connection: renewed
+    assert holder() == first.holder
 
 
 def deferred_task(seconds: float) -> int:

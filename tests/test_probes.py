@@ -3,6 +3,7 @@ against the real database, and through gunicorn against an unreachable or unmigr
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import socket
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 import yaml
 from django.test import Client
+from django.utils import timezone
 
 from queueapp import apikeys
 from tests import tasks
@@ -84,6 +86,29 @@ def test_health_is_degraded_when_ready_tasks_have_no_live_worker_listening(clien
     assert response.json()["reasons"] == [
         "queue 'emails' has 1 READY task(s) and no live worker listening on it"
     ]
+
+
+def test_health_is_degraded_when_a_due_task_stays_scheduled_with_nobody_staging_it(
+    client: Client, raw_conn: psycopg.Connection
+) -> None:
+    """The symptom of a fleet without a housekeeper (its stager): due tasks left SCHEDULED. A task
+    deferred to later, or due for less than the limit, is not one."""
+    make_worker(["default"])
+    later = timezone.now() + dt.timedelta(hours=1)
+    overdue, recent, _ = (int(tasks.add.using(run_after=later).enqueue(n, n).id) for n in range(3))
+    assert client.get("/api/health").json()["status"] == "healthy"
+    raw_conn.execute(
+        "UPDATE queueapp_task_live SET run_after = now() - interval '10 minutes' WHERE id = %s", [overdue]
+    )
+    raw_conn.execute(
+        "UPDATE queueapp_task_live SET run_after = now() - interval '1 minute' WHERE id = %s", [recent]
+    )
+    health = client.get("/api/health").json()
+    assert (health["status"], health["pending"]["SCHEDULED"]) == ("degraded", 3)
+    (reason,) = health["reasons"]
+    assert reason.startswith("queue 'default': a deferred or retrying task has been due for 60")
+    assert "still SCHEDULED (more than TASKQUEUE_HEALTH_MAX_READY_AGE=300 s)" in reason
+    assert "housekeeper" in reason
 
 
 def test_health_is_degraded_when_the_oldest_ready_task_waited_too_long(

@@ -917,10 +917,12 @@ WHERE finished_at >= %(since)s
 GROUP BY queue_name, status;
 
 -- queue_overview --
--- Per queue and live status: how many, and for READY the wait of the oldest (READY tasks are due).
--- Finished tasks are counted per minute by finished_per_minute: counting all of history would
--- read every retained row.
-SELECT queue_name, status, count(*), extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'READY'))
+-- Per queue and live status: how many, for READY the wait of the oldest (READY tasks are due), and
+-- for SCHEDULED how long the oldest has been due without being staged (the stager's lag: nothing
+-- unless no process runs the stager). Finished tasks are counted per minute by finished_per_minute:
+-- counting all of history would read every retained row.
+SELECT queue_name, status, count(*), extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'READY')),
+       extract(epoch FROM now() - min(run_after) FILTER (WHERE status = 'SCHEDULED' AND run_after <= now()))
 FROM queueapp_task_live
 GROUP BY queue_name, status
 ORDER BY queue_name, status;

@@ -46,15 +46,21 @@ def finished_per_minute(
 
 
 def queue_overview(*, using: str = "default") -> dict[str, dict[str, Any]]:
-    """{queue: {"counts": {live status: n}, "oldest_ready_seconds": float | None}}."""
+    """{queue: {"counts": {live status: n}, "oldest_ready_seconds": float | None,
+    "oldest_unstaged_seconds": float | None}}: the latter, how long the oldest SCHEDULED task has been
+    due (the stager makes due tasks READY within about a second)."""
     overview: dict[str, dict[str, Any]] = {}
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["queue_overview"])
-        for queue, status, count, oldest in cursor.fetchall():
-            entry = overview.setdefault(queue, {"counts": {}, "oldest_ready_seconds": None})
+        for queue, status, count, oldest, unstaged in cursor.fetchall():
+            entry = overview.setdefault(
+                queue, {"counts": {}, "oldest_ready_seconds": None, "oldest_unstaged_seconds": None}
+            )
             entry["counts"][status] = count
             if status == TaskStatus.READY and oldest is not None:
                 entry["oldest_ready_seconds"] = float(oldest)
+            if unstaged is not None:
+                entry["oldest_unstaged_seconds"] = float(unstaged)
     return overview
 
 
