@@ -104,7 +104,11 @@ def test_a_rate_limit_of_20_per_second_and_an_unlimited_queue_beside_it(
     per_second = store_starts_per_second("reports")
     steady = per_second[1:-1]  # the first and last seconds are partial
     assert len(steady) >= 28
-    assert all(19 <= n <= 21 for n in steady), f"starts per second: {per_second}"
+    # Never over the rate (a start at a second's edge may count in the next: 21); and the queue kept
+    # to it, but for a loaded machine's stall here and there (a bucket that is full refills nothing,
+    # so a late claim is a start lost: a CI run once saw 18 in one second, 19.9 on average).
+    assert all(15 <= n <= 21 for n in steady), f"starts per second: {per_second}"
+    assert sum(steady) / len(steady) >= 19, f"starts per second: {per_second}"
     # The unlimited queue was not held behind the limited one: it was done in a fraction of the
     # 30 s the limited queue takes.
     assert rated_by_then < 300
