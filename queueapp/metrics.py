@@ -31,10 +31,16 @@ class QueueCollector(Collector):
         oldest = GaugeMetricFamily(
             "taskqueue_oldest_ready_age_seconds", "Wait of the oldest due READY task", labels=["queue"]
         )
+        unstaged = GaugeMetricFamily(
+            "taskqueue_oldest_unstaged_age_seconds",
+            "How long the oldest due task of the queue has been left SCHEDULED (0 while it is staged)",
+            labels=["queue"],
+        )
         for queue, entry in store.queue_overview().items():
             for status in models.LIVE_STATUSES:
                 tasks.add_metric([queue, status], entry["counts"].get(status, 0))
             oldest.add_metric([queue], entry["oldest_ready_seconds"] or 0.0)
+            unstaged.add_metric([queue], entry["oldest_unstaged_seconds"] or 0.0)
         workers = GaugeMetricFamily(
             "taskqueue_workers", "Workers by state (alive, stale, stopping)", labels=["state"]
         )
@@ -53,7 +59,7 @@ class QueueCollector(Collector):
         )
         for name, next_run_at in reads.schedule_cursors():
             overdue.add_metric([name], max(0.0, (now - next_run_at).total_seconds()))
-        yield from (tasks, oldest, workers, overdue)
+        yield from (tasks, oldest, unstaged, workers, overdue)
 
 
 class FlowCollector(Collector):

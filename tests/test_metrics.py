@@ -8,6 +8,7 @@ import signal
 import socket
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from django.test import Client, override_settings
 from django.utils import timezone
@@ -54,7 +55,18 @@ def test_web_metrics_are_read_from_the_database_at_scrape_time() -> None:
     # Live tasks only: finished ones are counted per minute (the console) and by the workers' counters.
     assert ("taskqueue_tasks", (("queue", "default"), ("status", "FAILED"))) not in values
     assert values[("taskqueue_oldest_ready_age_seconds", (("queue", "default"),))] >= 0
+    assert values[("taskqueue_oldest_unstaged_age_seconds", (("queue", "default"),))] == 0  # not due yet
     assert values[("taskqueue_workers", (("state", "alive"),))] == 0
+
+
+def test_a_due_task_left_scheduled_shows_in_the_unstaged_age(raw_conn: psycopg.Connection) -> None:
+    """What TaskQueueNothingStaged alerts on: a due task that no stager made READY."""
+    task_id = int(tasks.add.using(run_after=timezone.now() + dt.timedelta(hours=1)).enqueue(9, 9).id)
+    raw_conn.execute(
+        "UPDATE queueapp_task_live SET run_after = now() - interval '10 minutes' WHERE id = %s", [task_id]
+    )
+    values = samples(Client().get("/metrics").content.decode())
+    assert 600 <= values[("taskqueue_oldest_unstaged_age_seconds", (("queue", "default"),))] < 700
 
 
 def test_web_metrics_can_require_a_token() -> None:
