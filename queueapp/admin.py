@@ -345,6 +345,12 @@ class WorkerAdmin(admin.ModelAdmin[models.Worker]):
     def get_queryset(self, request: HttpRequest) -> QuerySet[models.Worker]:
         return reads.workers_with_running_counts()
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        context = {"housekeeper": reads.housekeeper(store.database_now()), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 

@@ -85,6 +85,25 @@ def running_tasks(worker_id: uuid.UUID, *, limit: int) -> list[models.LiveTask]:
     )
 
 
+@dataclass(frozen=True)
+class HousekeeperView:
+    """Which process stages due tasks and runs the schedules for the fleet, as the console shows it."""
+
+    hostname: str
+    pid: int
+    taken_at: dt.datetime
+    expires_at: dt.datetime
+    current: bool
+    """False: its time ran out and nobody took it since (no process runs the stager now)."""
+
+
+def housekeeper(now: dt.datetime) -> HousekeeperView | None:
+    row = models.Housekeeper.objects.filter(role=store.HOUSEKEEPING).first()
+    if row is None:
+        return None
+    return HousekeeperView(row.hostname, row.pid, row.taken_at, row.expires_at, row.expires_at > now)
+
+
 def list_workers(*, include_stopped_since: dt.timedelta = dt.timedelta(hours=24)) -> list[models.Worker]:
     """Workers alive or stopping, and those that stopped or were lost recently, with running counts."""
     since = timezone.now() - include_stopped_since

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import uuid
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -140,3 +141,25 @@ def test_the_overview_counts_live_tasks_and_the_last_hours_finished_ones_per_que
     assert queues["default"]["counts"] == {"READY": 1, "SCHEDULED": 1}
     assert queues["default"]["finished"] == {"FAILED": 1, "SUCCESSFUL": 1}
     assert (queues["emails"]["counts"], queues["emails"]["finished"]) == ({"READY": 1}, {"CANCELLED": 1})
+
+
+def test_the_workers_page_says_which_process_is_the_housekeeper(admin_client: Client) -> None:
+    def line() -> str:
+        page = admin_client.get("/admin/queueapp/worker/").content.decode()
+        return " ".join(page.split('<p id="housekeeper">')[1].split("</p>")[0].split())
+
+    assert line().startswith("<strong>No housekeeper</strong> yet: no worker has started")
+    now = timezone.now()
+    models.Housekeeper.objects.create(
+        role=store.HOUSEKEEPING,
+        holder=uuid.uuid4(),
+        hostname="web-3",
+        pid=4242,
+        taken_at=now - dt.timedelta(minutes=5),
+        expires_at=now + dt.timedelta(seconds=5),
+    )
+    assert "<strong>web-3</strong>, pid 4242, since" in line()
+    models.Housekeeper.objects.update(expires_at=now - dt.timedelta(minutes=1))
+    assert line().startswith(
+        "<strong>No housekeeper</strong>: the last one (web-3, pid 4242) stopped renewing"
+    )

@@ -29,7 +29,7 @@ from workers.services import Service
 
 logger = logging.getLogger(__name__)
 
-ROLE = "housekeeping"
+ROLE = store.HOUSEKEEPING
 TTL = 5.0
 """Seconds a holder's row lasts unless renewed: with TRY_EVERY, how long the stager and the scheduler
 may pause after their holder dies (schedules allow 10 s of lateness by default: --schedule-grace)."""

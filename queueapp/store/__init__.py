@@ -82,6 +82,7 @@ from queueapp.store.tasks import (
 from queueapp.store.timeouts import StatementLimits
 from queueapp.store.wakeups import Wake, check_listener, name_listener, parse_wake
 from queueapp.store.workers import (
+    HOUSEKEEPING,
     ReapOutcome,
     TimedTask,
     beat_worker,
@@ -96,6 +97,7 @@ from queueapp.store.workers import (
 )
 
 __all__ = [
+    "HOUSEKEEPING",
     "NOTIFY_CHANNEL",
     "SETTINGS_CHANNEL",
     "BreakerChange",

@@ -117,6 +117,10 @@ def purge_workers(*, older_than: float, using: str = "default") -> int:
         return int(cursor.rowcount)
 
 
+HOUSEKEEPING = "housekeeping"
+"""The role of queueapp_housekeeper's one row: the fleet's stager and scheduler (workers.housekeeper)."""
+
+
 def take_housekeeping(
     *, role: str, holder: UUID, hostname: str, pid: int, ttl: float, using: str = "default"
 ) -> bool | None:
