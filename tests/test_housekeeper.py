@@ -15,10 +15,9 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from queueapp import models
+from queueapp import models, store
 from tests import tasks
 from tests.helpers import WorkerProcess, wait_for
-from workers import housekeeper
 from workers.housekeeper import Housekeeping, Housekept
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +26,7 @@ Start = Callable[..., WorkerProcess]
 
 
 def holder() -> uuid.UUID | None:
-    row = models.Housekeeper.objects.filter(role=housekeeper.ROLE).first()
+    row = models.Housekeeper.objects.filter(role=store.HOUSEKEEPING).first()
     return row.holder if row else None
 
 
@@ -50,10 +49,10 @@ class Counting:
 def test_one_process_holds_the_row_and_renews_it_while_the_other_waits() -> None:
     first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
     assert first.held()
-    taken = models.Housekeeper.objects.get(role=housekeeper.ROLE)
+    taken = models.Housekeeper.objects.get(role=store.HOUSEKEEPING)
     assert not second.held()
     assert first.held()  # renewed: later expiry, same taking
-    renewed = models.Housekeeper.objects.get(role=housekeeper.ROLE)
+    renewed = models.Housekeeper.objects.get(role=store.HOUSEKEEPING)
     assert (renewed.holder, renewed.taken_at) == (first.holder, taken.taken_at)
     assert renewed.expires_at > taken.expires_at
 

@@ -29,7 +29,6 @@ from workers.services import Service
 
 logger = logging.getLogger(__name__)
 
-ROLE = store.HOUSEKEEPING
 TTL = 5.0
 """Seconds a holder's row lasts unless renewed: with TRY_EVERY, how long the stager and the scheduler
 may pause after their holder dies (schedules allow 10 s of lateness by default: --schedule-grace)."""
@@ -77,7 +76,7 @@ class Housekeeping:
 
     def take(self) -> Try:
         taken = store.take_housekeeping(
-            role=ROLE, holder=self.holder, hostname=socket.gethostname(), pid=os.getpid(), ttl=self.ttl
+            holder=self.holder, hostname=socket.gethostname(), pid=os.getpid(), ttl=self.ttl
         )
         return "elsewhere" if taken is None else "taken" if taken else "renewed"
 
@@ -89,7 +88,7 @@ class Housekeeping:
             self.held_until = 0.0
 
         def give_up() -> bool:
-            store.give_up_housekeeping(role=ROLE, holder=self.holder)
+            store.give_up_housekeeping(holder=self.holder)
             return True
 
         if db.unless_unreachable(give_up, "housekeeping_give_up_failed holder=%s", self.holder):

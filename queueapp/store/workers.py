@@ -122,17 +122,23 @@ HOUSEKEEPING = "housekeeping"
 
 
 def take_housekeeping(
-    *, role: str, holder: UUID, hostname: str, pid: int, ttl: float, using: str = "default"
+    *, holder: UUID, hostname: str, pid: int, ttl: float, using: str = "default"
 ) -> bool | None:
-    """Take or renew role for ttl seconds: True when newly taken, False when renewed, None when
-    another process holds it."""
-    params: dict[str, Any] = {"role": role, "holder": holder, "hostname": hostname, "pid": pid, "ttl": ttl}
+    """Take or renew the housekeeping row for ttl seconds: True when newly taken, False when renewed,
+    None when another process holds it."""
+    params: dict[str, Any] = {
+        "role": HOUSEKEEPING,
+        "holder": holder,
+        "hostname": hostname,
+        "pid": pid,
+        "ttl": ttl,
+    }
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["take_housekeeping"], params)
         row = cursor.fetchone()
     return None if row is None else bool(row[0])
 
 
-def give_up_housekeeping(*, role: str, holder: UUID, using: str = "default") -> None:
+def give_up_housekeeping(*, holder: UUID, using: str = "default") -> None:
     with connections[using].cursor() as cursor:
-        cursor.execute(QUERIES["give_up_housekeeping"], {"role": role, "holder": holder})
+        cursor.execute(QUERIES["give_up_housekeeping"], {"role": HOUSEKEEPING, "holder": holder})
