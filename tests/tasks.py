@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -91,12 +92,15 @@ def wait_for_cancel(context: TaskContext) -> str:
 
 
 @task
-def record_then_sleep(key: str, seconds: float) -> str:
-    """record(key), so that a test knows the task has started, then sleep."""
+def record_then_wait_for_file(key: str, path: str) -> str:
+    """record(key), so that a test knows the task has started, then return once the test has made
+    the file at path (within a minute)."""
     import time
 
     record.call(key)
-    time.sleep(seconds)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
     return key
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -54,9 +55,14 @@ def running_under(conn: psycopg.Connection) -> set[Any]:
 
 
 def test_a_worker_cut_off_silently_exits_4_within_stale_after_and_changes_nothing_once_healed(
-    proxy: SilentProxy, workers: Start, side_effects: psycopg.Connection, raw_conn: psycopg.Connection
+    proxy: SilentProxy,
+    workers: Start,
+    side_effects: psycopg.Connection,
+    raw_conn: psycopg.Connection,
+    tmp_path: Path,
 ) -> None:
-    returns_while_cut = tasks.record_then_sleep.enqueue("returns while cut off", 1.0)
+    go = tmp_path / "return now"
+    returns_while_cut = tasks.record_then_wait_for_file.enqueue("returns while cut off", str(go))
     checks_for_cancel = tasks.record_then_wait_for_cancel.enqueue("checks for a cancel")
     worker = workers("--concurrency", "2", "--grace", "60", url=proxy.url, env=CUT_OFF_ENV)
     wait_for(
@@ -68,6 +74,7 @@ def test_a_worker_cut_off_silently_exits_4_within_stale_after_and_changes_nothin
 
     proxy.cut()
     cut_at = time.monotonic()
+    go.touch()  # the first task returns now, well before the lease ends (a sleep could outlast it)
     # Its lease ends at most STALE_AFTER after its last beat; running tasks then get a heartbeat
     # interval (0.3 s here), not --grace.
     code = worker.wait(STALE_AFTER + 5)
