@@ -6,6 +6,7 @@ why that matters behind a pooler)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -143,6 +144,68 @@ def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
         stuck = thread.is_alive()
     thread.join(10)
     assert not stuck, "the heartbeat waited on the lock past lock_timeout"
+    assert results == [False]  # failed, as on a connection error: the next beat tries again
+
+
+def waiting_for_a_lock(conn: psycopg.Connection, query: str) -> list[tuple[int, str]]:
+    """(pid, wait_event) of the server sessions running query (a LIKE pattern) that wait for a lock."""
+    return conn.execute(
+        "SELECT pid, wait_event FROM pg_stat_activity WHERE query LIKE %s AND wait_event_type = 'Lock'",
+        [query],
+    ).fetchall()
+
+
+@pytest.mark.parametrize("limits", [6.0], indirect=True)  # lock_timeout 3 s
+def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_half_the_lease(
+    limits: db.ConnectionLimits, raw_conn: psycopg.Connection
+) -> None:
+    """lock_timeout holds for each lock wait: a beat queued behind another waiter (the round's waiting
+    mark, in a CI run behind PgBouncer) waited for that waiter, and once it was let through, for the
+    row's holder all over again; it gave up only at the statement timeout, as the lease ran out."""
+    worker = make_worker()
+    half_the_lease = limits.lock_timeout_ms / 1000
+    results: list[bool] = []
+
+    def beat() -> None:
+        try:
+            results.append(Heartbeat(worker.id, on_lost=lambda: None).run_once())
+        finally:
+            connection.close()
+
+    # A third session watches: one in a transaction sees pg_stat_activity as it was at its first look.
+    watcher = psycopg.connect(conninfo(), autocommit=True)
+    with watcher, psycopg.connect(conninfo(), autocommit=True) as other, raw_conn.transaction():
+        raw_conn.execute("SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE", [worker.id])
+
+        def first_waiter() -> None:
+            with contextlib.suppress(psycopg.errors.QueryCanceled):  # let go of the row's place below
+                other.execute("UPDATE queueapp_worker SET waiting = true WHERE id = %s", [worker.id])
+
+        waiter = threading.Thread(target=first_waiter, daemon=True)
+        waiter.start()
+        ((first, _),) = wait_for(
+            lambda: waiting_for_a_lock(watcher, "UPDATE queueapp_worker SET waiting%"),
+            timeout=10,
+            message="the first waiter to wait for the row's holder",
+        )
+        thread = threading.Thread(target=beat)
+        sent_at = time.monotonic()
+        thread.start()
+        queued = wait_for(
+            lambda: waiting_for_a_lock(watcher, "%last_heartbeat_at%"),
+            timeout=10,
+            message="the beat to queue behind the first waiter",
+        )
+        assert [event for _, event in queued] == ["tuple"]  # the first waiter holds the row's place
+        # Two thirds into the beat's lock_timeout the first waiter gives up, and the beat is let
+        # through to wait for the row's holder, which keeps its lock until the beat is back.
+        time.sleep(max(0.0, sent_at + half_the_lease * 2 / 3 - time.monotonic()))
+        raw_conn.execute("SELECT pg_cancel_backend(%s)", [first])
+        thread.join(sent_at + half_the_lease + 1 - time.monotonic())  # before: back 2/3 later
+        stuck = thread.is_alive()
+    thread.join(10)
+    waiter.join(10)
+    assert not stuck, "the beat waited on past half the lease"
     assert results == [False]  # failed, as on a connection error: the next beat tries again
 
 

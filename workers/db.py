@@ -161,6 +161,14 @@ class ConnectionLimits:
     def statements(self) -> store.StatementLimits:
         return store.StatementLimits(self.statement_timeout_ms, self.lock_timeout_ms)
 
+    @functools.cached_property
+    def beats(self) -> store.StatementLimits:
+        """A heartbeat thread's: a beat gives up within half the lease, so that the next one has the
+        other half. lock_timeout alone does not bound it: it holds for each lock wait, and a beat
+        queued behind another waiter for its row (the round's waiting mark) waits once for that
+        waiter and again for the row's holder, up to the statement timeout, which is the lease."""
+        return store.StatementLimits(self.lock_timeout_ms, self.lock_timeout_ms)
+
     def install(self) -> None:
         """From now on in this process: every Django connection gets the socket parameters, and
         those of threads other than task threads the statement limits too, in each transaction."""
@@ -171,8 +179,10 @@ class ConnectionLimits:
 
     def limit_statements(self, sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
         # Sent on every (re)connection of a thread's one connection object: wrap it once.
-        wrap = self.statements.wrap_execute
-        if not getattr(_thread, "runs_tasks", False) and wrap not in connection.execute_wrappers:
+        if getattr(_thread, "runs_tasks", False):
+            return
+        wrap = (self.beats if getattr(_thread, "beats", False) else self.statements).wrap_execute
+        if wrap not in connection.execute_wrappers:
             connection.execute_wrappers.append(wrap)
 
 
@@ -183,6 +193,12 @@ def runs_tasks() -> None:
     """This thread runs task code: its connection gets no statement limits (its queries are the
     task's business; a task may run a long report), only the socket parameters."""
     _thread.runs_tasks = True
+
+
+def sends_heartbeats() -> None:
+    """This thread sends heartbeats: before its first query, its connection is held to
+    ConnectionLimits.beats."""
+    _thread.beats = True
 
 
 def listen_conninfo(limits: ConnectionLimits) -> str:
