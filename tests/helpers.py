@@ -48,15 +48,19 @@ def postgres_reachable_dir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def wait_for[T](condition: Callable[[], T], *, timeout: float, message: str, interval: float = 0.05) -> T:
-    """Poll condition until it returns something truthy; fail with message after timeout seconds."""
+def wait_for[T](
+    condition: Callable[[], T], *, timeout: float, message: str | Callable[[], str], interval: float = 0.05
+) -> T:
+    """Poll condition until it returns something truthy; fail with message after timeout seconds (a
+    callable message is made then: a worker's log as it is at the failure, not at the start)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for: {message}")
+            said = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout} s waiting for: {said}")
         time.sleep(interval)
 
 

@@ -155,7 +155,7 @@ def waiting_for_a_lock(conn: psycopg.Connection, query: str) -> list[tuple[int, 
     ).fetchall()
 
 
-@pytest.mark.parametrize("limits", [6.0], indirect=True)  # lock_timeout 3 s
+@pytest.mark.parametrize("limits", [9.0], indirect=True)  # a beat: lock_timeout 3 s, statement 4.5 s
 def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_half_the_lease(
     limits: db.ConnectionLimits, raw_conn: psycopg.Connection
 ) -> None:
@@ -163,7 +163,8 @@ def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_ha
     mark, in a CI run behind PgBouncer) waited for that waiter, and once it was let through, for the
     row's holder all over again; it gave up only at the statement timeout, as the lease ran out."""
     worker = make_worker()
-    half_the_lease = limits.lock_timeout_ms / 1000
+    half_the_lease = limits.beats.statement_timeout_ms / 1000
+    lock_timeout = limits.beats.lock_timeout_ms / 1000  # a third of the lease
     results: list[bool] = []
 
     def beat() -> None:
@@ -197,11 +198,19 @@ def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_ha
             message="the beat to queue behind the first waiter",
         )
         assert [event for _, event in queued] == ["tuple"]  # the first waiter holds the row's place
-        # Two thirds into the beat's lock_timeout the first waiter gives up, and the beat is let
+        # Three quarters into the beat's lock_timeout the first waiter gives up, and the beat is let
         # through to wait for the row's holder, which keeps its lock until the beat is back.
-        time.sleep(max(0.0, sent_at + half_the_lease * 2 / 3 - time.monotonic()))
+        time.sleep(max(0.0, sent_at + lock_timeout * 3 / 4 - time.monotonic()))
         raw_conn.execute("SELECT pg_cancel_backend(%s)", [first])
-        thread.join(sent_at + half_the_lease + 1 - time.monotonic())  # before: back 2/3 later
+        wait_for(
+            lambda: (
+                [event for _, event in waiting_for_a_lock(watcher, "%last_heartbeat_at%")]
+                == ["transactionid"]
+            ),
+            timeout=lock_timeout / 4,
+            message="the beat, let through, to wait for the row's holder",
+        )
+        thread.join(sent_at + half_the_lease + 1 - time.monotonic())  # before: back 2.25 s after that
         stuck = thread.is_alive()
     thread.join(10)
     waiter.join(10)

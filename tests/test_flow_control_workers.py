@@ -222,5 +222,5 @@ def test_a_worker_whose_listener_cannot_connect_still_sees_flow_control_changes(
     wait_for(
         lambda: models.Task.objects.get(id=int(result.id)).status == "SUCCESSFUL",
         timeout=40,
-        message=f"the task to run; worker log:\n{worker.output()}",
+        message=lambda: f"the task to run; worker log:\n{worker.output()}",
     )

@@ -381,7 +381,7 @@ def test_children_of_a_sigkilled_supervisor_stop_and_hand_their_running_tasks_ba
         wait_for(
             lambda: not any(running(pid) for pid in children),
             timeout=deadline,
-            message=f"both orphaned children to exit; log:\n{supervisor.output()}",
+            message=lambda: f"both orphaned children to exit; log:\n{supervisor.output()}",
         )
     finally:
         for pid in children:
@@ -408,7 +408,7 @@ def test_a_task_that_calls_sys_exit_fails_and_its_thread_runs_the_next(workers: 
     wait_for(
         lambda: models.Task.objects.get(id=int(exited.id)).status == "FAILED",
         timeout=30,
-        message=f"the task to be FAILED; worker log:\n{worker.output()}",
+        message=lambda: f"the task to be FAILED; worker log:\n{worker.output()}",
     )
     row = models.Task.objects.get(id=int(exited.id))
     assert row.errors[0]["exception_class_path"] == "builtins.SystemExit"
@@ -416,7 +416,7 @@ def test_a_task_that_calls_sys_exit_fails_and_its_thread_runs_the_next(workers: 
     wait_for(
         lambda: models.Task.objects.get(id=int(after.id)).status == "SUCCESSFUL",
         timeout=30,
-        message=f"the next task to run on the same thread; worker log:\n{worker.output()}",
+        message=lambda: f"the next task to run on the same thread; worker log:\n{worker.output()}",
     )
 
 
@@ -434,7 +434,7 @@ def test_a_task_cancelled_while_claimed_ahead_and_handed_back_never_runs(
     wait_for(
         lambda: models.Task.objects.get(id=int(result.id)).status == "CANCELLED",
         timeout=30,
-        message=f"the task to end CANCELLED; worker log:\n{worker.output()}",
+        message=lambda: f"the task to end CANCELLED; worker log:\n{worker.output()}",
     )
     assert side_effects.execute("SELECT count(*) FROM test_side_effect").fetchone() == (0,)
 
@@ -451,7 +451,7 @@ def test_a_task_finished_receiver_that_raises_is_logged_and_the_worker_carries_o
             == 2
         ),
         timeout=30,
-        message=f"both tasks to succeed; worker log:\n{worker.output()}",
+        message=lambda: f"both tasks to succeed; worker log:\n{worker.output()}",
     )
     assert "a task_finished receiver failed" in worker.output()
     assert worker.process.poll() is None
@@ -471,5 +471,5 @@ def test_a_dead_childs_tasks_are_reaped_soon_even_if_another_reaper_held_the_loc
     wait_for(
         lambda: len(models.Task.objects.get(id=int(poison.id)).errors) >= 1,
         timeout=20,
-        message=f"the dead child's task to be reaped; log:\n{supervisor.output()}",
+        message=lambda: f"the dead child's task to be reaped; log:\n{supervisor.output()}",
     )

@@ -166,8 +166,10 @@ class ConnectionLimits:
         """A heartbeat thread's: a beat gives up within half the lease, so that the next one has the
         other half. lock_timeout alone does not bound it: it holds for each lock wait, and a beat
         queued behind another waiter for its row (the round's waiting mark) waits once for that
-        waiter and again for the row's holder, up to the statement timeout, which is the lease."""
-        return store.StatementLimits(self.lock_timeout_ms, self.lock_timeout_ms)
+        waiter and again for the row's holder, up to the statement timeout, which was the lease.
+        Its lock_timeout is shorter than its statement's (a third of the lease), so that a beat
+        stuck on one lock still says so: `canceling statement due to lock timeout`."""
+        return store.StatementLimits(self.lock_timeout_ms, max(1, self.statement_timeout_ms // 3))
 
     def install(self) -> None:
         """From now on in this process: every Django connection gets the socket parameters, and
