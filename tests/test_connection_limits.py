@@ -80,18 +80,20 @@ def test_every_worker_connection_has_keepalives_and_a_user_timeout(limits: db.Co
         conn.close()
 
 
-def test_the_queues_statements_are_limited_in_their_transaction_and_nothing_stays_on_the_session(
+def test_a_direct_connection_has_the_limits_for_its_session_and_the_rounds_session_per_transaction(
     limits: db.ConnectionLimits,
 ) -> None:
-    """Before, the limits were the session's (a SET when a connection opened, a startup `options`):
-    behind a pooler in transaction mode the next client of the server session had them too."""
-    with connection.cursor() as cursor:  # autocommit: the statement gets a limited transaction
-        cursor.execute("SHOW statement_timeout")
-        assert cursor.fetchone() == ("3s",)
+    """Straight to PostgreSQL (no pooler), a Django connection of the queue's gets the limits once, for
+    its session, as it opens: its statements need no transaction of their own (one round trip, not
+    four). Behind a pooler they are set per transaction and nothing stays on the server session
+    (tests/test_pgbouncer.py). The rounds' own session sets them LOCAL in each round."""
+    assert not store.behind_pooler()
+    connection.ensure_connection()
+    assert timeouts(connection.connection) == ("3s", "1500ms")  # psycopg's own: the session's
+    assert limits.statements.wrap_execute not in connection.execute_wrappers
     with transaction.atomic(), connection.cursor() as cursor:  # the caller's transaction
         cursor.execute("SHOW lock_timeout")
         assert cursor.fetchone() == ("1500ms",)
-    assert timeouts(connection.connection) == ("0", "0")  # past Django's cursors: the session's own
 
     session = store.WorkerSession(worker_id=make_worker().id, queues=["default"], limits=limits.statements)
     session.round([], limit=1)

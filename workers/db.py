@@ -173,19 +173,25 @@ class ConnectionLimits:
 
     def install(self) -> None:
         """From now on in this process: every Django connection gets the socket parameters, and
-        those of threads other than task threads the statement limits too, in each transaction."""
+        those of threads other than task threads the statement limits too (limit_statements)."""
         settings_dict = connections.settings[DEFAULT_DB_ALIAS]
         settings_dict["OPTIONS"] = {**settings_dict.get("OPTIONS", {}), **self.socket_params()}
         connection_created.connect(self.limit_statements, weak=False, dispatch_uid="taskqueue-limits")
         reset_connection()  # one opened before now would keep the old parameters
 
     def limit_statements(self, sender: object, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
-        # Sent on every (re)connection of a thread's one connection object: wrap it once.
+        """Sent on every (re)connection of a thread's one connection object. Straight to PostgreSQL,
+        the new session gets the limits once; behind a pooler, the connection gets an execute wrapper
+        (once) that sets them in each transaction (store.timeouts)."""
         if getattr(_thread, "runs_tasks", False):
             return
-        wrap = (self.beats if getattr(_thread, "beats", False) else self.statements).wrap_execute
-        if wrap not in connection.execute_wrappers:
-            connection.execute_wrappers.append(wrap)
+        limits = self.beats if getattr(_thread, "beats", False) else self.statements
+        if store.behind_pooler(connection.alias):
+            if limits.wrap_execute not in connection.execute_wrappers:
+                connection.execute_wrappers.append(limits.wrap_execute)
+            return
+        with connection.wrap_database_errors:
+            limits.set_session(connection.connection)
 
 
 _thread = threading.local()

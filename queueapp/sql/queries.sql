@@ -678,6 +678,14 @@ SELECT set_config('statement_timeout', {statement_timeout}, true),
        set_config('lock_timeout', {lock_timeout}, true),
        set_config('idle_in_transaction_session_timeout', {lock_timeout}, true);
 
+-- limit_session --
+-- limit_transaction's limits for the whole session, set once as a worker's connection opens, when it
+-- goes straight to PostgreSQL (no pooler: the server session is this connection's alone and ends with
+-- it). Its statements then need no transaction of their own: one round trip each instead of four.
+SELECT set_config('statement_timeout', {statement_timeout}, false),
+       set_config('lock_timeout', {lock_timeout}, false),
+       set_config('idle_in_transaction_session_timeout', {lock_timeout}, false);
+
 -- is_cancel_requested --
 SELECT cancel_requested FROM queueapp_task WHERE id = %(id)s;
 

@@ -34,7 +34,7 @@ from queueapp.store.maintenance import (
     purge_idempotency_keys,
     set_idempotency_tasks,
 )
-from queueapp.store.poolers import prepared_statements
+from queueapp.store.poolers import behind_pooler, prepared_statements
 from queueapp.store.reports import (
     count_ready,
     database_now,
@@ -118,6 +118,7 @@ __all__ = [
     "WorkerSession",
     "advance_schedule",
     "beat_worker",
+    "behind_pooler",
     "cancel_task",
     "check_arguments",
     "check_listener",

@@ -28,8 +28,10 @@ MODES: dict[str, bool | None] = {"auto": None, "on": True, "off": False, "true":
 """TASKQUEUE["PREPARED_STATEMENTS"] -> prepare always, never, or unless behind a pooler (None); true
 and false are what the setting took before auto."""
 
-_found: dict[str, bool] = {}
-"""Per database alias, for this process: may statements be prepared (auto mode)?"""
+_seen: dict[str, tuple[int, int]] = {}
+"""Per database alias, for this process: (the backend pid its connection announced, the one that
+answered); they differ behind a pooler."""
+_warned: set[str] = set()
 _looking = threading.Lock()
 """One thread looks (web processes enqueue from many), so the WARNING comes once."""
 
@@ -53,14 +55,39 @@ def prepared_statements(using: str = "default") -> bool:
     mode = prepared_mode()
     if mode is not None:
         return mode
-    if using not in _found:
+    pooled = behind_pooler(using)
+    if pooled and using not in _warned:
         with _looking:
-            if using not in _found:
-                _found[using] = not _behind_pooler(using)
-    return _found[using]
+            if using not in _warned:
+                _warned.add(using)
+                announced, serving = _seen[using]
+                logger.warning(
+                    "prepared_statements_off database=%s announced_pid=%s serving_pid=%s: a connection "
+                    "pooler stands between this process and PostgreSQL (the server session that answers "
+                    "is not the one the connection announced); in transaction mode it would mix prepared "
+                    "statements up between clients, so the queue's statements run unprepared. Set "
+                    "TASKQUEUE_PREPARED_STATEMENTS=on if the pooler keeps prepared statements (PgBouncer "
+                    "1.21+ with max_prepared_statements, or session mode), or off to skip this check",
+                    using,
+                    announced,
+                    serving,
+                )
+    return not pooled
 
 
-def _behind_pooler(using: str) -> bool:
+def behind_pooler(using: str = "default") -> bool:
+    """Do this process's connections to the database go through a pooler? The server session that
+    answers is not the one the connection announced. Looked at once per process, on this thread's
+    connection (opened if need be)."""
+    if using not in _seen:
+        with _looking:
+            if using not in _seen:
+                _seen[using] = _pids(using)
+    announced, serving = _seen[using]
+    return announced != serving
+
+
+def _pids(using: str) -> tuple[int, int]:
     db = connections[using]
     db.ensure_connection()
     announced = db.connection.info.backend_pid
@@ -68,20 +95,7 @@ def _behind_pooler(using: str) -> bool:
     # execute wrappers and query log do not see it).
     with db.wrap_database_errors:
         (serving,) = db.connection.execute(QUERIES["serving_backend"], prepare=False).fetchone()
-    if serving == announced:
-        return False
-    logger.warning(
-        "prepared_statements_off database=%s announced_pid=%s serving_pid=%s: a connection pooler "
-        "stands between this process and PostgreSQL (the server session that answers is not the one "
-        "the connection announced); in transaction mode it would mix prepared statements up between "
-        "clients, so the queue's statements run unprepared. Set TASKQUEUE_PREPARED_STATEMENTS=on if "
-        "the pooler keeps prepared statements (PgBouncer 1.21+ with max_prepared_statements, or "
-        "session mode), or off to skip this check",
-        using,
-        announced,
-        serving,
-    )
-    return True
+    return announced, int(serving)
 
 
 @contextlib.contextmanager
