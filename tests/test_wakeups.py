@@ -10,6 +10,7 @@ import functools
 import random
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers import wakeups
 from workers.producer import Producer
+from workers.services import ServiceThread
 from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -349,4 +351,28 @@ def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothin
     assert poll.run_once() == 1  # one child looks, not one per held-back task
     for mine, theirs in lines.values():
         mine.close()
+        theirs.close()
+
+
+def test_a_childs_line_thread_waits_for_its_supervisors_word_and_ends_at_once_when_the_child_stops() -> None:
+    """It no longer wakes every second to look for the stop: stop_hearing ends its wait."""
+    theirs, ours = socket.socketpair()
+    wake, look, stop = threading.Event(), threading.Event(), threading.Event()
+    line = wakeups.SupervisorLine(ours, wake=wake, look=look, stop=stop)
+    thread = ServiceThread(line, interval=0, stop=stop, on_crash=lambda name: None)
+    thread.start()
+    try:
+        theirs.send(wakeups.WAKE)
+        wait_for(wake.is_set, timeout=5, message="the wake-up to get through")
+        stop.set()
+        line.stop_hearing()
+        thread.join(5)
+        assert not thread.is_alive(), "the line's thread waited on for the supervisor after the stop"
+        line.tell(idle=True)  # telling the supervisor still works
+        assert theirs.recv(16) == wakeups.IDLE
+    finally:
+        stop.set()
+        line.stop_hearing()
+        thread.join(5)
+        line.close()
         theirs.close()

@@ -26,6 +26,7 @@ from workers.lease import Lease
 from workers.ledger import Ledger
 from workers.listener import Listener, WorkerHearer
 from workers.producer import Producer
+from workers.services import ServiceThread
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -471,6 +472,33 @@ def test_a_lease_not_renewed_in_time_expires_once_and_for_good() -> None:
     lease.renew(time.monotonic())  # a beat that got through after all comes too late
     assert lease.run_once() is False
     assert expired == [True]
+
+
+def test_the_lease_thread_looks_when_the_lease_would_run_out_not_on_a_timer() -> None:
+    """An idle worker's lease thread woke twice a second to find nothing changed; it now sleeps until
+    the lease would end, and a renewal meanwhile only sends it back to sleep."""
+    expired: list[bool] = []
+    lease = Lease(duration=0.6, on_expired=lambda: expired.append(True))
+    stop = threading.Event()
+    looks: list[float] = []
+
+    class Counted:
+        name = "lease"
+
+        def run_once(self) -> bool:
+            looks.append(time.monotonic())
+            return lease.run_once()
+
+    thread = ServiceThread(Counted(), interval=lease.next_check_in, stop=stop, on_crash=lambda name: None)
+    thread.start()
+    try:
+        assert 0.5 < lease.next_check_in() <= 0.6
+        wait_for(lambda: expired, timeout=5, message="the lease to run out")
+        assert len(looks) <= 3  # at the start and once due (a wait may end a hair early: one more)
+        assert lease.next_check_in() == 0.6  # run out: no spinning on a past deadline
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def test_a_written_off_worker_asks_its_running_tasks_to_stop_without_the_database() -> None:

@@ -37,6 +37,14 @@ class Lease:
             if not self.expired:
                 self.renewed_at = max(self.renewed_at, sent_at)
 
+    def next_check_in(self) -> float:
+        """Seconds until the lease runs out as it stands: the lease thread looks again then, not on a
+        timer (a renewal meanwhile only moves the end later: it waits again). Run out: the duration."""
+        with self.lock:
+            if self.expired:
+                return self.duration
+            return max(self.renewed_at + self.duration - time.monotonic(), 0.01)
+
     def run_once(self) -> bool:
         """True while the lease holds; when it has run out, on_expired is called (once) and False."""
         with self.lock:

@@ -24,10 +24,16 @@ class Service(Protocol):
 
 
 class ServiceThread(threading.Thread):
-    """Runs service.run_once() every interval seconds until stop is set."""
+    """Runs service.run_once() every interval seconds (or as many as interval() says then) until stop
+    is set."""
 
     def __init__(
-        self, service: Service, *, interval: float, stop: threading.Event, on_crash: Callable[[str], None]
+        self,
+        service: Service,
+        *,
+        interval: float | Callable[[], float],
+        stop: threading.Event,
+        on_crash: Callable[[str], None],
     ) -> None:
         super().__init__(name=f"taskqueue-{service.name}", daemon=True)
         self.service = service
@@ -39,7 +45,7 @@ class ServiceThread(threading.Thread):
         try:
             while not self.stop.is_set():
                 self.service.run_once()
-                self.stop.wait(self.interval)
+                self.stop.wait(self.interval() if callable(self.interval) else self.interval)
         except Exception:
             logger.exception("service_crashed service=%s", self.service.name)
             self.on_crash(self.service.name)

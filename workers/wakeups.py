@@ -11,6 +11,7 @@ never lost.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import select
@@ -190,19 +191,26 @@ class SupervisorLine:
         self.told: bool | None = None
         """What the supervisor last heard from us (None: it woke us, and takes us for busy)."""
 
-    def run_once(self, timeout: float = 1.0) -> None:
+    def run_once(self, timeout: float = 30.0) -> None:
+        """Wait for the supervisor's word (stop_hearing ends the wait at once)."""
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return
         heard = self.sock.recv(256)
         if not heard:  # the supervisor is gone: the heartbeat sees to that (orphaned); poll meanwhile
-            self.stop.wait(timeout)
+            self.stop.wait(1.0)
             return
         with self.lock:
             self.told = None
         if LOOK in heard:
             self.look.set()  # before the wake: the round looks at the settings, then claims
         self.wake.set()
+
+    def stop_hearing(self) -> None:
+        """The worker is stopping: the thread that waits in run_once hears the end of the line now
+        (telling the supervisor stays possible)."""
+        with contextlib.suppress(OSError):  # closed already
+            self.sock.shutdown(socket.SHUT_RD)
 
     def tell(self, *, idle: bool) -> None:
         with self.lock:

@@ -159,13 +159,10 @@ class Worker:
         # shutdown writes, which open a fresh one: a connection per process for nothing.
         db.unless_unreachable(store.prepared_statements, "pooler_check_failed worker=%s", self.id)
         connection.close()
-        # Never touches the database: a hung socket cannot hold it. Checked often enough that the
-        # lease is found expired well within a heartbeat interval of its end.
+        # Never touches the database: a hung socket cannot hold it. It looks when the lease would
+        # run out (an idle worker's thread wakes once a lease, not twice a second).
         lease = ServiceThread(
-            self.lease,
-            interval=min(0.5, self.config.heartbeat_interval),
-            stop=self.services_stop,
-            on_crash=self.service_died,
+            self.lease, interval=self.lease.next_check_in, stop=self.services_stop, on_crash=self.service_died
         )
         hearing = [
             ServiceThread(service, interval=0, stop=self.services_stop, on_crash=self.service_died)
@@ -192,6 +189,8 @@ class Worker:
             if self.lease.expired:
                 lease.join()  # lease_expired ends the process, once running tasks had their chance
             self.services_stop.set()
+            if self.line is not None:
+                self.line.stop_hearing()  # its thread waits for the supervisor's word, not a timer
             for thread in threads:
                 thread.join(5)
             if self.config.parent_pid is None:
