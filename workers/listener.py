@@ -9,6 +9,8 @@ each wake-up to one idle child, so a host has one LISTEN connection however many
 from __future__ import annotations
 
 import logging
+import math
+import select
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -72,6 +74,31 @@ class Listener:
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.hearer.missed()  # anything enqueued while we were away was not announced to us
 
+    def hear(self, conn: psycopg.Connection[Any]) -> bool:
+        """Hand on what has come, without waiting: psycopg's backlog (what was notified during its
+        owner's queries) and what the socket holds now. True when our queues' settings changed
+        (the caller reads them, out of the notifies() generator)."""
+        for notify in conn.notifies(timeout=0):
+            if notify.channel == store.SETTINGS_CHANNEL:
+                if notify.payload in self.queues:
+                    return True
+                continue
+            wake = store.parse_wake(notify.payload)
+            if wake.queue in self.queues:
+                self.hearer.enqueued(wake)
+        return False
+
+    @staticmethod
+    def readable(conn: psycopg.Connection[Any], timeout: float) -> bool:
+        """Wait up to timeout for the server to send something. On the socket itself: psycopg's own
+        notifies(timeout) wakes every 100 ms and spins on poll(0) through the last millisecond before
+        its deadline, which was most of an idle supervisor's CPU (docs/benchmarks.md)."""
+        if timeout <= 0:
+            return False
+        waiting = select.poll()
+        waiting.register(conn.fileno(), select.POLLIN)
+        return bool(waiting.poll(math.ceil(timeout * 1000)))
+
     @staticmethod
     def own_connection(conninfo: str) -> psycopg.Connection[Any]:
         return psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
@@ -97,16 +124,12 @@ class Listener:
             if self.conn is None:
                 self.connect()
             assert self.conn is not None
-            changed = False
-            for notify in self.conn.notifies(timeout=timeout):
-                if notify.channel == store.SETTINGS_CHANNEL:
-                    if notify.payload in self.queues:
-                        changed = True
-                        break  # to query the connection, out of its notifies() generator
-                    continue
-                wake = store.parse_wake(notify.payload)
-                if wake.queue in self.queues:
-                    self.hearer.enqueued(wake)
+            # As psycopg's notifies(timeout) did: hand on what comes until the timeout, unless our
+            # queues' settings changed (they are read at once, out of the generator).
+            deadline = time.monotonic() + timeout
+            changed = self.hear(self.conn)
+            while not changed and self.readable(self.conn, deadline - time.monotonic()):
+                changed = self.hear(self.conn)
             if changed:
                 # The settings first, then the wake: woken before, a producer would claim a resumed
                 # queue with the old view (nothing), and the enqueue channel's notification that came
