@@ -12,6 +12,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,6 +126,21 @@ def test_a_task_threads_connection_keeps_the_socket_limits_and_no_statement_limi
     assert seen == [HELD, ("0",)]
 
 
+def beating(worker_id: uuid.UUID, results: list[bool]) -> threading.Thread:
+    """A started thread that beats once for the worker, as its heartbeat thread would, into results."""
+
+    def beat() -> None:
+        db.sends_heartbeats()  # as the worker's heartbeat thread starts
+        try:
+            results.append(Heartbeat(worker_id, on_lost=lambda: None).run_once())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    return thread
+
+
 def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
     limits: db.ConnectionLimits, raw_conn: psycopg.Connection
 ) -> None:
@@ -132,16 +148,9 @@ def test_a_heartbeat_stuck_behind_a_lock_fails_within_the_lock_timeout(
     worker = make_worker()
     results: list[bool] = []
 
-    def beat() -> None:
-        try:
-            results.append(Heartbeat(worker.id, on_lost=lambda: None).run_once())
-        finally:
-            connection.close()
-
     with raw_conn.transaction():
         raw_conn.execute("SELECT 1 FROM queueapp_worker WHERE id = %s FOR UPDATE", [worker.id])
-        thread = threading.Thread(target=beat)
-        thread.start()
+        thread = beating(worker.id, results)
         thread.join(limits.lock_timeout_ms / 1000 + 3)
         stuck = thread.is_alive()
     thread.join(10)
@@ -169,12 +178,6 @@ def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_ha
     lock_timeout = limits.beats.lock_timeout_ms / 1000  # a third of the lease
     results: list[bool] = []
 
-    def beat() -> None:
-        try:
-            results.append(Heartbeat(worker.id, on_lost=lambda: None).run_once())
-        finally:
-            connection.close()
-
     # A third session watches: one in a transaction sees pg_stat_activity as it was at its first look.
     watcher = psycopg.connect(conninfo(), autocommit=True)
     with watcher, psycopg.connect(conninfo(), autocommit=True) as other, raw_conn.transaction():
@@ -191,9 +194,8 @@ def test_a_heartbeat_queued_behind_another_waiter_for_its_row_gives_up_within_ha
             timeout=10,
             message="the first waiter to wait for the row's holder",
         )
-        thread = threading.Thread(target=beat)
         sent_at = time.monotonic()
-        thread.start()
+        thread = beating(worker.id, results)
         queued = wait_for(
             lambda: waiting_for_a_lock(watcher, "%last_heartbeat_at%"),
             timeout=10,

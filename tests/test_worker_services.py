@@ -326,7 +326,8 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         producer.settings_seen(producer.session.flow_view())  # as the listener does on connecting
         producer.session.conn.cursor_factory = Counting
         _, rows = round_(producer, 10)
-        assert len(round_statements) == 2  # the plan setting, the claim
+        # BEGIN, the plan setting, the claim, COMMIT: one pipeline, one round trip.
+        assert [round_statements[0], len(round_statements), round_statements[-1]] == ["BEGIN", 4, "COMMIT"]
         with connection.execute_wrapper(count):
             attempts = [executor.run(row) for row in rows]
         successes = [attempt.success for attempt in attempts if attempt.success]
@@ -336,7 +337,7 @@ def test_statements_per_round_on_the_worker_hot_path_are_pinned() -> None:
         assert more == []
         assert list(statuses.values()) == ["SUCCESSFUL"] * 5
         assert [attempt.outcome for attempt in attempts if not attempt.success] == ["retry"]
-        assert len(round_statements) == 2 + 3  # second round: one finish for five, setting, claim
+        assert len(round_statements) == 4 + 5  # second round: one finish for five, setting, claim
         assert len(task_thread_statements) == 1  # the failure
         assert "queueapp_queuecontrol" not in task_thread_statements[0]  # pays nothing for breakers
         listed = producer.session.conn.execute("SELECT statement FROM pg_prepared_statements")

@@ -204,8 +204,8 @@ def runs_tasks() -> None:
 
 
 def sends_heartbeats() -> None:
-    """This thread sends heartbeats: before its first query, its connection is held to
-    ConnectionLimits.beats."""
+    """This thread sends heartbeats (called as it starts, before its connection opens): its
+    connection is held to ConnectionLimits.beats."""
     _thread.beats = True
 
 

@@ -38,7 +38,6 @@ class Heartbeat:
 
     def run_once(self) -> bool:
         """Beat once; False when the worker is LOST (on_lost was called) or the database is away."""
-        db.sends_heartbeats()  # in the thread that beats, before its first query
         if self.parent_pid is not None and os.getppid() != self.parent_pid and self.on_orphaned:
             logger.error("supervisor_gone worker=%s parent_pid=%s: stopping", self.worker_id, self.parent_pid)
             self.on_orphaned()

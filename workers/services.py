@@ -34,15 +34,20 @@ class ServiceThread(threading.Thread):
         interval: float | Callable[[], float],
         stop: threading.Event,
         on_crash: Callable[[str], None],
+        on_start: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(name=f"taskqueue-{service.name}", daemon=True)
         self.service = service
         self.interval = interval
         self.stop = stop
         self.on_crash = on_crash
+        self.on_start = on_start
+        """Called first in the thread (db.sends_heartbeats: before its connection opens)."""
 
     def run(self) -> None:
         try:
+            if self.on_start is not None:
+                self.on_start()
             while not self.stop.is_set():
                 self.service.run_once()
                 self.stop.wait(self.interval() if callable(self.interval) else self.interval)

@@ -177,6 +177,7 @@ class Worker:
                 interval=self.config.heartbeat_interval,
                 stop=self.services_stop,
                 on_crash=self.service_died,
+                on_start=db.sends_heartbeats,  # its connection: a beat gives up within half the lease
             ),
             *self.housekeeping(),
         ]
