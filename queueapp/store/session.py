@@ -152,8 +152,8 @@ NO_FLOW = FlowView()
 def one_transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """The block's statements in one transaction, pipelined with its BEGIN and COMMIT: one round trip
     unless the block fetches a result before its end. (psycopg's transaction() inside a pipeline opens
-    a pipeline of its own around the block and syncs at the end of each: three round trips, and an
-    empty claim round took 0.39 ms against 0.15; docs/benchmarks.md.) Whatever fails, the transaction
+    a pipeline of its own around the block and syncs at the end of each: three round trips; an empty
+    claim round took 0.56 ms against 0.29 now, docs/benchmarks.md.) Whatever fails, the transaction
     is rolled back before the error goes on."""
     try:
         with conn.pipeline():
