@@ -66,14 +66,14 @@ class Listener:
     def connect(self) -> None:
         conn = self.django_connection() if self.conninfo is None else self.own_connection(self.conninfo)
         conn.execute(f"LISTEN {store.SETTINGS_CHANNEL}")
-        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")
         self.conn = conn
-        self.backoff.reset()
-        self.last_checked = time.monotonic()
         # Said before the hearer acts on it (a supervisor's children look and claim): what they do
         # because the listener connected comes after this line in a shared log.
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.hearer.settings_changed(conn)  # changes from here on are notified
+        conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")  # last: pg_stat_activity shows it while idle
+        self.backoff.reset()
+        self.last_checked = time.monotonic()
         self.hearer.missed()  # anything enqueued while we were away was not announced to us
 
     def hear(self, conn: psycopg.Connection[Any]) -> bool:
