@@ -43,6 +43,10 @@ class Worker(models.Model):
     stopped_at = models.DateTimeField(null=True, blank=True)
     waiting = models.BooleanField(default=False, db_default=False)
     """Free slots and nothing to claim: enqueues on its queues notify (queries.sql mark_worker_waiting)."""
+    wake_channel = models.CharField(max_length=63, null=True, blank=True)  # noqa: DJ001 - none: shared
+    """The channel its wake-ups go to: its listener's own (its supervisor's, or its own), so that a
+    wake-up naming it reaches that one listener instead of every one (migration 0015). None: the
+    shared channel (a worker that does not listen, or of a version before 0015)."""
 
     class Meta:
         indexes = [

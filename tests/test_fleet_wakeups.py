@@ -108,6 +108,10 @@ def test_one_task_is_claimed_by_one_child_only_woken_at_once(
 ) -> None:
     supervisor, _ = fleet(workers, 3)
     assert listeners(raw_conn) == 1  # one LISTEN connection for the three children
+    # Wake-ups naming any of them go to that listener's channel: one channel, not the shared one.
+    alive = models.Worker.objects.filter(state=WorkerState.ALIVE)
+    (channel,) = set(alive.values_list("wake_channel", flat=True))
+    assert channel.startswith("taskqueue_"), channel
     for n in range(5):
         offset = log_size(supervisor)
         task_id = int(tasks.add.enqueue(n, n).id)

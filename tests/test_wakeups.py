@@ -291,6 +291,28 @@ def test_a_task_names_one_waiting_worker_and_a_batch_as_many_as_it_has_tasks(
     assert sorted(named_in_notifications(bare_listener, raw_conn)) == sorted(map(str, waiters))
 
 
+def test_a_wake_up_goes_to_the_named_workers_listener_channel_and_to_the_shared_one_without(
+    bare_listener: psycopg.Connection, raw_conn: psycopg.Connection
+) -> None:
+    """A supervisor hears only the wake-ups naming its own children: 19 of 20 supervisors no longer
+    wake for each task. A row without a channel (a worker of a version before migration 0015) is
+    named on the shared channel, which every listener hears."""
+    supervisor = uuid.uuid4()
+    channel = store.wake_channel(supervisor)
+    assert channel == f"taskqueue_{supervisor.hex}"
+    child = waiting_worker(["default"])
+    models.Worker.objects.filter(id=child.id).update(wake_channel=channel)
+    with psycopg.connect(conninfo(), autocommit=True) as own:
+        own.execute(f"LISTEN {channel}")
+        tasks.add.enqueue(1, 1)
+        heard = [(n.channel, n.payload) for n in own.notifies(timeout=10, stop_after=1)]
+        assert heard == [(channel, f"default {child.id}")]
+        assert named_in_notifications(bare_listener, raw_conn) == []  # not on the shared channel
+        models.Worker.objects.filter(id=child.id).update(wake_channel=None)
+        tasks.add.enqueue(2, 2)
+        assert named_in_notifications(bare_listener, raw_conn) == [str(child.id)]
+
+
 def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothing_when_all_busy(
     raw_conn: psycopg.Connection,
 ) -> None:

@@ -139,6 +139,9 @@ def test_notify_wakes_an_idle_worker_at_once_and_survives_a_killed_listener(
         lambda: listener_pids(raw_conn), timeout=15, message="LISTEN in pg_stat_activity"
     )[0]
     settle(raw_conn)
+    # Wake-ups naming it come on its listener's own channel (migration 0015).
+    (row,) = models.Worker.objects.filter(state="ALIVE")
+    assert row.wake_channel == f"taskqueue_{row.id.hex}"
 
     notified = tasks.add.enqueue(1, 2).id
     wait_for(

@@ -122,6 +122,9 @@ class WorkerConfig:
             inherited=False,
         ),
     )
+    listened_by: UUID | None = None
+    """A forked child's: the supervisor whose listener hears its wake-ups (their channel:
+    store.wake_channel). Set by the supervisor, never an option."""
 
     @property
     def prefetch_max(self) -> int:

@@ -50,12 +50,16 @@ class Listener:
         queues: Collection[str],
         hearer: Hearer,
         stop: threading.Event,
+        channel: str | None = None,
         idle_check: float = 5.0,
     ) -> None:
         self.conninfo = conninfo
         """Where its own connection goes; None: it LISTENs on this thread's Django connection (a
         supervisor's, whose housekeeping runs on it between waits: one connection for the host)."""
         self.queues = frozenset(queues)
+        self.channel = channel
+        """Its own channel (store.wake_channel), where wake-ups naming its workers come; the shared
+        one brings the rest (a resumed queue, and workers of a version before migration 0015)."""
         self.hearer = hearer
         self.stop = stop
         self.idle_check = idle_check
@@ -71,6 +75,8 @@ class Listener:
         # because the listener connected comes after this line in a shared log.
         logger.info("listening channel=%s", store.NOTIFY_CHANNEL)
         self.hearer.settings_changed(conn)  # changes from here on are notified
+        if self.channel is not None:
+            conn.execute(f"LISTEN {self.channel}")
         conn.execute(f"LISTEN {store.NOTIFY_CHANNEL}")  # last: pg_stat_activity shows it while idle
         self.backoff.reset()
         self.last_checked = time.monotonic()

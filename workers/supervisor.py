@@ -109,7 +109,13 @@ class Supervisor:
             # On the housekeeping's Django connection (one connection for the host), unless LISTEN
             # must go elsewhere (TASKQUEUE_LISTEN_DATABASE_URL: DATABASE_URL is a pooler's).
             own = db.listen_conninfo(self.limits) if conf.get().listen_database_url else None
-            self.listener = Listener(own, queues=config.queues, hearer=dispatcher, stop=self.stopping)
+            self.listener = Listener(
+                own,
+                queues=config.queues,
+                hearer=dispatcher,
+                stop=self.stopping,
+                channel=store.wake_channel(config.worker_id),
+            )
             self.child_poll = wakeups.ChildPoll(dispatcher)
             services.append((self.child_poll, config.poll_interval))
         self.housekeeping = Rotation(services)
@@ -168,7 +174,12 @@ class Supervisor:
         line: wakeups.ChildLine | None = None
         if self.config.metrics_port is None:
             child = dataclasses.replace(
-                self.config, processes=1, worker_id=worker_id, parent_pid=os.getpid(), metrics_port=None
+                self.config,
+                processes=1,
+                worker_id=worker_id,
+                parent_pid=os.getpid(),
+                metrics_port=None,
+                listened_by=None if self.listener is None else self.config.worker_id,
             )
             if self.listener is None:
                 process = ForkedWorker(child)

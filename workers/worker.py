@@ -122,7 +122,11 @@ class Worker:
                 on_settings=self.producer.settings_seen,
             )
             self.listener = Listener(
-                db.listen_conninfo(self.limits), queues=config.queues, hearer=hearer, stop=self.services_stop
+                db.listen_conninfo(self.limits),
+                queues=config.queues,
+                hearer=hearer,
+                stop=self.services_stop,
+                channel=store.wake_channel(self.id),
             )
         # No listener reads the settings for it: the producer does. A listener looks every few
         # seconds; should it stay disconnected, the producer looks after twice that.
@@ -240,6 +244,7 @@ class Worker:
                 pid=os.getpid(),
                 queues=self.config.queues,
                 concurrency=self.config.concurrency,
+                wake_channel=self.wake_channel(),
             )
             return sent_at
 
@@ -257,6 +262,13 @@ class Worker:
             self.config.concurrency,
         )
         return True
+
+    def wake_channel(self) -> str | None:
+        """Where wake-ups naming this worker go: its supervisor's listener's channel, or its own
+        listener's; None when it hears none (it polls, or its supervisor does not listen)."""
+        if self.line is not None and self.config.listened_by is not None:
+            return store.wake_channel(self.config.listened_by)
+        return None if self.listener is None else self.listener.channel
 
     def loop(self) -> None:
         """A round whenever woken (a task done, NOTIFY) or when the poll timer fires."""

@@ -700,8 +700,10 @@ WHERE t.id = r.id AND t.attempts = r.attempt AND t.status = 'RUNNING' AND t.work
 RETURNING t.id;
 
 -- register_worker --
-INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at)
-VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::varchar[], %(concurrency)s, 'ALIVE', now(), now());
+INSERT INTO queueapp_worker (id, hostname, pid, queues, concurrency, state, started_at, last_heartbeat_at,
+                             wake_channel)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s::varchar[], %(concurrency)s, 'ALIVE', now(), now(),
+        %(wake_channel)s);
 
 -- beat_worker --
 -- No row back means the worker was marked LOST (or STOPPED): it must stop claiming and exit.

@@ -80,7 +80,7 @@ from queueapp.store.tasks import (
     stage_tasks,
 )
 from queueapp.store.timeouts import StatementLimits
-from queueapp.store.wakeups import Wake, check_listener, name_listener, parse_wake
+from queueapp.store.wakeups import Wake, check_listener, name_listener, parse_wake, wake_channel
 from queueapp.store.workers import (
     HOUSEKEEPING,
     ReapOutcome,
@@ -174,5 +174,6 @@ __all__ = [
     "take_housekeeping",
     "timed_tasks",
     "upsert_code_schedule",
+    "wake_channel",
     "why_waiting",
 ]

@@ -1,5 +1,6 @@
 """What an enqueue's notification says: the queue, and which waiting worker should claim (migration
-0013: queueapp_wake_waiters names one per task, at random among those waiting)."""
+0013: queueapp_wake_waiters names one per task, at random among those waiting), and where it goes:
+to the channel of the named worker's listener (migration 0015), not to every listener."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from uuid import UUID
 import psycopg
 
 from queueapp.sql import QUERIES
+from queueapp.store.rows import NOTIFY_CHANNEL
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +22,12 @@ class Wake:
 
     def for_worker(self, worker_id: UUID) -> bool:
         return self.named is None or self.named == worker_id
+
+
+def wake_channel(listener: UUID) -> str:
+    """The channel of one listener (a supervisor's, or a lone worker's own), for the wake-ups that
+    name a worker it hears for: "taskqueue_<32 hex digits>", a plain identifier for LISTEN."""
+    return f"{NOTIFY_CHANNEL}_{listener.hex}"
 
 
 def parse_wake(payload: str) -> Wake:

@@ -19,8 +19,10 @@ def register_worker(
     pid: int,
     queues: Sequence[str],
     concurrency: int,
+    wake_channel: str | None = None,
     using: str = "default",
 ) -> None:
+    """wake_channel: where wake-ups naming it go (store.wake_channel of its listener), if it listens."""
     with connections[using].cursor() as cursor:
         cursor.execute(
             QUERIES["register_worker"],
@@ -30,6 +32,7 @@ def register_worker(
                 "pid": pid,
                 "queues": list(queues),
                 "concurrency": concurrency,
+                "wake_channel": wake_channel,
             },
         )
 
