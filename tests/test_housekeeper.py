@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from queueapp import models, store
 from tests import tasks
 from tests.helpers import WorkerProcess, wait_for
 from workers.housekeeper import Housekeeping, Housekept
+from workers.services import Rotation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,6 +65,33 @@ def test_only_the_holder_runs_its_services() -> None:
     assert Housekept(ours, first).run_once() == 1
     assert Housekept(theirs, second).run_once() is None
     assert (ours.runs, theirs.runs) == (1, 0)
+
+
+def test_a_rotation_waits_for_a_housekept_service_until_the_next_try_while_another_holds_the_row() -> None:
+    """A supervisor that does not hold the row wakes for its stager and scheduler at each try for the
+    row, not at their interval (each wake-up costs CPU); while it holds the row, at their interval."""
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=600)
+    assert first.held()
+    theirs = Counting()
+    rotation = Rotation([(Housekept(theirs, second), 1.0)], slack=0)
+    assert rotation.run_due() > 500  # not held: back at the next try, ten minutes away
+    assert theirs.runs == 0
+    first.give_up()
+    ours = Counting()
+    rotation = Rotation([(Housekept(ours, Housekeeping(uuid.uuid4(), try_every=600)), 1.0)], slack=0)
+    assert rotation.run_due() <= 1.0  # held: back at its interval
+    assert ours.runs == 1
+
+
+def test_a_rotation_runs_services_due_within_its_slack_with_the_one_due_now() -> None:
+    now, later = Counting(), Counting()
+    rotation = Rotation([(now, 10.0), (later, 10.0)], slack=0.5)
+    rotation.due = [time.monotonic() - 1, time.monotonic() + 0.4]
+    rotation.run_due()
+    assert (now.runs, later.runs) == (1, 1)  # one wake-up for both
+    rotation.due = [time.monotonic() - 1, time.monotonic() + 5]
+    assert rotation.run_due() == pytest.approx(5, abs=0.5)
+    assert (now.runs, later.runs) == (2, 1)
 
 
 def test_between_tries_the_answer_is_the_last_one_without_a_statement() -> None:

@@ -355,6 +355,35 @@ def test_a_sigterm_that_reaches_a_child_still_being_forked_stops_it(workers: Sta
     assert "worker_started" not in supervisor.output()  # it never ran a worker
 
 
+@pytest.mark.parametrize("notify", ["on", "off"])
+def test_an_idle_supervisor_sleeps_until_a_service_is_due_but_a_child_exit_or_a_signal_wakes_it(
+    workers: Start, notify: str
+) -> None:
+    """Its loop sleeps until its next service (here ten minutes away), listening or not: a child's
+    exit (SIGCHLD) and SIGTERM wake it at once through the wakeup fd, as the 0.5 s poll of its
+    children did, which cost an idle fleet two wake-ups a second per host."""
+    quiet = {
+        "TASKQUEUE_NOTIFY": notify,
+        "TASKQUEUE_STAGE_INTERVAL": "600",
+        "TASKQUEUE_SCHEDULE_INTERVAL": "600",
+        "TASKQUEUE_SCHEDULE_GRACE": "1200",
+        "TASKQUEUE_STALE_AFTER": "1200",  # the reaper every 600 s
+    }
+    supervisor = workers("--processes", "2", "--concurrency", "1", "--poll-interval", "600", env=quiet)
+    wait_for(lambda: len(child_pids(supervisor.pid)) == 2, timeout=30, message="two children")
+    wait_for(
+        lambda: models.Worker.objects.filter(state="ALIVE").count() == 2, timeout=30, message="registered"
+    )
+    os.kill(child_pids(supervisor.pid)[0], signal.SIGKILL)
+    wait_for(
+        lambda: supervisor.output().count("child_started") == 3,
+        timeout=10,
+        message=lambda: f"the killed child replaced at once; log:\n{supervisor.output()}",
+    )
+    supervisor.signal(signal.SIGTERM)
+    assert supervisor.wait(10) == 0, supervisor.output()
+
+
 def running(pid: int) -> bool:
     """Not exited: an orphan's new parent may be slow to reap it, so a zombie counts as gone."""
     try:

@@ -80,6 +80,8 @@ class ForkedWorker:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the supervisor's word (a timed task), not ours
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)  # the supervisor's loop is woken by its signals, not by ours
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a SIGTERM that came meanwhile: exit now
             os.setpgid(0, 0)
             for end in supervisor_ends:

@@ -59,6 +59,12 @@ class Housekeeping:
                 self.attempt(now)
             return time.monotonic() < self.held_until
 
+    def paused_until(self) -> float:
+        """time.monotonic() of the next try while another process holds the row (until then held()
+        says False without a statement); 0 while this one holds it."""
+        with self.lock:
+            return 0.0 if time.monotonic() < self.held_until else self.next_try
+
     def attempt(self, sent_at: float) -> None:
         outcome = db.unless_unreachable(self.take, "housekeeping_try_failed holder=%s", self.holder)
         if outcome is None:
@@ -105,3 +111,7 @@ class Housekept:
 
     def run_once(self) -> object:
         return self.service.run_once() if self.housekeeping.held() else None
+
+    def paused_until(self) -> float:
+        """Its loop need not come back before the next try for the row (workers.services.next_run)."""
+        return self.housekeeping.paused_until()

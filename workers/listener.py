@@ -8,9 +8,11 @@ each wake-up to one idle child, so a host has one LISTEN connection however many
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -24,6 +26,10 @@ from queueapp import store
 from workers import db
 
 logger = logging.getLogger(__name__)
+
+
+IDLE_CHECK = 5.0
+"""Seconds without a word from the server after which a listener checks its connection."""
 
 
 class Hearer(Protocol):
@@ -51,7 +57,8 @@ class Listener:
         hearer: Hearer,
         stop: threading.Event,
         channel: str | None = None,
-        idle_check: float = 5.0,
+        interrupt: socket.socket | None = None,
+        idle_check: float = IDLE_CHECK,
     ) -> None:
         self.conninfo = conninfo
         """Where its own connection goes; None: it LISTENs on this thread's Django connection (a
@@ -61,6 +68,9 @@ class Listener:
         """Its own channel (store.wake_channel), where wake-ups naming its workers come; the shared
         one brings the rest (a resumed queue, and workers of a version before migration 0015)."""
         self.hearer = hearer
+        self.interrupt = interrupt
+        """Readable when its owner has something to do at once (a supervisor's signals: a child
+        exited, stop): run_once returns then, instead of at its timeout."""
         self.stop = stop
         self.idle_check = idle_check
         self.conn: psycopg.Connection[Any] | None = None
@@ -96,16 +106,22 @@ class Listener:
                 self.hearer.enqueued(wake)
         return False
 
-    @staticmethod
-    def readable(conn: psycopg.Connection[Any], timeout: float) -> bool:
-        """Wait up to timeout for the server to send something. On the socket itself: psycopg's own
-        notifies(timeout) wakes every 100 ms and spins on poll(0) through the last millisecond before
-        its deadline, which was most of an idle supervisor's CPU (docs/benchmarks.md)."""
+    def readable(self, conn: psycopg.Connection[Any], timeout: float) -> bool:
+        """Wait up to timeout for the server to send something; False also when interrupted. On the
+        socket itself: psycopg's own notifies(timeout) wakes every 100 ms and spins on poll(0)
+        through the last millisecond before its deadline, which was most of an idle supervisor's
+        CPU (docs/benchmarks.md)."""
         if timeout <= 0:
             return False
         waiting = select.poll()
         waiting.register(conn.fileno(), select.POLLIN)
-        return bool(waiting.poll(math.ceil(timeout * 1000)))
+        if self.interrupt is not None:
+            waiting.register(self.interrupt.fileno(), select.POLLIN)
+        ready = {fd for fd, _ in waiting.poll(math.ceil(timeout * 1000))}
+        if self.interrupt is not None and self.interrupt.fileno() in ready:
+            drain(self.interrupt)
+            return False  # what the server sent meanwhile is heard at the next run_once
+        return bool(ready)
 
     @staticmethod
     def own_connection(conninfo: str) -> psycopg.Connection[Any]:
@@ -164,6 +180,13 @@ class Listener:
                 except psycopg.Error:
                     logger.debug("closing the listener connection failed", exc_info=True)
             self.conn = None
+
+
+def drain(sock: socket.socket) -> None:
+    """Read what a non-blocking socket holds, to its end."""
+    with contextlib.suppress(BlockingIOError):
+        while sock.recv(4096):
+            pass
 
 
 class WorkerHearer:

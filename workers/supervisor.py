@@ -19,6 +19,11 @@ and scheduler, all in its main loop and on one Django connection (two when LISTE
 than DATABASE_URL: TASKQUEUE_LISTEN_DATABASE_URL); what is notified while housekeeping runs a query
 waits in psycopg's backlog. A child has only its rounds' session and its heartbeat's connection. No
 thread: a thread holding a lock at a fork would leave the child a lock nobody releases.
+
+The loop sleeps until a service is due or something happens: a notification, a child's exit
+(SIGCHLD), a signal to stop or of a timed task (each wakes it through signal.set_wakeup_fd). An idle
+supervisor wakes for its services alone, and those due within half a second of each other run
+together (workers.services.Rotation): a wake-up is not free (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -48,7 +55,7 @@ from workers.executor import fail_attempt
 from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
 from workers.housekeeper import Housekeeping, Housekept
-from workers.listener import Listener
+from workers.listener import IDLE_CHECK, Listener, drain
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
 from workers.services import Rotation, Service
@@ -97,6 +104,12 @@ class Supervisor:
         """A child may be running a task with a timeout (SIGUSR1 says it claimed one)."""
         self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
         self.limits = db.ConnectionLimits(config.stale_after)
+        # The main loop sleeps until a service is due, unless woken: every signal it handles (a
+        # child's exit, stop, a timed task) writes a byte to waker (signal.set_wakeup_fd), which
+        # makes woken readable for the loop's wait.
+        self.woken, self.waker = socket.socketpair()
+        for end in (self.woken, self.waker):
+            end.setblocking(False)
         self.listener: Listener | None = None
         self.child_poll: wakeups.ChildPoll | None = None
         if conf.get().notify and config.metrics_port is None:
@@ -115,6 +128,11 @@ class Supervisor:
                 hearer=dispatcher,
                 stop=self.stopping,
                 channel=store.wake_channel(config.worker_id),
+                interrupt=self.woken,
+                # On the housekeeping's connection, the housekeeping's own statements (a try for the
+                # row every few seconds at least) find it dead, and its reset makes the listener
+                # LISTEN again: a check of its own would be one more statement for nothing.
+                idle_check=math.inf if own is None else IDLE_CHECK,
             )
             self.child_poll = wakeups.ChildPoll(dispatcher)
             services.append((self.child_poll, config.poll_interval))
@@ -124,6 +142,8 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self.handle_signal)
         signal.signal(signal.SIGINT, self.handle_signal)
         signal.signal(signal.SIGUSR1, self.handle_timed_task)
+        signal.signal(signal.SIGCHLD, self.handle_child_exit)
+        signal.set_wakeup_fd(self.waker.fileno(), warn_on_full_buffer=False)
         self.limits.install()  # inherited by forked children
         with tempfile.TemporaryDirectory(prefix="taskqueue-metrics-") as metrics_dir:
             if self.config.metrics_port is not None:
@@ -133,20 +153,28 @@ class Supervisor:
             try:
                 while not self.stopping.is_set():
                     self.run_once()
-                    self.listen(min(self.check_interval, self.housekeeping.run_due()))
+                    self.listen(self.next_pass_in(self.housekeeping.run_due()))
             finally:
                 self.housekeeper.give_up()
                 if self.listener is not None:
                     self.listener.close()
             return self.wait_for_children()
 
+    def next_pass_in(self, housekeeping_due: float) -> float:
+        """Seconds the loop may sleep: until a service is due, or check_interval while it asks the
+        database again each pass (a child may run a task with a timeout; a dead child's tasks are
+        not reaped yet). A child's exit and signals wake it sooner (self.woken)."""
+        if self.timed_tasks.is_set() or self.unreaped:
+            return min(self.check_interval, housekeeping_due)
+        return housekeeping_due
+
     def listen(self, timeout: float) -> None:
-        """Wait for timeout: listening for the children, when this supervisor listens (in this
-        thread: a supervisor with threads could fork a child holding a lock one of them held)."""
-        if self.listener is None:
-            self.stopping.wait(timeout)
-        else:
+        """Wait for timeout, or until woken: listening for the children, when this supervisor listens
+        (in this thread: a supervisor with threads could fork a child holding a lock one of them held)."""
+        if self.listener is not None:
             self.listener.run_once(timeout=timeout)
+        elif select.select([self.woken], [], [], timeout)[0]:
+            drain(self.woken)
 
     def poll_children_soon(self) -> None:
         """Notifications may have been missed: poll for the children on the next pass."""
@@ -181,12 +209,14 @@ class Supervisor:
                 metrics_port=None,
                 listened_by=None if self.listener is None else self.config.worker_id,
             )
+            # The child closes the supervisor's ends of every socket pair (its own line's included).
+            wakeup = [self.woken, self.waker]
             if self.listener is None:
-                process = ForkedWorker(child)
+                process = ForkedWorker(child, supervisor_ends=wakeup)
             else:
                 ours, theirs = socket.socketpair()
                 ends = [c.line.sock for c in self.children if c.line is not None]
-                process = ForkedWorker(child, line=theirs, supervisor_ends=[*ends, ours])
+                process = ForkedWorker(child, line=theirs, supervisor_ends=[*ends, ours, *wakeup])
                 theirs.close()
                 line = wakeups.ChildLine(ours)
         else:
@@ -295,6 +325,10 @@ class Supervisor:
 
     def handle_timed_task(self, signum: int, frame: FrameType | None) -> None:
         self.timed_tasks.set()
+
+    def handle_child_exit(self, signum: int, frame: FrameType | None) -> None:
+        """Nothing to do here: the signal's byte on the wakeup fd wakes the loop, whose next pass
+        reaps the child and starts another."""
 
     def wait_for_children(self) -> int:
         codes = [child.process.wait() for child in self.children if not child.handled]
