@@ -153,7 +153,8 @@ class Supervisor:
             try:
                 while not self.stopping.is_set():
                     self.run_once()
-                    self.listen(self.next_pass_in(self.housekeeping.run_due()))
+                    if not self.stopping.is_set():  # a burst's last child exited: done, not a wait more
+                        self.listen(self.next_pass_in(self.housekeeping.run_due()))
             finally:
                 self.housekeeper.give_up()
                 if self.listener is not None:
