@@ -202,6 +202,7 @@ def test_a_claim_a_database_crash_undid_runs_again_and_its_first_worker_is_fence
                 "pid": 1,
                 "queues": ["default", "emails"],
                 "concurrency": 1,
+                "wake_channel": None,
             }
             conn.execute(QUERIES["register_worker"], params)
     session = Session(url, first)
