@@ -83,6 +83,22 @@ def test_a_rotation_waits_for_a_housekept_service_until_the_next_try_while_anoth
     assert ours.runs == 1
 
 
+def test_a_try_for_the_row_comes_with_another_service_within_the_slack(raw_conn: psycopg.Connection) -> None:
+    """A supervisor's stager runs early with its poll for the children: the try for the row comes
+    with it, not at a wake-up of its own (nor a stage interval late)."""
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=600)
+    assert first.held()
+    assert not second.held()  # next try in ten minutes
+    expire(raw_conn)  # its holder died
+    second.next_try = time.monotonic() + 0.4
+    poll, stager = Counting(), Counting()
+    rotation = Rotation([(poll, 2.0), (Housekept(stager, second), 1.0)], slack=0.5)
+    rotation.due = [time.monotonic() - 0.1, second.next_try]
+    rotation.run_due()
+    assert holder() == second.holder  # tried early, with the poll: taken
+    assert (poll.runs, stager.runs) == (1, 1)
+
+
 def test_a_rotation_runs_services_due_within_its_slack_with_the_one_due_now() -> None:
     now, later = Counting(), Counting()
     rotation = Rotation([(now, 10.0), (later, 10.0)], slack=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -374,6 +375,12 @@ def test_an_idle_supervisor_sleeps_until_a_service_is_due_but_a_child_exit_or_a_
     wait_for(
         lambda: models.Worker.objects.filter(state="ALIVE").count() == 2, timeout=30, message="registered"
     )
+    # At rest it does not wake: its main thread's voluntary context switches over two seconds (a
+    # count, not a time; the 0.5 s poll of its children made four wake-ups or more).
+    status = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/status")
+    before = switches(status)
+    time.sleep(2)  # the window in which nothing should happen
+    assert switches(status) - before <= 1
     os.kill(child_pids(supervisor.pid)[0], signal.SIGKILL)
     wait_for(
         lambda: supervisor.output().count("child_started") == 3,
@@ -382,6 +389,11 @@ def test_an_idle_supervisor_sleeps_until_a_service_is_due_but_a_child_exit_or_a_
     )
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(10) == 0, supervisor.output()
+
+
+def switches(status: Path) -> int:
+    (line,) = [line for line in status.read_text().splitlines() if line.startswith("voluntary_ctxt_switches")]
+    return int(line.split()[1])
 
 
 def running(pid: int) -> bool:

@@ -25,7 +25,7 @@ from uuid import UUID
 
 from queueapp import store
 from workers import db
-from workers.services import Service
+from workers.services import SLACK, Service
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,16 @@ class Housekeeping:
     """Whether this process holds the housekeeping row, asked by each service it may run (a lone
     worker's run in threads of their own: hence the lock)."""
 
-    def __init__(self, holder: UUID, *, ttl: float = TTL, try_every: float = TRY_EVERY) -> None:
+    def __init__(
+        self, holder: UUID, *, ttl: float = TTL, try_every: float = TRY_EVERY, early: float = SLACK
+    ) -> None:
         self.holder = holder
         self.ttl = ttl
         self.try_every = try_every
+        self.early = early
+        """Seconds before its time a try may come: a supervisor's Rotation runs its stager and
+        scheduler up to SLACK early, with another service, and the try comes with them (else it
+        would wait for a wake-up of its own, or for the stager's next run)."""
         self.lock = threading.Lock()
         self.held_until = 0.0
         """time.monotonic() when the row this process holds expires (as of the last take or renewal)."""
@@ -54,7 +60,7 @@ class Housekeeping:
         """True while this process holds the row: taken or renewed at most every try_every seconds."""
         with self.lock:
             now = time.monotonic()
-            if now >= self.next_try:
+            if now + self.early >= self.next_try:
                 self.next_try = now + self.try_every
                 self.attempt(now)
             return time.monotonic() < self.held_until

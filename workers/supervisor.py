@@ -28,6 +28,7 @@ together (workers.services.Rotation): a wake-up is not free (docs/benchmarks.md)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -102,6 +103,10 @@ class Supervisor:
         self.restart_delay = 0.0
         self.timed_tasks = threading.Event()
         """A child may be running a task with a timeout (SIGUSR1 says it claimed one)."""
+        self.next_timeout_check = 0.0
+        """time.monotonic() before which the timeouts are not asked about again: a child signals
+        every round that claims a timed task, and each signal wakes the loop (at most one question
+        per check_interval, however many signals)."""
         self.child_env = {**os.environ, "DJANGO_SETTINGS_MODULE": self.settings_module()}
         self.limits = db.ConnectionLimits(config.stale_after)
         # The main loop sleeps until a service is due, unless woken: every signal it handles (a
@@ -162,12 +167,16 @@ class Supervisor:
             return self.wait_for_children()
 
     def next_pass_in(self, housekeeping_due: float) -> float:
-        """Seconds the loop may sleep: until a service is due, or check_interval while it asks the
-        database again each pass (a child may run a task with a timeout; a dead child's tasks are
-        not reaped yet). A child's exit and signals wake it sooner (self.woken)."""
-        if self.timed_tasks.is_set() or self.unreaped:
-            return min(self.check_interval, housekeeping_due)
-        return housekeeping_due
+        """Seconds the loop may sleep: until a service is due, or sooner while it asks the database
+        again (the next timeout check, while a child may run a task with a timeout; check_interval,
+        while a dead child's tasks are not reaped yet). A child's exit and signals wake it sooner
+        (self.woken)."""
+        due = housekeeping_due
+        if self.timed_tasks.is_set():
+            due = min(due, max(self.next_timeout_check - time.monotonic(), 0.0))
+        if self.unreaped:
+            due = min(due, self.check_interval)
+        return due
 
     def listen(self, timeout: float) -> None:
         """Wait for timeout, or until woken: listening for the children, when this supervisor listens
@@ -178,9 +187,12 @@ class Supervisor:
             drain(self.woken)
 
     def poll_children_soon(self) -> None:
-        """Notifications may have been missed: poll for the children on the next pass."""
+        """Notifications may have been missed: poll for the children on the next pass, at once (the
+        listener calls this from within its wait, which the byte on woken ends)."""
         if self.child_poll is not None:
             self.housekeeping.hurry(self.child_poll)
+            with contextlib.suppress(OSError):  # full of wake-ups already: the wait ends anyway
+                self.waker.send(b"p")
 
     def child_lines(self) -> dict[UUID, wakeups.ChildLine]:
         return {
@@ -279,6 +291,9 @@ class Supervisor:
     def kill_timed_out(self) -> None:
         if not self.timed_tasks.is_set():
             return  # no child has claimed a task with a timeout since none was found running
+        if time.monotonic() < self.next_timeout_check:
+            return  # asked less than check_interval ago (next_pass_in wakes the loop for the next)
+        self.next_timeout_check = time.monotonic() + self.check_interval
         self.timed_tasks.clear()  # first: a SIGUSR1 during the query sets it again
         alive = {child.worker_id: child for child in self.children if child.process.poll() is None}
         timed = db.unless_unreachable(lambda: store.timed_tasks(list(alive)), "timeout_check_failed")
