@@ -59,6 +59,18 @@ def test_one_process_holds_the_row_and_renews_it_while_the_other_waits() -> None
     assert renewed.expires_at > taken.expires_at
 
 
+def test_a_try_for_a_row_another_process_holds_writes_nothing(raw_conn: psycopg.Connection) -> None:
+    """Not even a row lock (a write: every process's try would commit with a WAL flush)."""
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.held()
+    locked_by = "SELECT xmax FROM queueapp_housekeeper"
+    (before,) = raw_conn.execute(locked_by).fetchone()
+    assert not second.held()
+    assert raw_conn.execute(locked_by).fetchone() == (before,)
+    expire(raw_conn)
+    assert second.held()  # an expired row is still taken over
+
+
 def test_only_the_holder_runs_its_services() -> None:
     first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
     ours, theirs = Counting(), Counting()

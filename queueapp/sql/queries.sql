@@ -1000,9 +1000,14 @@ DROP TABLE {partition};
 -- One process runs the fleet's stager and scheduler (workers.housekeeper): it holds this row for
 -- ttl seconds and renews it; any other takes it once it expired (a holder that died) or was given
 -- up (a holder that stopped). A row comes back only to the process that holds it now. The clock is
--- the database's, so hosts with skewed clocks agree on when a holder expired.
+-- the database's, so hosts with skewed clocks agree on when a holder expired. A row another process
+-- holds and that has not expired is only read: ON CONFLICT would lock it even when its WHERE then
+-- fails, and a lock is a write, committed with a WAL flush, by every process of the fleet at every
+-- try. The WHERE below decides again, on the locked row, for those that do get that far.
 INSERT INTO queueapp_housekeeper AS h (role, holder, hostname, pid, taken_at, expires_at)
-VALUES (%(role)s, %(holder)s::uuid, %(hostname)s, %(pid)s, now(), now() + make_interval(secs => %(ttl)s::float8))
+SELECT %(role)s, %(holder)s::uuid, %(hostname)s, %(pid)s, now(), now() + make_interval(secs => %(ttl)s::float8)
+WHERE NOT EXISTS (SELECT 1 FROM queueapp_housekeeper
+                  WHERE role = %(role)s AND holder <> %(holder)s::uuid AND expires_at >= now())
 ON CONFLICT (role) DO UPDATE
 SET holder = excluded.holder, hostname = excluded.hostname, pid = excluded.pid,
     taken_at = CASE WHEN h.holder = excluded.holder THEN h.taken_at ELSE excluded.taken_at END,
