@@ -71,6 +71,18 @@ def test_a_try_for_a_row_another_process_holds_writes_nothing(raw_conn: psycopg.
     assert second.held()  # an expired row is still taken over
 
 
+def test_a_try_can_count_ready_tasks_in_the_same_statement() -> None:
+    for n in range(3):
+        tasks.add.enqueue(n, n)
+    tasks.add.using(queue_name="emails").enqueue(1, 1)
+    first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
+    assert first.try_counting(["default"], cap=2) == 2  # counted up to cap, and the row taken
+    assert holder() == first.holder
+    assert second.try_counting(["default", "emails"], cap=10) == 4  # held elsewhere: counted all the same
+    assert holder() == first.holder
+    assert first.try_counting([], cap=5) == 0  # nothing asked: nothing counted
+
+
 def test_only_the_holder_runs_its_services() -> None:
     first, second = Housekeeping(uuid.uuid4(), try_every=0), Housekeeping(uuid.uuid4(), try_every=0)
     ours, theirs = Counting(), Counting()

@@ -31,6 +31,7 @@ from tests.conftest import collect_until_sentinel, conninfo, make_worker, waitin
 from tests.helpers import WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers import wakeups
+from workers.housekeeper import Housekeeping, Housekept
 from workers.producer import Producer
 from workers.services import ServiceThread
 from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
@@ -38,6 +39,19 @@ from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
 pytestmark = pytest.mark.django_db(transaction=True)
 
 NOTIFY_OFF: dict[str, Any] = {**TASKQUEUE, "NOTIFY": False}
+
+
+class Counting:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run_once(self) -> int:
+        self.runs += 1
+        return self.runs
+
+
 ERROR = {"exception_class_path": "builtins.RuntimeError", "message": "boom", "traceback": ""}
 
 
@@ -374,6 +388,36 @@ def test_the_supervisors_poll_wakes_an_idle_child_per_ready_task_and_asks_nothin
     for mine, theirs in lines.values():
         mine.close()
         theirs.close()
+
+
+def test_the_supervisors_poll_and_its_try_for_the_housekeeping_row_are_one_statement_when_both_are_due() -> (
+    None
+):
+    """An idle supervisor's only statement every poll interval: its count for its waiting children
+    comes with its try for the housekeeping row (the stager after it finds the row tried)."""
+    first, second = socket.socketpair()
+    child = uuid.uuid4()
+    dispatcher = wakeups.Dispatcher(
+        lambda: {child: wakeups.ChildLine(first)}, queues=["default"], on_missed=lambda: None
+    )
+    housekeeping = Housekeeping(uuid.uuid4(), try_every=60)
+    poll = wakeups.ChildPoll(dispatcher, housekeeping)
+    stager = Housekept(Counting(), housekeeping)
+    tasks.add.enqueue(1, 2)
+    second.send(wakeups.IDLE)
+    with CaptureQueriesContext(connection) as queries:
+        assert poll.run_once() == 1  # one READY task: the waiting child woken
+        stager.run_once()
+    assert len(queries) == 1, [q["sql"] for q in queries]
+    assert "queueapp_housekeeper" in queries[0]["sql"]
+    assert housekeeping.held()  # the try took the row (no statement: tried just now)
+    second.send(wakeups.IDLE)
+    with CaptureQueriesContext(connection) as queries:
+        assert poll.run_once() == 1  # no try due: the count alone
+    assert len(queries) == 1
+    assert "queueapp_housekeeper" not in queries[0]["sql"]
+    first.close()
+    second.close()
 
 
 def test_a_childs_line_thread_waits_for_its_supervisors_word_and_ends_at_once_when_the_child_stops() -> None:

@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import time
-from typing import Literal
+from collections.abc import Sequence
 from uuid import UUID
 
 from queueapp import store
@@ -33,8 +33,6 @@ TTL = 5.0
 """Seconds a holder's row lasts unless renewed: with TRY_EVERY, how long the stager and the scheduler
 may pause after their holder dies (schedules allow 10 s of lateness by default: --schedule-grace)."""
 TRY_EVERY = TTL / 2
-
-Try = Literal["taken", "renewed", "elsewhere"]
 
 
 class Housekeeping:
@@ -59,11 +57,20 @@ class Housekeeping:
     def held(self) -> bool:
         """True while this process holds the row: taken or renewed at most every try_every seconds."""
         with self.lock:
-            now = time.monotonic()
-            if now + self.early >= self.next_try:
-                self.next_try = now + self.try_every
-                self.attempt(now)
+            if self.try_due():
+                self.attempt(time.monotonic())
             return time.monotonic() < self.held_until
+
+    def try_due(self) -> bool:
+        """held() would try for the row now (a statement)."""
+        return time.monotonic() + self.early >= self.next_try
+
+    def try_counting(self, queues: Sequence[str], cap: int) -> int | None:
+        """Try for the row now, and count the READY tasks of queues up to cap in the same statement
+        (a supervisor's poll for its children, workers.wakeups.ChildPoll: one round trip, not two);
+        None when the database could not be reached."""
+        with self.lock:
+            return self.attempt(time.monotonic(), queues, cap)
 
     def paused_until(self) -> float:
         """time.monotonic() of the next try while another process holds the row (until then held()
@@ -71,26 +78,35 @@ class Housekeeping:
         with self.lock:
             return 0.0 if time.monotonic() < self.held_until else self.next_try
 
-    def attempt(self, sent_at: float) -> None:
-        outcome = db.unless_unreachable(self.take, "housekeeping_try_failed holder=%s", self.holder)
+    def attempt(self, sent_at: float, queues: Sequence[str] = (), cap: int = 0) -> int | None:
+        """Try for the row (and count, see try_counting); the count, or None if the database is away."""
+        self.next_try = sent_at + self.try_every
+        outcome = db.unless_unreachable(
+            lambda: self.take(queues, cap), "housekeeping_try_failed holder=%s", self.holder
+        )
         if outcome is None:
-            return  # the database is away: what this process held lasts until it expires
-        if outcome == "elsewhere":
+            return None  # the database is away: what this process held lasts until it expires
+        if outcome.taken is None:  # another process holds it
             if sent_at < self.held_until:
                 logger.warning("housekeeping_lost holder=%s: another process took it", self.holder)
             self.held_until = 0.0
-            return
-        if outcome == "taken":
+            return outcome.ready
+        if outcome.taken:
             logger.info(
                 "housekeeping_taken holder=%s: this process runs the stager and scheduler", self.holder
             )
         self.held_until = sent_at + self.ttl  # from before the statement: never later than the database's
+        return outcome.ready
 
-    def take(self) -> Try:
-        taken = store.take_housekeeping(
-            holder=self.holder, hostname=socket.gethostname(), pid=os.getpid(), ttl=self.ttl
+    def take(self, queues: Sequence[str], cap: int) -> store.HousekeepingTry:
+        return store.take_housekeeping(
+            holder=self.holder,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            ttl=self.ttl,
+            count_ready=queues,
+            cap=cap,
         )
-        return "elsewhere" if taken is None else "taken" if taken else "renewed"
 
     def give_up(self) -> None:
         """At shutdown: another process takes the row at its next try instead of after the TTL."""

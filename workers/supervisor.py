@@ -139,8 +139,10 @@ class Supervisor:
                 # LISTEN again: a check of its own would be one more statement for nothing.
                 idle_check=math.inf if own is None else IDLE_CHECK,
             )
-            self.child_poll = wakeups.ChildPoll(dispatcher)
-            services.append((self.child_poll, config.poll_interval))
+            # First in the rotation: a try for the housekeeping row due in the same pass comes with
+            # its count, and the stager and scheduler after it find the row tried.
+            self.child_poll = wakeups.ChildPoll(dispatcher, self.housekeeper)
+            services.insert(0, (self.child_poll, config.poll_interval))
         self.housekeeping = Rotation(services)
 
     def run(self) -> int:

@@ -25,6 +25,7 @@ import psycopg
 
 from queueapp import store
 from workers import db
+from workers.housekeeper import Housekeeping
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,11 @@ class ChildPoll:
 
     name = "child_poll"
 
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher, housekeeping: Housekeeping | None = None) -> None:
         self.dispatcher = dispatcher
+        self.housekeeping = housekeeping
+        """The supervisor's: when its try for the housekeeping row is due, the count comes with it
+        (one statement for both, the one an idle supervisor makes every poll interval)."""
 
     def run_once(self) -> int | None:
         """How many waiting children were woken; None when the database could not be reached."""
@@ -158,12 +162,18 @@ class ChildPoll:
             line.send(WAKE)
         return ready
 
-    def wanted(self, idle: int) -> int:
+    def wanted(self, idle: int) -> int | None:
         """Children to wake: one per READY task of the queues without flow control, and one more
         for those with it (a paused or limited queue's backlog is not a child's worth per task)."""
         flow = self.dispatcher.flow_queues
         plain = sorted(self.dispatcher.queues - flow)
-        ready = store.count_ready(plain, cap=idle) if plain else 0
+        if self.housekeeping is not None and self.housekeeping.try_due():
+            counted = self.housekeeping.try_counting(plain, idle)
+            if counted is None:
+                return None  # the database is away (logged by the try): as for a failed count
+            ready = counted
+        else:
+            ready = store.count_ready(plain, cap=idle) if plain else 0
         if ready < idle and flow:
             ready += store.count_ready(sorted(flow), cap=1)
         return ready

@@ -1004,16 +1004,25 @@ DROP TABLE {partition};
 -- holds and that has not expired is only read: ON CONFLICT would lock it even when its WHERE then
 -- fails, and a lock is a write, committed with a WAL flush, by every process of the fleet at every
 -- try. The WHERE below decides again, on the locked row, for those that do get that far.
-INSERT INTO queueapp_housekeeper AS h (role, holder, hostname, pid, taken_at, expires_at)
-SELECT %(role)s, %(holder)s::uuid, %(hostname)s, %(pid)s, now(), now() + make_interval(secs => %(ttl)s::float8)
-WHERE NOT EXISTS (SELECT 1 FROM queueapp_housekeeper
-                  WHERE role = %(role)s AND holder <> %(holder)s::uuid AND expires_at >= now())
-ON CONFLICT (role) DO UPDATE
-SET holder = excluded.holder, hostname = excluded.hostname, pid = excluded.pid,
-    taken_at = CASE WHEN h.holder = excluded.holder THEN h.taken_at ELSE excluded.taken_at END,
-    expires_at = excluded.expires_at
-WHERE h.holder = excluded.holder OR h.expires_at < now()
-RETURNING h.taken_at = now() AS taken;
+-- It also counts READY tasks of %(queues)s up to %(cap)s (count_ready): a supervisor's poll for its
+-- waiting children comes with its try, one round trip every poll interval at rest instead of two
+-- (cap 0: nothing counted). taken is NULL when another process holds the row.
+WITH taken AS (
+  INSERT INTO queueapp_housekeeper AS h (role, holder, hostname, pid, taken_at, expires_at)
+  SELECT %(role)s, %(holder)s::uuid, %(hostname)s, %(pid)s, now(), now() + make_interval(secs => %(ttl)s::float8)
+  WHERE NOT EXISTS (SELECT 1 FROM queueapp_housekeeper
+                    WHERE role = %(role)s AND holder <> %(holder)s::uuid AND expires_at >= now())
+  ON CONFLICT (role) DO UPDATE
+  SET holder = excluded.holder, hostname = excluded.hostname, pid = excluded.pid,
+      taken_at = CASE WHEN h.holder = excluded.holder THEN h.taken_at ELSE excluded.taken_at END,
+      expires_at = excluded.expires_at
+  WHERE h.holder = excluded.holder OR h.expires_at < now()
+  RETURNING h.taken_at = now() AS taken
+)
+SELECT (SELECT taken FROM taken),
+       (SELECT count(*) FROM (
+          SELECT 1 FROM queueapp_task_live WHERE status = 'READY' AND queue_name = ANY(%(queues)s::text[])
+          LIMIT %(cap)s) AS capped);
 
 -- give_up_housekeeping --
 -- A holder that stops gives the row up, so another process takes it at its next try.

@@ -83,6 +83,7 @@ from queueapp.store.timeouts import StatementLimits
 from queueapp.store.wakeups import Wake, check_listener, name_listener, parse_wake, wake_channel
 from queueapp.store.workers import (
     HOUSEKEEPING,
+    HousekeepingTry,
     ReapOutcome,
     TimedTask,
     beat_worker,
@@ -106,6 +107,7 @@ __all__ = [
     "FlowQueue",
     "FlowView",
     "Hold",
+    "HousekeepingTry",
     "Inserted",
     "NewTask",
     "QueueFlow",

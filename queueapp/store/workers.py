@@ -124,22 +124,38 @@ HOUSEKEEPING = "housekeeping"
 """The role of queueapp_housekeeper's one row: the fleet's stager and scheduler (workers.housekeeper)."""
 
 
+class HousekeepingTry(NamedTuple):
+    taken: bool | None
+    """True when newly taken, False when renewed, None when another process holds the row."""
+    ready: int
+    """READY tasks of the queues asked about, counted up to cap (0 when none were asked about)."""
+
+
 def take_housekeeping(
-    *, holder: UUID, hostname: str, pid: int, ttl: float, using: str = "default"
-) -> bool | None:
-    """Take or renew the housekeeping row for ttl seconds: True when newly taken, False when renewed,
-    None when another process holds it."""
+    *,
+    holder: UUID,
+    hostname: str,
+    pid: int,
+    ttl: float,
+    count_ready: Sequence[str] = (),
+    cap: int = 0,
+    using: str = "default",
+) -> HousekeepingTry:
+    """Take or renew the housekeeping row for ttl seconds; with count_ready, also count the READY
+    tasks of those queues up to cap, in the same statement (a supervisor's poll for its children)."""
     params: dict[str, Any] = {
         "role": HOUSEKEEPING,
         "holder": holder,
         "hostname": hostname,
         "pid": pid,
         "ttl": ttl,
+        "queues": list(count_ready),
+        "cap": cap if count_ready else 0,
     }
     with connections[using].cursor() as cursor:
         cursor.execute(QUERIES["take_housekeeping"], params)
-        row = cursor.fetchone()
-    return None if row is None else bool(row[0])
+        taken, ready = cursor.fetchone()
+    return HousekeepingTry(taken, int(ready))
 
 
 def give_up_housekeeping(*, holder: UUID, using: str = "default") -> None:
