@@ -233,3 +233,16 @@ def end_task(task_id: int, status: str, **changes: object) -> None:
             if column in ("errors", "return_value"):
                 value = json.dumps(value)
             cursor.execute(f"UPDATE queueapp_task_history SET {column} = %s WHERE id = %s", [value, task_id])
+
+
+class Counting:
+    """A background service (workers.services.Service) that counts its runs."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run_once(self) -> int:
+        self.runs += 1
+        return self.runs

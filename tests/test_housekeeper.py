@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from queueapp import models, store
 from tests import tasks
-from tests.helpers import WorkerProcess, wait_for
+from tests.helpers import Counting, WorkerProcess, wait_for
 from workers.housekeeper import Housekeeping, Housekept
 from workers.services import Rotation
 
@@ -35,17 +35,6 @@ def holder() -> uuid.UUID | None:
 def expire(raw_conn: psycopg.Connection) -> None:
     """Its holder is gone: the row's time ran out (on the database's clock)."""
     raw_conn.execute("UPDATE queueapp_housekeeper SET expires_at = now() - interval '1 second'")
-
-
-class Counting:
-    name = "counting"
-
-    def __init__(self) -> None:
-        self.runs = 0
-
-    def run_once(self) -> int:
-        self.runs += 1
-        return self.runs
 
 
 def test_one_process_holds_the_row_and_renews_it_while_the_other_waits() -> None:

@@ -28,7 +28,7 @@ from queueapp import models, store
 from queueapp.states import WorkerState
 from tests import tasks
 from tests.conftest import collect_until_sentinel, conninfo, make_worker, waiting_worker, wakes_until_sentinel
-from tests.helpers import WorkerProcess, wait_for
+from tests.helpers import Counting, WorkerProcess, wait_for
 from tests.settings import TASKQUEUE
 from workers import wakeups
 from workers.housekeeper import Housekeeping, Housekept
@@ -39,17 +39,6 @@ from workers.waiting import RETRY_FIRST, RETRY_MOST, Waiting
 pytestmark = pytest.mark.django_db(transaction=True)
 
 NOTIFY_OFF: dict[str, Any] = {**TASKQUEUE, "NOTIFY": False}
-
-
-class Counting:
-    name = "counting"
-
-    def __init__(self) -> None:
-        self.runs = 0
-
-    def run_once(self) -> int:
-        self.runs += 1
-        return self.runs
 
 
 ERROR = {"exception_class_path": "builtins.RuntimeError", "message": "boom", "traceback": ""}

@@ -186,7 +186,7 @@ def drain(sock: socket.socket) -> None:
     """Read what a non-blocking socket holds, to its end."""
     with contextlib.suppress(BlockingIOError):
         while sock.recv(4096):
-            pass
+            continue  # what it said does not matter: that it said something does
 
 
 class WorkerHearer:
