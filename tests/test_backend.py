@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.tasks import TaskResultStatus, default_task_backend
+from django.tasks import TaskResult, TaskResultStatus, default_task_backend
 from django.tasks.exceptions import TaskResultDoesNotExist, TaskResultMismatch
 
 from queueapp import exceptions, models, store
@@ -41,6 +42,20 @@ def test_get_result_round_trips_a_successful_task() -> None:
     result.refresh()
     assert result.status == TaskResultStatus.SUCCESSFUL
     assert result.return_value == value
+
+
+def test_results_have_every_field_of_a_django_task_result() -> None:
+    # The backend sets TaskResult's fields itself (without its __post_init__): a field that Django
+    # adds must be set too, and the result must equal the one TaskResult's constructor makes.
+    names = [field.name for field in dataclasses.fields(TaskResult)]
+    one = tasks.echo.enqueue(1, key="x")
+    many = default_task_backend.enqueue_many([(tasks.echo, (i,), {"n": [i]}) for i in range(12)])
+    for result in [one, *many, tasks.echo.get_result(one.id)]:
+        values = {name: getattr(result, name) for name in names}  # AttributeError for one not set
+        made = TaskResult(**{name: value for name, value in values.items() if name != "_return_value"})
+        object.__setattr__(made, "_return_value", values["_return_value"])
+        assert made == result
+    assert (many[3].args, many[3].kwargs) == ([3], {"n": [3]})
 
 
 def test_get_result_round_trips_errors_and_failed_status() -> None:

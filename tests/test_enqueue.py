@@ -229,6 +229,19 @@ def test_invalid_task_options_raise_invalid_task(make: object, message: str) -> 
     assert models.Task.objects.count() == 0
 
 
+def _contains_itself() -> list[object]:
+    loop: list[object] = []
+    loop.append(loop)
+    return loop
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs"),
     [
@@ -236,6 +249,8 @@ def test_invalid_task_options_raise_invalid_task(make: object, message: str) -> 
         ((), {"when": dt.datetime.now(tz=dt.UTC)}),
         ((float("nan"),), {}),
         ((), {"x": {1, 2}}),
+        ((_contains_itself(),), {}),
+        ((), {"deep": _nested(100_000)}),
     ],
 )
 def test_arguments_that_are_not_json_are_rejected(

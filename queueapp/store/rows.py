@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from _json import encode_basestring, make_encoder
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,12 +98,20 @@ def _other_types(value: Any) -> Any:
     return normalize_json(value)
 
 
-_ENCODER = json.JSONEncoder(default=_other_types, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+# json's C encoder (the one JSONEncoder uses), made once: JSONEncoder.encode makes one per call,
+# most of the cost of encoding a task's few arguments. It keeps no circular-reference markers (they
+# are per-call state): a value that contains itself ends in RecursionError, reported below like any
+# other value that is not JSON.
+_ENCODE = make_encoder(None, _other_types, encode_basestring, None, ":", ",", False, False, False)
 
 
 def _to_json(value: Any) -> str:
-    """Compact JSON that PostgreSQL's jsonb accepts: no NaN/Infinity, no lone surrogates, no NUL."""
-    text = _ENCODER.encode(value)
+    """Compact JSON that PostgreSQL's jsonb accepts: no NaN/Infinity, no lone surrogates, no NUL.
+    TypeError or ValueError for anything else."""
+    try:
+        text = "".join(_ENCODE(value, 0))
+    except RecursionError:
+        raise ValueError("the value contains itself, or is nested too deeply") from None
     if not text.isascii():
         text.encode()  # UnicodeEncodeError for a lone surrogate, which jsonb refuses
     if "\\u0000" in text and _has_nul(value):
