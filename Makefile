@@ -9,7 +9,7 @@ DEVDB := $(PY) -m taskqueue_project.devdb
 # The project's own cluster for `make run`, unless DATABASE_URL says otherwise.
 DB_URL = $${DATABASE_URL:-$$($(DEVDB) url .pgdata)}
 
-.PHONY: run test manage demo lint bench bench-scaling bench-churn clean-db chromium promtool pgbouncer
+.PHONY: run test manage demo lint bench bench-scaling bench-churn clean-db chromium promtool pgbouncer bytecode
 
 $(VENV)/.requirements: requirements.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else "taskqueue needs Python 3.12; found " + sys.version.split()[0] + " (set PYTHON=/path/to/python3.12)")'
@@ -22,7 +22,13 @@ $(VENV)/.requirements-dev: $(VENV)/.requirements requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-run: $(VENV)/.requirements
+# The project's bytecode, as the image has it: where PYTHONDONTWRITEBYTECODE is set, every process
+# start compiled the project's modules again (a worker's start-up, docs/benchmarks.md). Only what
+# changed since is compiled.
+bytecode: $(VENV)/.requirements
+	@$(PY) -m compileall -q manage.py taskqueue_project queueapp workers
+
+run: $(VENV)/.requirements bytecode
 	$(PY) -m taskqueue_project.devserver
 
 # The console's browser test drives Debian's Chromium; as root, install it if it is missing.
@@ -44,14 +50,14 @@ pgbouncer:
 		|| { apt-get update -q >/dev/null && apt-get install -y -q pgbouncer >/dev/null; } \
 		|| echo "could not install pgbouncer: the PgBouncer tests will be skipped"
 
-test: $(VENV)/.requirements-dev chromium promtool pgbouncer
+test: $(VENV)/.requirements-dev bytecode chromium promtool pgbouncer
 	$(DEVDB) with-temp -- sh -c '$(PY) -m pytest && DEBUG=1 $(PY) manage.py makemigrations --check --dry-run && $(VENV)/bin/ruff check . \
 		&& $(VENV)/bin/mypy queueapp workers taskqueue_project'
 
-manage: $(VENV)/.requirements
+manage: $(VENV)/.requirements bytecode
 	@DATABASE_URL="$(DB_URL)" DEBUG=$${DEBUG:-1} $(PY) manage.py $(ARGS)
 
-demo: $(VENV)/.requirements
+demo: $(VENV)/.requirements bytecode
 	@DATABASE_URL="$(DB_URL)" DEBUG=$${DEBUG:-1} $(PY) manage.py enqueue_demo $(ARGS)
 
 lint: $(VENV)/.requirements-dev

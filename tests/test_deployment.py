@@ -3,6 +3,7 @@ command a service runs exists, and every variable the settings need is given."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -105,6 +106,22 @@ def test_the_image_holds_the_bytecode_of_what_it_copies_since_its_processes_may_
     compiled = re.search(r"python -m compileall -q (.*?) \\$", dockerfile, re.MULTILINE)
     assert compiled, "no compileall step"
     assert set(compiled.group(1).split()) == {"manage.py", "taskqueue_project", "queueapp", "workers"}
+
+
+def test_make_compiles_the_projects_bytecode_for_a_checkout_too() -> None:
+    """`make run` and `make test` compile what the image compiles, so a worker started from a
+    checkout where PYTHONDONTWRITEBYTECODE is set does not compile the project at every start."""
+    module = ROOT / "queueapp" / "store" / "rows.py"
+    compiled = Path(importlib.util.cache_from_source(str(module)))
+    compiled.unlink(missing_ok=True)
+    subprocess.run(["make", "-s", "bytecode"], cwd=ROOT, check=True, capture_output=True, timeout=120)
+    assert compiled.stat().st_mtime >= module.stat().st_mtime
+    makefile = (ROOT / "Makefile").read_text()
+    dirs = re.search(r"-m compileall -q (.*)$", makefile, re.MULTILINE)
+    assert dirs
+    assert set(dirs.group(1).split()) == {"manage.py", "taskqueue_project", "queueapp", "workers"}
+    for target in ("run", "test"):
+        assert re.search(rf"^{target}:.*\bbytecode\b", makefile, re.MULTILINE), target
 
 
 def test_the_web_runs_the_images_command_which_loads_the_shipped_gunicorn_settings() -> None:
