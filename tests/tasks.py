@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -138,6 +139,24 @@ http_tasks.expose("record")(record)
 @task
 def raises_unstorable_text() -> None:
     raise ValueError("nul \x00 and a lone surrogate \ud800 in the message")
+
+
+@task
+def memory_a_full_collection_copies() -> int:
+    """KiB of this process's memory that one full garbage collection made private: in a child
+    forked from its supervisor, the pages it still shares are copied when the collector writes to
+    the objects on them."""
+    before = _private_dirty_kib()
+    gc.collect()
+    return _private_dirty_kib() - before
+
+
+def _private_dirty_kib() -> int:
+    with open("/proc/self/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Private_Dirty:"):
+                return int(line.split()[1])
+    raise AssertionError("no Private_Dirty in /proc/self/smaps_rollup")
 
 
 @task(max_attempts=1)

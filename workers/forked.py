@@ -8,6 +8,7 @@ uses (pid, poll, wait, kill, send_signal).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -44,6 +45,12 @@ class ForkedWorker:
         # child, which then forgot it. Pending, the child's comes under its default handler, the
         # supervisor's once the fork returned (spawn() then signals the new child as well).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+        # A garbage collection writes to every object it scans. A child's full collection scanned
+        # what it shares with the supervisor (all of Django) and so copied about 20 MB of shared
+        # pages, in each child and for good. Frozen objects are never scanned again: what exists
+        # now is the supervisor's and long-lived (its later objects are frozen at its next fork),
+        # and each process collects only its own objects.
+        gc.freeze()
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no branch - the child never returns from here
