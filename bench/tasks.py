@@ -31,3 +31,14 @@ def clock() -> float:
     import time
 
     return time.time()
+
+
+@task
+def collect(wait: float) -> None:
+    """Waits, then runs a full garbage collection (bench.memory: what it copies of the pages a child
+    shares with its supervisor)."""
+    import gc
+    import time
+
+    time.sleep(wait)
+    gc.collect()
