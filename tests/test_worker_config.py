@@ -40,7 +40,7 @@ def test_every_option_field_is_a_flag_that_reaches_the_config() -> None:
     }
     defaults = parse()
     assert (defaults.parent_pid, defaults.burst, defaults.concurrency) == (None, False, 8)
-    assert (defaults.prefetch, defaults.prefetch_max) == (None, 64)
+    assert defaults.prefetch == 256
 
 
 def test_a_child_is_started_with_its_supervisors_config_and_its_own_id_and_parent() -> None:

@@ -60,12 +60,14 @@ class WorkerConfig:
     concurrency: int = field(
         default=8, metadata=option("Tasks run at once per process (threads).", parse=int)
     )
-    prefetch: int | None = field(
-        default=None,
+    # 256 by measurement (docs/benchmarks.md): a cap of 8 x --concurrency (64 at the default 8) drained
+    # no-ops 17-22% slower, one of 1,024 slower again (each round a larger transaction).
+    prefetch: int = field(
+        default=256,
         metadata=option(
             "Most tasks a process claims ahead of its free threads: as many as its threads run in 0.1 s"
             " on average (none for tasks that run longer), so a thread never waits for a round and a"
-            " claimed task waits about 0.1 s at worst; 0 turns it off. Default: 8 x --concurrency.",
+            " claimed task waits about 0.1 s at worst; 0 turns it off.",
             parse=int,
         ),
     )
@@ -125,11 +127,6 @@ class WorkerConfig:
     listened_by: UUID | None = None
     """A forked child's: the supervisor whose listener hears its wake-ups (their channel:
     store.wake_channel). Set by the supervisor, never an option."""
-
-    @property
-    def prefetch_max(self) -> int:
-        """At most this many tasks are claimed ahead of free threads."""
-        return 8 * self.concurrency if self.prefetch is None else self.prefetch
 
     @classmethod
     def options(cls) -> Iterator[tuple[str, Option]]:
@@ -209,7 +206,7 @@ class WorkerConfig:
         for name in ("concurrency", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
-        if self.prefetch is not None and self.prefetch < 0:
+        if self.prefetch < 0:
             raise ValueError(f"--prefetch must be 0 or more, not {self.prefetch}")
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ValueError(f"--max-tasks must be at least 1, not {self.max_tasks}")
