@@ -133,7 +133,12 @@ class ListParams(Schema):
 
 
 @api.get("/tasks", response={200: s.TaskPage, **COMMON}, summary="List tasks, newest first")
-def list_tasks(request: HttpRequest, params: Query[ListParams]) -> dict[str, Any]:
+def list_tasks(request: HttpRequest, params: Query[ListParams]) -> Any:
+    # ninja reads only the parameters it knows: ignored, `?stauts=FAILED` answered with every task.
+    unknown = sorted(set(request.GET) - set(ListParams.model_fields))
+    if unknown:
+        known = ", ".join(ListParams.model_fields)
+        return error(422, "invalid_request", f"unknown query parameter(s) {unknown}: the list takes {known}")
     task_path = None
     if params.task:
         exposed = http_tasks.get(params.task)

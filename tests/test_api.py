@@ -243,6 +243,15 @@ def test_list_filters_and_keyset_pagination(client: Client) -> None:
     assert client.get("/api/tasks?status=BOGUS").status_code == 422
 
 
+@pytest.mark.parametrize("query", ["stauts=FAILED", "=0.0", "status=FAILED&page=2"])
+def test_a_list_parameter_the_api_does_not_know_is_refused_not_ignored(client: Client, query: str) -> None:
+    """Ignored, a misspelt filter answered with every task as if it had matched."""
+    post(client, "/api/tasks", {"task": "add", "args": [1, 1]})
+    response = client.get(f"/api/tasks?{query}")
+    assert response.status_code == 422, response.content
+    assert response.json()["error"] == "invalid_request"
+
+
 def test_cancel_and_retry(client: Client) -> None:
     task_id = post(client, "/api/tasks", {"task": "add", "args": [1, 2]}).json()["id"]
     assert (
