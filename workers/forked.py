@@ -30,6 +30,18 @@ _INHERITED: list[object] = []
 """The supervisor's connections a forked child inherited: never used, never freed (os._exit)."""
 
 
+def freeze_for_fork() -> None:
+    """Freeze the supervisor's objects for the garbage collector before a fork. A collection writes to
+    every object it scans: a child's first full collection scanned all it shares with the supervisor
+    (all of Django) and copied about 19 MiB of shared pages, in each child and for good. Frozen
+    objects are never scanned again, in either process. At the first fork they are what start-up
+    made; at a later one (a child restarted) the garbage since is collected first, so that none is
+    frozen for the supervisor's lifetime (the collection scans only what the last freeze left)."""
+    if gc.get_freeze_count():
+        gc.collect()
+    gc.freeze()
+
+
 class ForkedWorker:
     def __init__(
         self,
@@ -45,12 +57,7 @@ class ForkedWorker:
         # child, which then forgot it. Pending, the child's comes under its default handler, the
         # supervisor's once the fork returned (spawn() then signals the new child as well).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-        # A garbage collection writes to every object it scans. A child's full collection scanned
-        # what it shares with the supervisor (all of Django) and so copied about 20 MB of shared
-        # pages, in each child and for good. Frozen objects are never scanned again: what exists
-        # now is the supervisor's and long-lived (its later objects are frozen at its next fork),
-        # and each process collects only its own objects.
-        gc.freeze()
+        freeze_for_fork()
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no branch - the child never returns from here
