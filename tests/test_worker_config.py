@@ -40,7 +40,9 @@ def test_every_option_field_is_a_flag_that_reaches_the_config() -> None:
     }
     defaults = parse()
     assert (defaults.parent_pid, defaults.burst, defaults.concurrency) == (None, False, 8)
-    assert defaults.prefetch == 256
+    assert (defaults.prefetch, defaults.prefetch_max) == (None, 256)  # 32 a thread, at most 256
+    assert (parse("--concurrency", "1").prefetch_max, parse("--concurrency", "64").prefetch_max) == (32, 256)
+    assert parse("--concurrency", "64", "--prefetch", "0").prefetch_max == 0
 
 
 def test_a_child_is_started_with_its_supervisors_config_and_its_own_id_and_parent() -> None:

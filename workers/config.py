@@ -21,6 +21,13 @@ from queueapp.backend import PostgresBackend
 
 _OPTION = "runworker_option"
 
+PREFETCH_PER_THREAD = 32
+PREFETCH_MOST = 256
+"""Tasks claimed ahead by default: 32 a thread, at most 256 (docs/benchmarks.md, ninth session). At
+the default 8 threads a cap of 64 (8 a thread) drained no-ops 15-26% slower than 256; with 32
+threads, 1,024 drained slower than 256. A worker that dies costs each task it holds an attempt, so
+the cap is no higher than the drain needs."""
+
 
 @dataclass(frozen=True)
 class Option:
@@ -60,14 +67,13 @@ class WorkerConfig:
     concurrency: int = field(
         default=8, metadata=option("Tasks run at once per process (threads).", parse=int)
     )
-    # 256 by measurement (docs/benchmarks.md): a cap of 8 x --concurrency (64 at the default 8) drained
-    # no-ops 17-22% slower, one of 1,024 slower again (each round a larger transaction).
-    prefetch: int = field(
-        default=256,
+    prefetch: int | None = field(
+        default=None,
         metadata=option(
             "Most tasks a process claims ahead of its free threads: as many as its threads run in 0.1 s"
             " on average (none for tasks that run longer), so a thread never waits for a round and a"
-            " claimed task waits about 0.1 s at worst; 0 turns it off.",
+            " claimed task waits about 0.1 s at worst; 0 turns it off."
+            f" Default: {PREFETCH_PER_THREAD} x --concurrency, at most {PREFETCH_MOST}.",
             parse=int,
         ),
     )
@@ -127,6 +133,13 @@ class WorkerConfig:
     listened_by: UUID | None = None
     """A forked child's: the supervisor whose listener hears its wake-ups (their channel:
     store.wake_channel). Set by the supervisor, never an option."""
+
+    @property
+    def prefetch_max(self) -> int:
+        """At most this many tasks are claimed ahead of free threads."""
+        if self.prefetch is None:
+            return min(PREFETCH_PER_THREAD * self.concurrency, PREFETCH_MOST)
+        return self.prefetch
 
     @classmethod
     def options(cls) -> Iterator[tuple[str, Option]]:
@@ -206,7 +219,7 @@ class WorkerConfig:
         for name in ("concurrency", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, not {getattr(self, name)}")
-        if self.prefetch < 0:
+        if self.prefetch is not None and self.prefetch < 0:
             raise ValueError(f"--prefetch must be 0 or more, not {self.prefetch}")
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ValueError(f"--max-tasks must be at least 1, not {self.max_tasks}")

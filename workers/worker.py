@@ -95,7 +95,7 @@ class Worker:
             for n in range(config.concurrency)
         ]
         self.ledger = Ledger(
-            concurrency=config.concurrency, prefetch_max=config.prefetch, max_tasks=config.max_tasks
+            concurrency=config.concurrency, prefetch_max=config.prefetch_max, max_tasks=config.max_tasks
         )
         self.completer = Completer(
             worker_id=self.id,
