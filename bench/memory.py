@@ -17,7 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from bench.common import ROOT, Figure, clear_tasks, wait_succeeded, wait_waiting, worker_env
+from bench.common import ROOT, Figure, clear_tasks, scalar, wait_for, wait_succeeded, wait_waiting, worker_env
 from bench.drain import RUNWORKER, fill
 
 
@@ -51,10 +51,19 @@ def shared_after_collections() -> Figure:
     try:
         wait_waiting(2)
         start = fleet_pss_kib(supervisor.pid)
-        # One each: a child's one slot is busy for the first task's wait, so the other child takes the second.
-        tasks.collect.enqueue_many([((0.5,), {}), ((0.5,), {})])  # type: ignore[attr-defined]
+        # One each: the second is enqueued once the first runs, when its child has no slot free.
+        tasks.collect.enqueue(0.5)
+        wait_for(
+            lambda: scalar("SELECT count(*) FROM queueapp_task_live WHERE status = 'RUNNING'"),
+            timeout=60,
+            what="the first collection to start",
+        )
+        tasks.collect.enqueue(0.5)
         wait_succeeded(2)
         after = fleet_pss_kib(supervisor.pid)
+        children = scalar("SELECT count(DISTINCT worker_id) FROM queueapp_task_history")
+        if children != 2:
+            raise RuntimeError(f"the collections ran in {children} child(ren), not one in each")
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(60)

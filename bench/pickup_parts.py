@@ -10,8 +10,9 @@ the parts are read on the one clock of this machine:
 - claim to task: the claim's statement and answer, and the worker handing the row to a thread.
 
 Next to them, the floor of the first part: a bare prepared INSERT of the same row and its commit from
-psycopg at the same rate, and a bare `SELECT 1`. At 50 a second every process sleeps between tasks,
-and on this machine a round trip that wakes sleeping processes costs ten times one in a busy loop.
+psycopg at the same rate (no notification: no worker is waiting by then), and a bare `SELECT 1`.
+At 50 a second every process sleeps between tasks, and on this machine a round trip that wakes
+sleeping processes costs ten times one in a busy loop.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres .venv/bin/python -m bench.pickup_parts
 """

@@ -113,10 +113,10 @@ def enqueue_tasks[T](
     return made
 
 
+# What the server has still to insert when the COPY ends is waited for (6-9 ms of each 1,000-row
+# batch with 500 lines a write): with 150, batches were 6-10% faster (bench.copy_writes).
 _LINES_PER_WRITE = 150
-# What the server has still to insert when the COPY ends is waited for: with 500 lines a write, that
-# tail was 6-9 ms of every 1,000-row batch (a sixth of it); 150 lines cut it by a fifth and made
-# batches about 10% faster (docs/benchmarks.md), and writes stay a few per batch.
+
 # Below this many tasks, one prepared INSERT each costs fewer round trips than COPY's set-up (ids,
 # COPY, NOTIFY and a savepoint): a REST submission of one task is one statement, as before.
 _COPY_FROM = 10
