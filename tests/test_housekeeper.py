@@ -19,7 +19,7 @@ from django.utils import timezone
 from queueapp import models, store
 from tests import tasks
 from tests.helpers import Counting, WorkerProcess, wait_for
-from workers.housekeeper import Housekeeping, Housekept
+from workers.housekeeper import TTL, Housekeeping, Housekept, for_services
 from workers.services import Rotation
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,6 +46,17 @@ def test_one_process_holds_the_row_and_renews_it_while_the_other_waits() -> None
     renewed = models.Housekeeper.objects.get(role=store.HOUSEKEEPING)
     assert (renewed.holder, renewed.taken_at) == (first.holder, taken.taken_at)
     assert renewed.expires_at > taken.expires_at
+
+
+def test_a_row_taken_for_services_run_less_often_than_its_time_lasts_until_after_their_next_run() -> None:
+    """With STAGE_INTERVAL and SCHEDULE_INTERVAL of 6 s, the holder renewed a 5 s row every 6 s: it
+    lapsed between two runs, and processes took it from each other in turn."""
+    assert for_services(uuid.uuid4(), 6.0, 6.0).held()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT extract(epoch FROM expires_at - now())::float8 FROM queueapp_housekeeper")
+        (lasts,) = cursor.fetchone()
+    assert 11 < lasts <= 12  # twice the services' interval: renewed at their next run with time to spare
+    assert for_services(uuid.uuid4(), 1.0, 6.0).ttl == TTL  # one that runs often keeps the 5 s row
 
 
 def test_a_try_for_a_row_another_process_holds_writes_nothing(raw_conn: psycopg.Connection) -> None:

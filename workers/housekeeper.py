@@ -35,6 +35,15 @@ may pause after their holder dies (schedules allow 10 s of lateness by default: 
 TRY_EVERY = TTL / 2
 
 
+def for_services(holder: UUID, *intervals: float) -> Housekeeping:
+    """The housekeeping of services run every `intervals` seconds, which renew the row as they ask
+    for it: it lasts at least twice the shortest of them, so that its holder renews it before it runs
+    out. A STAGE_INTERVAL and a SCHEDULE_INTERVAL both beyond TTL let it lapse between two runs, and
+    processes took it from each other in turn."""
+    ttl = max(TTL, 2 * min(intervals))
+    return Housekeeping(holder, ttl=ttl, try_every=ttl / 2)
+
+
 class Housekeeping:
     """Whether this process holds the housekeeping row, asked by each service it may run (a lone
     worker's run in threads of their own: hence the lock)."""

@@ -55,7 +55,7 @@ from workers.config import WorkerConfig
 from workers.executor import fail_attempt
 from workers.exitcodes import ExitCode
 from workers.forked import ForkedWorker
-from workers.housekeeper import Housekeeping, Housekept
+from workers.housekeeper import Housekept, for_services
 from workers.listener import IDLE_CHECK, Listener, drain
 from workers.reaper import Reaper
 from workers.scheduler import Scheduler
@@ -94,7 +94,7 @@ class Supervisor:
         # The children's housekeeping, once per host on the supervisor's one Django connection (a
         # child runs only its rounds and its heartbeat): reaping; staging due tasks and schedules
         # while this supervisor is the fleet's housekeeper (workers.housekeeper).
-        self.housekeeper = Housekeeping(config.worker_id)
+        self.housekeeper = for_services(config.worker_id, config.stage_interval, config.schedule_interval)
         services: list[tuple[Service, float]] = [
             (self.reaper, config.reap_interval),
             (Housekept(Stager(), self.housekeeper), config.stage_interval),

@@ -51,7 +51,7 @@ from workers.config import WorkerConfig
 from workers.executor import Executor, fail_attempt
 from workers.exitcodes import ExitCode
 from workers.heartbeat import Heartbeat
-from workers.housekeeper import Housekeeping, Housekept
+from workers.housekeeper import Housekept, for_services
 from workers.lease import Lease
 from workers.ledger import Ledger
 from workers.listener import Listener, WorkerHearer
@@ -144,7 +144,7 @@ class Worker:
         self.reaper = Reaper(
             stale_after=config.stale_after, backoff_base=config.backoff_base, backoff_max=config.backoff_max
         )
-        self.housekeeper = Housekeeping(self.id)
+        self.housekeeper = for_services(self.id, config.stage_interval, config.schedule_interval)
         self.stager = Housekept(Stager(), self.housekeeper)
         self.scheduler = Housekept(Scheduler(grace=config.schedule_grace), self.housekeeper)
 
