@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 import psycopg
 import pytest
 from django.db import transaction
 from django.tasks.exceptions import InvalidTask
+from django.tasks.signals import task_enqueued
 from django.test import override_settings
 from django.utils import timezone
 
@@ -98,6 +100,56 @@ def test_an_enqueued_results_arguments_are_normalized_as_django_normalizes_them(
         ]
         assert results[0].args is not plain_args
         assert results[0].kwargs is not plain_kwargs
+
+
+def test_bulk_results_are_built_when_read_and_show_the_arguments_as_stored() -> None:
+    """enqueue_many's results are built the first time the list is used (the COPY path): they show
+    what was stored, not what the caller did to its own values since, and each is built once."""
+    shared = ["before"]
+    results = tasks.echo.enqueue_many([((shared, i), {"k": {"n": i}}) for i in range(12)])
+    shared.append("after")
+    assert len(results) == 12
+    assert (results[3].args, results[3].kwargs) == ([["before"], 3], {"k": {"n": 3}})
+    assert results[3] is results[3]
+    assert results[-1].args == [["before"], 11]
+    assert [result.id for result in results[:2]] == [result.id for result in list(results)[:2]]
+    assert len(results + results) == 24  # a list in all but its type
+    stored = tasks.echo.get_result(results[5].id)
+    assert (stored.args, stored.kwargs) == (results[5].args, results[5].kwargs)
+    assert stored.enqueued_at == results[5].enqueued_at
+
+
+def test_task_enqueued_reaches_a_receiver_once_for_every_task_created() -> None:
+    heard: list[str] = []
+
+    def receiver(sender: type, task_result: Any, **kwargs: Any) -> None:
+        heard.append(task_result.id)
+
+    task_enqueued.connect(receiver)
+    try:
+        one = tasks.echo.enqueue(1)
+        few = tasks.echo.enqueue_many([((i,), {}) for i in range(3)])  # one INSERT each
+        many = tasks.echo.enqueue_many([((i,), {}) for i in range(12)])  # COPY
+        first = tasks.refresh.enqueue(7)
+        held = tasks.refresh.enqueue(7)  # the holder's result: nothing new was enqueued
+    finally:
+        task_enqueued.disconnect(receiver)
+    assert held.id == first.id
+    assert heard == [one.id, *(r.id for r in few), *(r.id for r in many), first.id]
+
+
+def test_django_tasks_own_enqueued_line_is_logged_when_its_logger_is_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing else listening, task_enqueued is sent only if Django's own receiver would log."""
+    tasks.echo.enqueue_many([((i,), {}) for i in range(12)])
+    assert not [r for r in caplog.records if "enqueued" in r.getMessage()]
+    caplog.set_level(logging.DEBUG, logger="django.tasks")
+    results = [tasks.echo.enqueue(1), *tasks.echo.enqueue_many([((i,), {}) for i in range(12)])]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "django.tasks" and "enqueued" in r.getMessage()
+    ]
+    assert lines == [f"Task id={r.id} path=tests.tasks.echo enqueued backend=default" for r in results]
 
 
 def test_bulk_with_one_bad_call_stores_nothing() -> None:

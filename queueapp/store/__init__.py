@@ -50,6 +50,7 @@ from queueapp.store.rows import (
     NewTask,
     TaskRow,
     check_arguments,
+    decode_arguments,
     encode_arguments,
     encode_return_value,
 )
@@ -65,6 +66,7 @@ from queueapp.store.schedules import (
 )
 from queueapp.store.session import BreakerChange, FlowQueue, Success, WorkerSession
 from queueapp.store.tasks import (
+    Stored,
     cancel_task,
     claim_tasks,
     enqueue_task,
@@ -113,6 +115,7 @@ __all__ = [
     "QueueFlow",
     "ReapOutcome",
     "StatementLimits",
+    "Stored",
     "Success",
     "TaskRow",
     "TimedTask",
@@ -130,6 +133,7 @@ __all__ = [
     "count_purgeable",
     "count_ready",
     "database_now",
+    "decode_arguments",
     "drop_code_schedules",
     "drop_history_partitions",
     "due_schedules",

@@ -149,6 +149,13 @@ def encode_arguments(args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[str, 
     return args_json, kwargs_json
 
 
+def decode_arguments(args_json: str, kwargs_json: str) -> tuple[list[Any], dict[str, Any]]:
+    """Arguments as encode_arguments stored them (as get_result reads them back)."""
+    args = json.loads(args_json) if args_json != "[]" else []
+    kwargs = json.loads(kwargs_json) if kwargs_json != "{}" else {}
+    return args, kwargs
+
+
 def _utf8_length(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 

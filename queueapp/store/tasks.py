@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -65,26 +66,20 @@ def _insert(cursor: CursorWrapper, new: NewTask) -> Inserted:
     return Inserted(task_id, run_after, enqueued_at)
 
 
-def enqueue_tasks[T](
-    count: int,
-    batch: Iterable[NewTask],
-    *,
-    each: Callable[[int, NewTask, Inserted], T],
-    using: str = "default",
-) -> list[T]:
+def enqueue_tasks(count: int, batch: Iterable[NewTask], *, using: str = "default") -> Stored:
     """Insert count tasks by COPY, then one notification per queue; all or nothing.
 
     batch is consumed while the COPY streams, so the database inserts the rows already sent while
-    Python prepares the next ones; each(index, new, inserted) is called for every row likewise,
-    and what it returns is returned in input order. An error part-way (the database's, or one
-    raised by batch itself, say for arguments that are not JSON) stores nothing of the batch and,
-    by a savepoint, leaves a caller's transaction usable.
+    Python prepares the next ones. An error part-way (the database's, or one raised by batch
+    itself, say for arguments that are not JSON) stores nothing of the batch and, by a savepoint,
+    leaves a caller's transaction usable.
     """
     if count == 0:
-        return []
+        return Stored([])
     if count < _COPY_FROM:
-        return _insert_each(list(batch), each, using)
-    made = []
+        tasks = list(batch)
+        return Stored(tasks, rows=_insert_each(tasks, lambda _, __, inserted: inserted, using))
+    tasks = []
     queues: Counter[str] = Counter()  # READY tasks per queue: SCHEDULED ones wake nobody
     lines: list[str] = []
     keyed: list[NewTask] = []
@@ -93,7 +88,7 @@ def enqueue_tasks[T](
         now, ids = cursor.fetchone()
         now_text = now.isoformat()
         with cursor.cursor.copy(QUERIES["copy_tasks"]) as copy:
-            for index, (task_id, new) in enumerate(zip(ids, batch, strict=True)):
+            for task_id, new in zip(ids, batch, strict=True):
                 due = new.run_after is None or new.run_after <= now
                 lines.append(_copy_line(task_id, new, now_text, due))
                 if len(lines) == _LINES_PER_WRITE:
@@ -103,14 +98,33 @@ def enqueue_tasks[T](
                     queues[new.queue_name] += 1
                 if new.concurrency_key is not None:
                     keyed.append(new)
-                made.append(each(index, new, Inserted(task_id, new.run_after or now, now)))
+                tasks.append(new)
             copy.write("".join(lines))
         # The batch is streamed, so its keys are known only now; nothing is committed before this.
         _mark_keyed_queues(cursor, keyed)
         if queues and conf.get().notify:
             names = sorted(queues)
             cursor.execute(QUERIES["notify_queues"], {"queues": names, "counts": [queues[q] for q in names]})
-    return made
+    return Stored(tasks, ids=ids, now=now)
+
+
+@dataclass(slots=True)
+class Stored:
+    """The tasks that enqueue_tasks stored, in input order, and what the database chose for each:
+    rows (one INSERT each), or ids and the transaction's now() (COPY), which keep no object per row
+    (a bulk's objects that outlive a young collection bring on full ones)."""
+
+    tasks: list[NewTask]
+    rows: list[Inserted] | None = None
+    ids: list[int] | None = None
+    now: datetime | None = None
+
+    def inserted(self, index: int) -> Inserted:
+        if self.rows is not None:
+            return self.rows[index]
+        assert self.ids is not None
+        assert self.now is not None
+        return Inserted(self.ids[index], self.tasks[index].run_after or self.now, self.now)
 
 
 # What the server has still to insert when the COPY ends is waited for (6-9 ms of each 1,000-row
