@@ -385,6 +385,9 @@ class EnqueuedResults(UserList[AnyResult]):
     def data(self, results: list[AnyResult]) -> None:
         self._results, self._build = results, None
 
+    def __reduce__(self) -> tuple[type[EnqueuedResults], tuple[list[AnyResult]]]:
+        return EnqueuedResults, (self.data,)  # pickled as built (the builder is a closure)
+
 
 _DJANGO_TASKS_LOG = logging.getLogger("django.tasks")
 

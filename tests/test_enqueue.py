@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import pickle
 from typing import Any
 
 import psycopg
@@ -114,6 +115,8 @@ def test_bulk_results_are_built_when_read_and_show_the_arguments_as_stored() -> 
     assert results[-1].args == [["before"], 11]
     assert [result.id for result in results[:2]] == [result.id for result in list(results)[:2]]
     assert len(results + results) == 24  # a list in all but its type
+    unread = tasks.echo.enqueue_many([((i,), {}) for i in range(12)])
+    assert [r.args for r in pickle.loads(pickle.dumps(unread))] == [[i] for i in range(12)]  # noqa: S301 (our own bytes)
     stored = tasks.echo.get_result(results[5].id)
     assert (stored.args, stored.kwargs) == (results[5].args, results[5].kwargs)
     assert stored.enqueued_at == results[5].enqueued_at
