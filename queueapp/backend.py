@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
 from collections import UserList
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -17,7 +18,6 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import log_task_enqueued, task_enqueued
-from django.utils.json import normalize_json
 
 from queueapp import registry, signatures, store
 from queueapp.states import TaskStatus
@@ -296,19 +296,22 @@ class PostgresBackend(BaseTaskBackend):
     def enqueued_result(
         self, task: AnyTask, new: store.NewTask, inserted: store.Inserted, *, stored: bool = False
     ) -> AnyResult:
-        """The django.tasks view of a task just inserted (no need to read it back). stored: the
-        arguments are read from their JSON, as stored (a result built after the call returned must not
-        show arguments that the caller changed since)."""
+        """The django.tasks view of a task just inserted (no need to read it back): its arguments as
+        stored, as get_result and the task itself see them. stored: read them from their JSON
+        whatever they are (a result built after the call returned must not show what the caller
+        did to its own values since)."""
         args: Any
         kwargs: Any
-        if stored:
-            args, kwargs = store.decode_arguments(new.args_json, new.kwargs_json)
-        elif _PLAIN.issuperset(map(type, new.args)) and _PLAIN.issuperset(map(type, new.kwargs.values())):
-            # Arguments of plain values (most are ids and strings) are what TaskResult's normalize_json
-            # makes of them, without its recursion per value; anything else goes through it.
+        if (
+            not stored
+            and _PLAIN.issuperset(map(type, new.args))
+            and _PLAIN.issuperset(map(type, new.kwargs.values()))
+        ):
+            # Plain values (most arguments are ids and strings) are stored as they are: a copy of
+            # their containers is what the JSON would give, without decoding it.
             args, kwargs = list(new.args), dict(new.kwargs)
         else:
-            args, kwargs = normalize_json(new.args), normalize_json(new.kwargs)
+            args, kwargs = store.decode_arguments(new.args_json, new.kwargs_json)
         return _task_result(
             task=task,
             id=str(inserted.id),
@@ -364,26 +367,36 @@ _SET_FIELD = {field.name: getattr(TaskResult, field.name).__set__ for field in d
 
 
 class EnqueuedResults(UserList[AnyResult]):
-    """enqueue_many's results: a list whose TaskResults are built the first time it is used (a bulk
-    enqueue whose results nobody reads, an import or a fan-out, spends nothing on them: they were a
-    third of its Python per row, docs/benchmarks.md). A result built then shows the arguments as
-    stored, whatever the caller did to its own objects since."""
+    """enqueue_many's results: a list-like UserList whose TaskResults are built the first time it is
+    used (a bulk enqueue whose results nobody reads, an import or a fan-out, spends nothing on them:
+    they were a third of its Python per row, docs/benchmarks.md). A result built then shows the
+    arguments as stored, whatever the caller did to its own objects since. Until then it keeps the
+    calls and the tasks made of them."""
 
     def __init__(
         self, initlist: Iterable[AnyResult] = (), *, build: Callable[[], list[AnyResult]] | None = None
     ) -> None:
         self._build = build
+        self._building = threading.Lock()  # threads that read it first get the same results
         self._results: list[AnyResult] = [] if build else list(initlist)
 
     @property
     def data(self) -> list[AnyResult]:
         if self._build is not None:
-            self._results, self._build = self._build(), None
+            with self._building:
+                if self._build is not None:
+                    self._results, self._build = self._build(), None
         return self._results
 
     @data.setter
     def data(self, results: list[AnyResult]) -> None:
         self._results, self._build = results, None
+
+    def __iter__(self) -> Iterator[AnyResult]:
+        return iter(self.data)  # UserList's would go through __getitem__ item by item
+
+    def __copy__(self) -> EnqueuedResults:
+        return EnqueuedResults(self.data)  # UserList's reads a "data" entry of __dict__
 
     def __reduce__(self) -> tuple[type[EnqueuedResults], tuple[list[AnyResult]]]:
         return EnqueuedResults, (self.data,)  # pickled as built (the builder is a closure)
@@ -396,7 +409,10 @@ def enqueued_is_heard(sender: type) -> bool:
     """Whether task_enqueued from sender reaches anyone: a receiver besides django.tasks' own, or
     that receiver's DEBUG line enabled. Sending it unheard cost more than building the result
     (its receivers are looked up at each send, and Django's own then formats nothing)."""
-    sync_receivers, async_receivers = task_enqueued._live_receivers(sender)
+    try:  # Django's own lookup, as send() makes it (not public: should it change, send as before)
+        sync_receivers, async_receivers = task_enqueued._live_receivers(sender)
+    except (AttributeError, TypeError, ValueError):
+        return True
     if _DJANGO_TASKS_LOG.isEnabledFor(logging.DEBUG):
         return bool(sync_receivers or async_receivers)
     return any(receiver is not log_task_enqueued for receiver in (*sync_receivers, *async_receivers))

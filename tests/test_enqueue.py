@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import pickle
@@ -10,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import transaction
+from django.tasks import default_task_backend
 from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_enqueued
 from django.test import override_settings
@@ -85,9 +87,10 @@ def test_bulk_results_match_input_order_and_rows() -> None:
         assert result.enqueued_at == row.enqueued_at
 
 
-def test_an_enqueued_results_arguments_are_normalized_as_django_normalizes_them() -> None:
-    """Plain values are copied as they are; tuples, bytes and nested values go through Django's
-    normalize_json, in a single enqueue and in a bulk one alike; the caller's values are not shared."""
+def test_an_enqueued_results_arguments_are_normalized_as_stored() -> None:
+    """Plain values are copied as they are; tuples, bytes and nested values come back as their JSON
+    stored them (what Django's normalize_json makes of them), in a single enqueue and in a bulk one
+    alike; the caller's values are not shared."""
     plain_args, plain_kwargs = [7, "x", 1.5, True, None], {"a": "b"}
     shaped_args, shaped_kwargs = ((1, (2, 3)), b"raw", {"k": (4,)}), {"t": (5, 6), "b": b"v"}
     calls = [(plain_args, plain_kwargs), (shaped_args, shaped_kwargs)] * 6  # 12: the COPY path
@@ -115,11 +118,30 @@ def test_bulk_results_are_built_when_read_and_show_the_arguments_as_stored() -> 
     assert results[-1].args == [["before"], 11]
     assert [result.id for result in results[:2]] == [result.id for result in list(results)[:2]]
     assert len(results + results) == 24  # a list in all but its type
+    assert copy.copy(results)[4] is results[4]
     unread = tasks.echo.enqueue_many([((i,), {}) for i in range(12)])
     assert [r.args for r in pickle.loads(pickle.dumps(unread))] == [[i] for i in range(12)]  # noqa: S301 (our own bytes)
     stored = tasks.echo.get_result(results[5].id)
     assert (stored.args, stored.kwargs) == (results[5].args, results[5].kwargs)
     assert stored.enqueued_at == results[5].enqueued_at
+
+
+@pytest.mark.parametrize("count", [3, 12], ids=["one INSERT each", "COPY"])
+def test_enqueued_results_are_what_get_result_reads_back(count: int) -> None:
+    """Several tasks in one batch, due now and later: each result is the stored task's (its task,
+    id, arguments as stored, enqueue time), and a single enqueue's arguments take the same form."""
+    later = timezone.now() + dt.timedelta(hours=1)
+    calls = [
+        (tasks.echo, (i, i), {"d": {1: "a"}}) if i % 2 else (tasks.add.using(run_after=later), (i, i), {})
+        for i in range(count)
+    ]
+    for result, (task, _, _) in zip(default_task_backend.enqueue_many(calls), calls, strict=True):
+        stored = default_task_backend.get_result(result.id)
+        assert result.task is task
+        assert (result.id, result.args, result.kwargs) == (stored.id, stored.args, stored.kwargs)
+        assert result.enqueued_at == stored.enqueued_at
+    single = tasks.echo.enqueue(d={1: "a"})
+    assert single.kwargs == {"d": {"1": "a"}} == tasks.echo.get_result(single.id).kwargs
 
 
 def test_task_enqueued_reaches_a_receiver_once_for_every_task_created() -> None:

@@ -78,7 +78,7 @@ def enqueue_tasks(count: int, batch: Iterable[NewTask], *, using: str = "default
         return Stored([])
     if count < _COPY_FROM:
         tasks = list(batch)
-        return Stored(tasks, rows=_insert_each(tasks, lambda _, __, inserted: inserted, using))
+        return Stored(tasks, rows=_insert_each(tasks, using))
     tasks = []
     queues: Counter[str] = Counter()  # READY tasks per queue: SCHEDULED ones wake nobody
     lines: list[str] = []
@@ -154,14 +154,14 @@ def enqueue_unique_tasks[T](
     return [made[index] for index in range(len(batch))]
 
 
-def _insert_each[T](batch: list[NewTask], each: Callable[[int, NewTask, Inserted], T], using: str) -> list[T]:
+def _insert_each(batch: list[NewTask], using: str) -> list[Inserted]:
     # batch is a list already: a bad call raised before any statement, so no savepoint is needed
     # to keep a caller's transaction usable; a database error aborts a transaction as it would in
     # one multi-row statement.
     atomic = transaction.atomic(using=using, savepoint=False) if len(batch) > 1 else contextlib.nullcontext()
     with atomic, prepared_cursor(using) as cursor:
         _mark_keyed_queues(cursor, batch)
-        return [each(index, new, _insert(cursor, new)) for index, new in enumerate(batch)]
+        return [_insert(cursor, new) for new in batch]
 
 
 def _copy_text(text: str) -> str:
