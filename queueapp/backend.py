@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from django.dispatch import Signal
 from django.tasks import Task, TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
@@ -405,17 +406,21 @@ class EnqueuedResults(UserList[AnyResult]):
 _DJANGO_TASKS_LOG = logging.getLogger("django.tasks")
 
 
-def enqueued_is_heard(sender: type) -> bool:
-    """Whether task_enqueued from sender reaches anyone: a receiver besides django.tasks' own, or
-    that receiver's DEBUG line enabled. Sending it unheard cost more than building the result
-    (its receivers are looked up at each send, and Django's own then formats nothing)."""
+def is_heard(signal: Signal, sender: type, own: Callable[..., Any], level: int) -> bool:
+    """Whether signal from sender reaches anyone: a receiver besides django.tasks' own (own, which
+    only logs), or own's line at level enabled. A signal sent unheard costs more than what is made
+    for it (its receivers are looked up at each send, and django.tasks' own then logs nothing)."""
     try:  # Django's own lookup, as send() makes it (not public: should it change, send as before)
-        sync_receivers, async_receivers = task_enqueued._live_receivers(sender)
+        sync_receivers, async_receivers = signal._live_receivers(sender)
     except (AttributeError, TypeError, ValueError):
         return True
-    if _DJANGO_TASKS_LOG.isEnabledFor(logging.DEBUG):
+    if _DJANGO_TASKS_LOG.isEnabledFor(level):
         return bool(sync_receivers or async_receivers)
-    return any(receiver is not log_task_enqueued for receiver in (*sync_receivers, *async_receivers))
+    return any(receiver is not own for receiver in (*sync_receivers, *async_receivers))
+
+
+def enqueued_is_heard(sender: type) -> bool:
+    return is_heard(task_enqueued, sender, log_task_enqueued, logging.DEBUG)
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 import uuid
@@ -78,6 +79,43 @@ def test_executor_runs_a_task_records_success_and_fires_signals(signals: list[An
     assert signals == [
         ("started", result.id, TaskResultStatus.RUNNING),
         ("finished", result.id, TaskResultStatus.SUCCESSFUL),
+    ]
+
+
+@pytest.fixture
+def only_djangos_own_receivers() -> Any:
+    """The tests' own task_finished receiver (tests.tasks) out of the way while the test runs."""
+    task_finished.disconnect(tasks._fail_for_one_task)
+    yield
+    task_finished.connect(tasks._fail_for_one_task)
+
+
+@pytest.mark.usefixtures("only_djangos_own_receivers")
+def test_django_tasks_own_start_and_finish_lines_are_logged_at_their_levels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing else listening, task_started and task_finished are sent only when Django's own
+    receivers would log: a start and a success at INFO, a failure at ERROR."""
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "django.tasks"]
+        caplog.clear()
+        return found
+
+    worker = make_worker()
+    caplog.set_level(logging.WARNING, logger="django.tasks")
+    tasks.add.enqueue(1, 2)
+    assert execute(worker, claim(worker)[0]) == "SUCCESSFUL"
+    assert lines() == []
+    failed = tasks.flaky.using(max_attempts=1).enqueue(3)
+    assert execute(worker, claim(worker)[0]) == "FAILED"
+    assert lines() == [f"Task id={failed.id} path=tests.tasks.flaky state=FAILED"]
+    caplog.set_level(logging.INFO, logger="django.tasks")
+    ok = tasks.add.enqueue(1, 2)
+    assert execute(worker, claim(worker)[0]) == "SUCCESSFUL"
+    assert lines() == [
+        f"Task id={ok.id} path=tests.tasks.add state=RUNNING",
+        f"Task id={ok.id} path=tests.tasks.add state=SUCCESSFUL",
     ]
 
 

@@ -20,10 +20,10 @@ from uuid import UUID
 
 from django.db import DatabaseError
 from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
-from django.tasks.signals import task_finished, task_started
+from django.tasks.signals import log_task_finished, log_task_started, task_finished, task_started
 
 from queueapp import registry, store
-from queueapp.backend import PostgresBackend
+from queueapp.backend import PostgresBackend, is_heard
 from queueapp.states import Outcome
 from workers import db, metrics
 
@@ -127,7 +127,8 @@ class Executor:
             store.check_arguments(row)
             task = registry.get(row.task_path)
             attempt.result = self.backend.to_result(task, row)
-            task_started.send(type(self.backend), task_result=attempt.result)
+            if is_heard(task_started, type(self.backend), log_task_started, logging.INFO):
+                task_started.send(type(self.backend), task_result=attempt.result)
             value = self.call(task, attempt.result, row)
             attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
         except BaseException as exc:  # SystemExit from argparse or sys.exit() too: the task's failure
@@ -179,11 +180,15 @@ class Executor:
         row = attempt.row
         attempt.outcome = outcome = self.outcome(row, status)
         if attempt.result is not None and outcome != Outcome.DROPPED:
-            object.__setattr__(attempt.result, "status", _FINAL_STATUS[outcome])
+            status = _FINAL_STATUS[outcome]
+            object.__setattr__(attempt.result, "status", status)
             # Robust: a receiver that raises is logged (by Django, with its traceback) and the
             # others still run; raised here, it ended the worker's loop (successes are reported
-            # in the main thread), though the outcome was recorded already.
-            task_finished.send_robust(type(self.backend), task_result=attempt.result)
+            # in the main thread), though the outcome was recorded already. Django's own receiver
+            # logs a failure at ERROR, anything else at INFO.
+            level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
+            if is_heard(task_finished, type(self.backend), log_task_finished, level):
+                task_finished.send_robust(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and
         # the console, /metrics and the task itself say the same. Every other outcome at INFO.
