@@ -197,7 +197,7 @@ def test_without_statistics_the_worker_claim_still_walks_the_claim_index(
 
 
 def test_a_workers_claim_loads_arguments_as_they_were_enqueued() -> None:
-    """The worker's own connection loads jsonb with a loader of its own (store.session.JsonbLoader):
+    """The worker's own connection loads jsonb as text and decodes it itself (store.session._json):
     nested, non-ASCII and empty arguments come back as they went in, and no two tasks share a list
     or dict (a task that mutates its arguments changes nobody else's)."""
     shapes = [

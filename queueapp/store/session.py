@@ -19,7 +19,7 @@ from uuid import UUID
 
 import psycopg
 from django.db import connections
-from psycopg.adapt import Buffer, Loader
+from psycopg.types.string import TextLoader
 
 from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
@@ -124,35 +124,26 @@ def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskR
     return rows
 
 
-def _json(value: Any) -> Any:
-    # Django's connections load jsonb as text; the worker's own connection, with psycopg's loaders,
-    # as Python values already.
-    return json.loads(value) if isinstance(value, str) else value
+def _json(text: str) -> Any:
+    """A jsonb column as Python: both the worker's connection and Django's load jsonb as text, in C
+    (psycopg's own loader hands bytes to json.loads, which sniffs their encoding in Python; a loader
+    in Python is called from C once a value, three a claimed task: each cost more than the decoding).
+    [] and {}, most arguments and errors, are not decoded; the rest goes to json's C scanner itself
+    (json.loads around it looks for whitespace before and after in Python, and jsonb's text has none:
+    five times the scan of a task's few arguments)."""
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:  # not JSON at 0: json.loads says what is wrong
+        end = -1
+    return value if end == len(text) else json.loads(text)
 
 
 # json's C scanner (a decoder makes one; typeshed does not know the attribute).
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-class JsonbLoader(Loader):
-    """jsonb (text format) as Python values, at a third of the cost of psycopg's own loader: that one
-    hands bytes to json.loads, which first sniffs their encoding in Python (PostgreSQL sends UTF-8);
-    a claim loads three documents a task (args, kwargs, errors), mostly [] and {}."""
-
-    def load(self, data: Buffer) -> Any:
-        text = bytes(data)
-        if text == b"[]":
-            return []
-        if text == b"{}":
-            return {}
-        # json's C scanner itself: json.loads around it looks for whitespace before and after in
-        # Python (jsonb's text has none), five times the scan of a task's few arguments.
-        decoded = text.decode()
-        try:
-            value, end = _SCAN(decoded, 0)
-        except StopIteration:  # not JSON at 0: json.loads says what is wrong
-            end = -1
-        return value if end == len(decoded) else json.loads(decoded)
 
 
 NO_FLOW = FlowView()
@@ -204,8 +195,8 @@ class WorkerSession:
         """Circuit breakers that the latest flow-controlled claim moved (to be logged)."""
 
     def connect(self) -> psycopg.Connection[Any]:
-        # Django's connection parameters, but psycopg's own type adapters (C loaders for times and
-        # JSON, where Django's are Python: a tenth of a round's time went there) and a plain
+        # Django's connection parameters, but psycopg's own type adapters (C loaders for times,
+        # where Django's are Python: a tenth of a round's time went there) and a plain
         # server-binding cursor so that statements can be prepared. Times come back in UTC.
         params = connections[self.using].get_connection_params()
         params.pop("context", None)
@@ -217,7 +208,7 @@ class WorkerSession:
         )
         params.setdefault("application_name", "taskqueue-worker")
         conn = psycopg.connect(**params)
-        conn.adapters.register_loader("jsonb", JsonbLoader)
+        conn.adapters.register_loader("jsonb", TextLoader)  # decoded by _json
         conn.execute("SET TIME ZONE 'UTC'", prepare=False)
         return conn
 
