@@ -241,10 +241,11 @@ class PostgresBackend(BaseTaskBackend):
         else:
             stored = store.enqueue_tasks(len(calls), batch(), using=self.database)
             results = EnqueuedResults(
+                count=len(calls),
                 build=lambda: [
                     self.enqueued_result(task, new, stored.inserted(index), stored=True)
                     for index, ((task, _, _), new) in enumerate(zip(calls, stored.tasks, strict=True))
-                ]
+                ],
             )
             created = [True] * len(calls)
         if enqueued_is_heard(type(self)):
@@ -375,11 +376,20 @@ class EnqueuedResults(UserList[AnyResult]):
     calls and the tasks made of them."""
 
     def __init__(
-        self, initlist: Iterable[AnyResult] = (), *, build: Callable[[], list[AnyResult]] | None = None
+        self,
+        initlist: Iterable[AnyResult] = (),
+        *,
+        build: Callable[[], list[AnyResult]] | None = None,
+        count: int = 0,
     ) -> None:
+        """initlist: results made already; or build, which makes count of them."""
         self._build = build
         self._building = threading.Lock()  # threads that read it first get the same results
         self._results: list[AnyResult] = [] if build else list(initlist)
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count if self._build is not None else len(self._results)  # a count builds none
 
     @property
     def data(self) -> list[AnyResult]:

@@ -120,6 +120,7 @@ def test_bulk_results_are_built_when_read_and_show_the_arguments_as_stored() -> 
     assert len(results + results) == 24  # a list in all but its type
     assert copy.copy(results)[4] is results[4]
     unread = tasks.echo.enqueue_many([((i,), {}) for i in range(12)])
+    assert len(unread) == 12
     assert [r.args for r in pickle.loads(pickle.dumps(unread))] == [[i] for i in range(12)]  # noqa: S301 (our own bytes)
     stored = tasks.echo.get_result(results[5].id)
     assert (stored.args, stored.kwargs) == (results[5].args, results[5].kwargs)
