@@ -124,13 +124,16 @@ def claimed_rows(worker_id: UUID, values: Sequence[Sequence[Any]]) -> list[TaskR
     return rows
 
 
-def _json(text: str) -> Any:
+def _json(text: Any) -> Any:
     """A jsonb column as Python: both the worker's connection and Django's load jsonb as text, in C
     (psycopg's own loader hands bytes to json.loads, which sniffs their encoding in Python; a loader
     in Python is called from C once a value, three a claimed task: each cost more than the decoding).
     [] and {}, most arguments and errors, are not decoded; the rest goes to json's C scanner itself
     (json.loads around it looks for whitespace before and after in Python, and jsonb's text has none:
-    five times the scan of a task's few arguments)."""
+    five times the scan of a task's few arguments). A connection with psycopg's own jsonb loader
+    gives Python values already: they pass as they are."""
+    if not isinstance(text, str):
+        return text
     if text == "[]":
         return []
     if text == "{}":
