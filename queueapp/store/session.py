@@ -11,8 +11,7 @@ per task but the values themselves.
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -25,7 +24,7 @@ from queueapp.sql import QUERIES
 from queueapp.states import TaskStatus
 from queueapp.store.limits import FlowView, flow_view
 from queueapp.store.poolers import explain_lost_statements, prepared_statements
-from queueapp.store.rows import TaskRow
+from queueapp.store.rows import TaskRow, decode_json
 from queueapp.store.timeouts import UNLIMITED_CLAIM_ONLY_PLAN, UNLIMITED_CLAIM_PLAN, StatementLimits
 
 
@@ -128,25 +127,8 @@ def _json(text: Any) -> Any:
     """A jsonb column as Python: both the worker's connection and Django's load jsonb as text, in C
     (psycopg's own loader hands bytes to json.loads, which sniffs their encoding in Python; a loader
     in Python is called from C once a value, three a claimed task: each cost more than the decoding).
-    [] and {}, most arguments and errors, are not decoded; the rest goes to json's C scanner itself
-    (json.loads around it looks for whitespace before and after in Python, and jsonb's text has none:
-    five times the scan of a task's few arguments). A connection with psycopg's own jsonb loader
-    gives Python values already: they pass as they are."""
-    if not isinstance(text, str):
-        return text
-    if text == "[]":
-        return []
-    if text == "{}":
-        return {}
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:  # not JSON at 0: json.loads says what is wrong
-        end = -1
-    return value if end == len(text) else json.loads(text)
-
-
-# json's C scanner (a decoder makes one; typeshed does not know the attribute).
-_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+    A connection with psycopg's own jsonb loader gives Python values already: they pass as they are."""
+    return decode_json(text) if isinstance(text, str) else text
 
 
 NO_FLOW = FlowView()
