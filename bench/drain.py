@@ -86,7 +86,7 @@ def pgbench_script() -> str:
             .replace("%(attempts)s", "string_to_array(:attempts, ',')")
             .replace(
                 "%(return_values)s",
-                "array_fill('null'::text, ARRAY[cardinality(string_to_array(:ids, ','))])",
+                "to_jsonb(array_fill(NULL::int, ARRAY[cardinality(string_to_array(:ids, ','))]))",
             )
         )
         return " ".join(query.split())
