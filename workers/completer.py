@@ -53,6 +53,7 @@ class Completer:
         attempts, limit = self.ledger.take_successes(claim=claim)
         if not attempts and not limit:
             return 0
+        self.executor.listen()
         successes = [attempt.success for attempt in attempts if attempt.success is not None]
         try:
             done = self.producer.run_once(limit, successes)

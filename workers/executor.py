@@ -9,6 +9,7 @@ nothing and the result is dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 from django.db import DatabaseError
+from django.dispatch import Signal
 from django.tasks import Task, TaskContext, TaskResult, TaskResultStatus
 from django.tasks.signals import log_task_finished, log_task_started, task_finished, task_started
 
@@ -108,6 +110,19 @@ class Executor:
         """Set on a hard stop: stop retrying writes that fail for lack of a database."""
         self.breakers = breakers
         """The worker's queues with a circuit breaker, as it last looked: their failures are counted."""
+        self.heard: Callable[[Signal, int], bool] = self.look_up_heard
+        """Whether a signal reaches anyone (look_up_heard): a memo of it for the round (listen())."""
+
+    def listen(self) -> None:
+        """At each round: who hears task_started and task_finished is looked up once for the tasks
+        the round records and claims, not once a task (a receiver connected meanwhile hears the
+        tasks of the next round on)."""
+        self.heard = functools.cache(self.look_up_heard)
+
+    def look_up_heard(self, signal: Signal, level: int) -> bool:
+        """signal reaches a receiver, for a result whose line Django's own receiver logs at level."""
+        own = log_task_started if signal is task_started else log_task_finished
+        return is_heard(signal, type(self.backend), own, level)
 
     def run(self, row: store.TaskRow) -> Attempt:
         """Run one claimed task in this thread.
@@ -127,7 +142,7 @@ class Executor:
             store.check_arguments(row)
             task = registry.get(row.task_path)
             attempt.result = self.backend.to_result(task, row)
-            if is_heard(task_started, type(self.backend), log_task_started, logging.INFO):
+            if self.heard(task_started, logging.INFO):
                 task_started.send(type(self.backend), task_result=attempt.result)
             value = self.call(task, attempt.result, row)
             attempt.success = store.Success(row.id, row.attempts, store.encode_return_value(value))
@@ -187,7 +202,7 @@ class Executor:
             # in the main thread), though the outcome was recorded already. Django's own receiver
             # logs a failure at ERROR, anything else at INFO.
             level = logging.ERROR if status == TaskResultStatus.FAILED else logging.INFO
-            if is_heard(task_finished, type(self.backend), log_task_finished, level):
+            if self.heard(task_finished, level):
                 task_finished.send_robust(type(self.backend), task_result=attempt.result)
         duration = time.monotonic() - attempt.started
         # Successes at DEBUG: at full speed a line per task cost a tenth of the worker's time, and

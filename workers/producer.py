@@ -127,8 +127,10 @@ class Producer:
             )
         rates = [q.rate_per_second for q in self.session.flow_queues if q.rate_per_second and not q.paused]
         self.retry_in = 1 / max(rates) if flow and rates and len(rows) < free_slots else None
+        debug = logger.isEnabledFor(logging.DEBUG)
         for row in rows:
-            logger.debug("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
+            if debug:
+                logger.debug("task_started id=%s task=%s attempt=%s", row.id, row.task_path, row.attempts)
             if row.attempts == 1 and row.started_at is not None:
                 metrics.PICKUP_LATENCY.observe(max((row.started_at - row.run_after).total_seconds(), 0.0))
         return statuses, rows
