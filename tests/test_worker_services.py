@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -601,7 +600,7 @@ def test_a_claim_this_worker_holds_already_is_not_run_twice_and_one_of_another_a
     ledger = Ledger(concurrency=4, prefetch_max=0, max_tasks=None)
     assert ledger.claimed([row]) == ([row], [])
     assert ledger.claimed([row]) == ([], [])
-    later = dataclasses.replace(row, attempts=row.attempts + 1)
+    later = row._replace(attempts=row.attempts + 1)
     assert ledger.claimed([later]) == ([], [later])
     assert ledger.held == {row.id: row}
 

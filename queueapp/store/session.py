@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import psycopg
@@ -48,9 +48,9 @@ class BreakerChange:
     attempts: int
 
 
-@dataclass(frozen=True, slots=True)
-class Success:
-    """A task that returned: its fenced attempt and its return value as JSON text."""
+class Success(NamedTuple):
+    """A task that returned: its fenced attempt and its return value as JSON text (one a task: a
+    tuple is made faster than a frozen dataclass)."""
 
     task_id: int
     attempt: int
