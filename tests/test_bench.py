@@ -75,6 +75,16 @@ def test_a_small_scaling_run_measures_verified_tasks_and_saves_json_csv_and_a_ch
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_drain_cpu_round_runs_every_task_from_the_checkout_and_empties_the_tables() -> None:
+    from bench import drain_cpu
+
+    row = drain_cpu.drain(database_url(), ROOT, 50, ["--concurrency", "2"])
+    assert row["wall_s"] > 0
+    assert row["cpu_us_per_task"] > 0
+    assert models.Task.objects.count() == 0  # exits unless all 50 were SUCCESSFUL, then truncates
+
+
 def test_bench_results_are_not_tracked() -> None:
     ignored = subprocess.run(
         ["git", "check-ignore", "-q", "bench/results/scaling-x.json"], cwd=ROOT, capture_output=True
