@@ -118,6 +118,34 @@ def test_django_tasks_own_start_and_finish_lines_are_logged_at_their_levels(
     ]
 
 
+@pytest.mark.usefixtures("only_djangos_own_receivers")
+def test_a_tasks_result_is_made_only_for_whoever_sees_it(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing hears a success: no TaskResult is made for it (a third of a no-op's time in its
+    thread); a task that takes its context gets one, and so does a failure (Django's own receiver
+    logs it at ERROR: the test above)."""
+    caplog.set_level(logging.WARNING, logger="django.tasks")
+    worker = make_worker()
+    executor = executor_for(worker)
+    tasks.add.enqueue(1, 2)
+    assert executor.run(claim(worker)[0]).result is None
+    tasks.with_context.enqueue(value=1)
+    assert executor.run(claim(worker)[0]).result is not None
+
+
+@pytest.mark.usefixtures("only_djangos_own_receivers")
+def test_a_failure_whose_row_cannot_make_a_result_is_recorded_unheard(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The result of a failure is made when it fails; should the row not make one (an error entry
+    without its class path), the failure is recorded all the same and task_finished is not sent."""
+    failed = tasks.flaky.using(max_attempts=1).enqueue(3)
+    models.LiveTask.objects.filter(id=int(failed.id)).update(errors=[{"message": "no class path"}])
+    worker = make_worker()
+    assert execute(worker, claim(worker)[0]) == "FAILED"
+    assert models.Task.objects.get(id=int(failed.id)).status == "FAILED"
+    assert any(r.getMessage().startswith(f"result_unmade id={failed.id}") for r in caplog.records)
+
+
 def test_executor_records_a_failure_for_retry_with_the_error(signals: list[Any]) -> None:
     result = tasks.flaky.enqueue(7)
     worker = make_worker()
