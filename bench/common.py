@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +75,22 @@ def worker_env(url: str, **extra: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         **extra,
     }
+
+
+def checkout_database(base_url: str, name: str, checkout: Path, *, extensions: tuple[str, ...] = ()) -> str:
+    """A fresh database `name` on base_url's server, with these extensions, migrated by checkout (a
+    baseline's schema is its own); returns its URL."""
+    parts = urlsplit(base_url)
+    url = urlunsplit(parts._replace(path=f"/{name}"))
+    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(url, autocommit=True) as conn:
+        for extension in extensions:
+            conn.execute(f"CREATE EXTENSION {extension}")
+    manage = [sys.executable, "manage.py", "migrate", "--verbosity", "0"]
+    subprocess.run(manage, cwd=checkout, env=worker_env(url), check=True)
+    return url
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -25,28 +25,15 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
-from bench.common import ROOT, worker_env
+from bench.common import ROOT, checkout_database, worker_env
 
 FILL = "import django; django.setup(); from bench.drain import fill; import sys; fill(int(sys.argv[1]))"
-
-
-def database(base_url: str, name: str, checkout: Path) -> str:
-    """A fresh database for checkout, migrated by it."""
-    parts = urlsplit(base_url)
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    manage = [sys.executable, "manage.py", "migrate", "--verbosity", "0"]
-    subprocess.run(manage, cwd=checkout, env=worker_env(url), check=True)
-    return url
 
 
 def drain(url: str, checkout: Path, tasks: int, worker_args: list[str]) -> dict[str, float]:
@@ -83,7 +70,7 @@ def main() -> None:
     if not base_url:
         sys.exit("DATABASE_URL is not set")
     checkouts = {"ours": ROOT, "baseline": args.baseline.resolve()}
-    urls = {name: database(base_url, f"drain_cpu_{name}", path) for name, path in checkouts.items()}
+    urls = {name: checkout_database(base_url, f"drain_cpu_{name}", path) for name, path in checkouts.items()}
     rows: list[dict[str, Any]] = []
     for round_ in range(args.rounds):
         for name in list(checkouts) if round_ % 2 == 0 else list(reversed(checkouts)):

@@ -30,14 +30,13 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import results
-from bench.common import ROOT, percentile, worker_env
+from bench.common import ROOT, checkout_database, percentile, worker_env
 from taskqueue_project import devdb
 
 CLAIMS = "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE dbid = %s AND query LIKE %s"
@@ -54,18 +53,6 @@ def cluster(tmp: Path) -> str:
     with open(data / "postgresql.conf", "a") as conf:
         conf.write("shared_preload_libraries = 'pg_stat_statements'\nmax_connections = 500\n")
     return devdb.start(data)
-
-
-def database(base_url: str, name: str, checkout: Path) -> str:
-    parts = urlsplit(base_url)
-    url = urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE EXTENSION pg_stat_statements")
-    manage = [sys.executable, "manage.py", "migrate", "--verbosity", "0"]
-    subprocess.run(manage, cwd=checkout, env=worker_env(url), check=True)
-    return url
 
 
 def children_of(pid: int) -> list[int]:
@@ -235,7 +222,10 @@ def main() -> None:
     try:
         base_url = cluster(tmp)
         checkouts = {"ours": ROOT, "baseline": args.baseline.resolve()}
-        urls = {name: database(base_url, f"fleet_{name}", path) for name, path in checkouts.items()}
+        urls = {
+            name: checkout_database(base_url, f"fleet_{name}", path, extensions=("pg_stat_statements",))
+            for name, path in checkouts.items()
+        }
         for round_ in range(args.rounds):
             order = list(checkouts) if round_ % 2 == 0 else list(reversed(checkouts))
             for name in order:
